@@ -1,0 +1,205 @@
+"""Writes the embedded task in verl's parquet layout and builds every embedded asset in one call.
+
+Assets: train/test/ood parquet files, a tokenizer trained on the train texts, the base model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from os import PathLike
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .model import TinyModelConfig, build_tiny_model, save_model_folder
+from .task import SPLITS, Problem, TaskConfig, Teacher, expert_solution, generate_problems, stable_seed
+from .tokenizer import build_tokenizer
+
+DATA_SOURCE = "gft_embedded/chain_addition"
+ABILITY = "arithmetic"
+CHAT_ROLES = ("system", "user", "assistant")
+_FILE_MODE = 0o644
+
+_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+VERL_SCHEMA = pa.schema(
+    [
+        ("data_source", pa.string()),
+        ("prompt", pa.list_(_MESSAGE)),
+        ("ability", pa.string()),
+        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
+        (
+            "extra_info",
+            pa.struct(
+                [
+                    ("split", pa.string()),
+                    ("index", pa.int64()),
+                    ("num_terms", pa.int64()),
+                    ("expert_responses", pa.list_(pa.string())),
+                    ("teacher_responses", pa.list_(pa.string())),
+                ]
+            ),
+        ),
+    ]
+)
+
+
+def teacher_for_split(task_config: TaskConfig, split: str) -> Teacher:
+    """The teacher whose samples are stored for `split` (seeded per split, so splits are independent)."""
+    return Teacher(task_config.teacher_error_rate, seed=stable_seed("teacher", task_config.seed, split))
+
+
+def make_rows(problems: list[Problem], split: str, teacher: Teacher, n_teacher: int) -> list[dict]:
+    """One verl row per problem, with the expert's and `n_teacher` teacher responses in extra_info."""
+    if n_teacher < 0:
+        raise ValueError(f"n_teacher must be >= 0, got {n_teacher}")
+    rows = []
+    for i, problem in enumerate(problems):
+        rows.append(
+            {
+                "data_source": DATA_SOURCE,
+                "prompt": [{"role": "user", "content": problem.question}],
+                "ability": ABILITY,
+                "reward_model": {"style": "rule", "ground_truth": problem.ground_truth},
+                "extra_info": {
+                    "split": split,
+                    "index": i,
+                    "num_terms": problem.num_terms,
+                    "expert_responses": [expert_solution(problem)],
+                    "teacher_responses": teacher.solve_many(problem, n_teacher),
+                },
+            }
+        )
+    return rows
+
+
+def write_parquet_atomic(
+    rows: list[dict], path: str | PathLike[str], schema: pa.Schema = VERL_SCHEMA
+) -> Path:
+    """Write `rows` to `path` via a temporary sibling and a rename, so no reader sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=schema)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files; readers may be other users' workers
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_embedded_dataset(
+    folder: str | PathLike[str],
+    task_config: TaskConfig | None = None,
+    n_train: int = 4096,
+    n_test: int = 256,
+    n_ood: int = 256,
+    n_teacher: int = 3,
+) -> dict[str, Path]:
+    """Write train.parquet, test.parquet and ood.parquet into `folder`; returns split -> path."""
+    task_config = task_config or TaskConfig()
+    folder = Path(folder)
+    sizes = {"train": n_train, "test": n_test, "ood": n_ood}
+    paths = {}
+    for split in SPLITS:
+        problems = generate_problems(task_config, split, sizes[split])
+        rows = make_rows(problems, split, teacher_for_split(task_config, split), n_teacher)
+        paths[split] = write_parquet_atomic(rows, folder / f"{split}.parquet")
+    return paths
+
+
+def read_rows(path: str | PathLike[str]) -> list[dict]:
+    """The rows of a parquet file written here, as Python dicts."""
+    return pq.read_table(path).to_pylist()
+
+
+def tokenizer_corpus(rows: list[dict]) -> list[str]:
+    """Texts the tokenizer learns from: questions, expert and teacher responses, chat role lines."""
+    texts: list[str] = []
+    for row in rows:
+        texts.extend(message["content"] for message in row["prompt"])
+        texts.extend(row["extra_info"]["expert_responses"])
+        texts.extend(row["extra_info"]["teacher_responses"])
+    # The chat markers themselves are special tokens; the role names and newline around them are
+    # ordinary text the template produces on every prompt.
+    texts.extend(f"{role}\n" for role in CHAT_ROLES)
+    return texts
+
+
+@dataclass(frozen=True)
+class EmbeddedAssets:
+    """Where build_embedded_assets put things."""
+
+    root: Path
+    train: Path
+    test: Path
+    ood: Path
+    base_model: Path
+    manifest: Path
+
+    @property
+    def data_files(self) -> dict[str, Path]:
+        return {"train": self.train, "test": self.test, "ood": self.ood}
+
+
+def build_embedded_assets(
+    folder: str | PathLike[str],
+    task_config: TaskConfig | None = None,
+    model_config: TinyModelConfig | None = None,
+    n_train: int = 4096,
+    n_test: int = 256,
+    n_ood: int = 256,
+    n_teacher: int = 3,
+    vocab_size: int = 512,
+) -> EmbeddedAssets:
+    """Dataset files, tokenizer and base model folder (`folder/base_model`), all from the seeds.
+
+    The tokenizer sees only train-split text, so nothing fitted ever touches test or ood.
+    """
+    task_config = task_config or TaskConfig()
+    model_config = model_config or TinyModelConfig()
+    root = Path(folder)
+    paths = write_embedded_dataset(root, task_config, n_train, n_test, n_ood, n_teacher)
+    tokenizer = build_tokenizer(tokenizer_corpus(read_rows(paths["train"])), vocab_size=vocab_size)
+    model = build_tiny_model(tokenizer, model_config)
+    base_model = save_model_folder(model, tokenizer, root / "base_model")
+    manifest = root / "embedded.json"
+    _write_json_atomic(
+        manifest,
+        {
+            "task": "chain_addition",
+            "data_source": DATA_SOURCE,
+            "task_config": asdict(task_config),
+            "model_config": asdict(model_config),
+            "sizes": {"train": n_train, "test": n_test, "ood": n_ood, "teacher_per_problem": n_teacher},
+            "vocab_size": len(tokenizer),
+        },
+    )
+    return EmbeddedAssets(
+        root=root,
+        train=paths["train"],
+        test=paths["test"],
+        ood=paths["ood"],
+        base_model=base_model,
+        manifest=manifest,
+    )
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,135 @@
+"""A tiny randomly initialised Qwen2-architecture model, built locally, and its atomic save.
+
+The saved folder is an ordinary Hugging Face checkpoint, so the real-model code path loads it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
+
+from .tokenizer import PAD_TOKEN
+
+
+@dataclass
+class TinyModelConfig:
+    """Size and init seed of the embedded base model."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 512
+    tie_word_embeddings: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TinyModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+
+
+def _special_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int, int]:
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    # Qwen2 has no BOS in its prompts; like Qwen2.5's config, bos_token_id names <|endoftext|>.
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        bos = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    if eos is None or pad is None or bos is None:
+        raise ValueError("the tokenizer needs an eos token (and a pad or <|endoftext|> token)")
+    return bos, eos, pad
+
+
+def build_tiny_model(
+    tokenizer: PreTrainedTokenizerBase, config: TinyModelConfig | None = None
+) -> Qwen2ForCausalLM:
+    """A float32 Qwen2ForCausalLM sized by `config`, weights a pure function of `config.seed`."""
+    config = config or TinyModelConfig()
+    bos, eos, pad = _special_ids(tokenizer)
+    hf_config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        tie_word_embeddings=config.tie_word_embeddings,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        use_sliding_window=False,
+    )
+    hf_config.dtype = torch.float32
+    # fork_rng: seed the init without disturbing the caller's global torch RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = Qwen2ForCausalLM(hf_config)
+    model = model.to(torch.float32)
+    model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+    model.eval()
+    return model
+
+
+def save_model_folder(
+    model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, folder: str | PathLike[str]
+) -> Path:
+    """Write a loadable HF folder (config, safetensors, generation config, tokenizer) atomically.
+
+    Everything is written into a temporary sibling first and renamed into place, so readers see
+    either the old folder, or the complete new one, never a partial write.
+    """
+    folder = Path(folder).absolute()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        _, eos, pad = _special_ids(tokenizer)
+        generation_config = model.generation_config or GenerationConfig()
+        generation_config.eos_token_id = eos
+        generation_config.pad_token_id = pad
+        model.generation_config = generation_config
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        os.chmod(tmp, 0o755)  # mkdtemp makes a 0700 folder; the checkpoint is meant to be shared
+        _replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    # os.replace cannot overwrite a non-empty directory: move the old one aside first, then
+    # rename the new one in, and delete the old copy only after the new one is in place.
+    old = None
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        os.replace(dst, old / dst.name)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

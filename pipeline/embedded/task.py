@@ -1,0 +1,270 @@
+"""Chain addition: the embedded default's verifiable reasoning task.
+
+Problems, the deterministic expert, the noisy-but-diverse teacher and the answer verifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+SPLITS = ("train", "test", "ood")
+
+# Share of operand multisets reserved for evaluation. The reservation is a property of the
+# multiset alone (see `is_held_out`), so it holds whatever sizes the splits are drawn at.
+HELD_OUT_FRACTION = 0.25
+
+# Bound on rejection sampling, so a configuration whose problem space cannot feed a split
+# fails loudly instead of looping forever.
+_MAX_DRAWS_PER_PROBLEM = 10_000
+
+_MAX_SLIP = 3
+
+
+@dataclass
+class TaskConfig:
+    """Difficulty knobs and seed of the chain-addition task."""
+
+    min_terms: int = 2
+    max_terms: int = 4
+    max_operand: int = 9
+    ood_min_terms: int = 5
+    ood_max_terms: int = 6
+    teacher_error_rate: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("min_terms", "max_terms", "max_operand", "ood_min_terms", "ood_max_terms", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"TaskConfig.{name} must be an int, got {value!r}")
+        if self.min_terms < 2:
+            raise ValueError(
+                f"TaskConfig.min_terms must be >= 2 (a chain needs one addition), got {self.min_terms}"
+            )
+        if self.min_terms > self.max_terms:
+            raise ValueError(
+                f"TaskConfig.min_terms ({self.min_terms}) must be <= max_terms ({self.max_terms})"
+            )
+        if self.ood_min_terms < 2:
+            raise ValueError(f"TaskConfig.ood_min_terms must be >= 2, got {self.ood_min_terms}")
+        if self.ood_min_terms > self.ood_max_terms:
+            raise ValueError(
+                f"TaskConfig.ood_min_terms ({self.ood_min_terms}) must be <= ood_max_terms ({self.ood_max_terms})"
+            )
+        if self.max_operand < 1:
+            raise ValueError(f"TaskConfig.max_operand must be >= 1, got {self.max_operand}")
+        rate = self.teacher_error_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"TaskConfig.teacher_error_rate must be a number in [0, 1], got {rate!r}")
+
+    def term_range(self, split: str) -> tuple[int, int]:
+        """Inclusive range of chain lengths a split draws from."""
+        _check_split(split)
+        if split == "ood":
+            return self.ood_min_terms, self.ood_max_terms
+        return self.min_terms, self.max_terms
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One chain-addition problem: add the operands."""
+
+    operands: tuple[int, ...]
+
+    @property
+    def answer(self) -> int:
+        return sum(self.operands)
+
+    @property
+    def ground_truth(self) -> str:
+        return str(self.answer)
+
+    @property
+    def question(self) -> str:
+        return f"Compute {'+'.join(str(x) for x in self.operands)}."
+
+    @property
+    def num_terms(self) -> int:
+        return len(self.operands)
+
+
+def stable_seed(*parts: object) -> int:
+    """A 64-bit seed from `parts` that is the same in every process (unlike the salted `hash()`)."""
+    digest = hashlib.sha256(repr(parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def is_held_out(config: TaskConfig, operands: Sequence[int]) -> bool:
+    """Whether a problem belongs to the evaluation side of the train/test partition.
+
+    The rule: hash (seed, sorted operands) and reserve HELD_OUT_FRACTION of the multisets.
+    Train never emits a held-out multiset and test emits only held-out ones, so the two never
+    share a problem, not even a reordering of the same operands, for any split sizes.
+    """
+    key = stable_seed("held_out", config.seed, tuple(sorted(operands)))
+    return (key % 10_000) < HELD_OUT_FRACTION * 10_000
+
+
+def _accepts(config: TaskConfig, split: str, operands: tuple[int, ...]) -> bool:
+    held_out = is_held_out(config, operands)
+    if split == "train":
+        return not held_out
+    if split == "test":
+        return held_out
+    # ood: its chain lengths normally lie outside the train range, so nothing can leak; if a
+    # configuration makes the ranges overlap, the overlapping lengths obey the test rule.
+    if config.min_terms <= len(operands) <= config.max_terms:
+        return held_out
+    return True
+
+
+def generate_problems(config: TaskConfig, split: str, n: int) -> list[Problem]:
+    """`n` problems of `split`, a pure function of (config, split, n).
+
+    The chain length is uniform over the split's term range and each operand uniform over
+    1..max_operand; draws that fall on the wrong side of the train/test partition are rejected.
+    Problems may repeat within a split (the 2-term space is small).
+    """
+    _check_split(split)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    lo, hi = config.term_range(split)
+    rng = random.Random(stable_seed("problems", config.seed, split))
+    problems: list[Problem] = []
+    for _ in range(n):
+        for _attempt in range(_MAX_DRAWS_PER_PROBLEM):
+            k = rng.randint(lo, hi)
+            operands = tuple(rng.randint(1, config.max_operand) for _ in range(k))
+            if _accepts(config, split, operands):
+                problems.append(Problem(operands))
+                break
+        else:
+            raise ValueError(
+                f"could not draw a {split!r} problem in {_MAX_DRAWS_PER_PROBLEM} tries: the problem "
+                f"space of {config} is too small to hold disjoint train and test splits"
+            )
+    return problems
+
+
+def render_path(order: Sequence[int], slip: tuple[int, int] | None = None) -> str:
+    """A solution written as running sums over `order`, then the boxed final total.
+
+    `slip=(step, delta)` makes step `step` (0-based, one step per addition) report its result
+    off by `delta`; later steps add correctly onto the wrong total, as a human slip would.
+    """
+    order = [int(x) for x in order]
+    if len(order) < 2:
+        raise ValueError(f"a path needs at least two operands, got {order}")
+    if slip is not None:
+        step, delta = slip
+        if not 0 <= step < len(order) - 1:
+            raise ValueError(f"slip step must be in [0, {len(order) - 2}], got {step}")
+        if delta == 0:
+            raise ValueError("a slip needs a nonzero delta")
+    lines = []
+    total = order[0]
+    for step, x in enumerate(order[1:]):
+        result = total + x
+        if slip is not None and step == slip[0]:
+            result += slip[1]
+        lines.append(f"{total}+{x}={result}")
+        total = result
+    lines.append(f"\\boxed{{{total}}}")
+    return "\n".join(lines)
+
+
+def expert_solution(problem: Problem) -> str:
+    """The canonical path: operands left to right."""
+    return render_path(problem.operands)
+
+
+class Teacher:
+    """A stronger-model stand-in: random operand orders, and one arithmetic slip at `error_rate`."""
+
+    def __init__(self, error_rate: float, seed: int = 0) -> None:
+        if (
+            isinstance(error_rate, bool)
+            or not isinstance(error_rate, (int, float))
+            or not 0.0 <= error_rate <= 1.0
+        ):
+            raise ValueError(f"error_rate must be a number in [0, 1], got {error_rate!r}")
+        self.error_rate = float(error_rate)
+        self.seed = seed
+        self._rng = random.Random(stable_seed("teacher", seed))
+
+    def solve(self, problem: Problem) -> str:
+        rng = self._rng
+        order = list(problem.operands)
+        rng.shuffle(order)
+        # The error draw always happens so a response's randomness does not depend on the rate.
+        slipped = rng.random() < self.error_rate
+        if not slipped:
+            return render_path(order)
+        step = rng.randrange(len(order) - 1)
+        correct_at_step = sum(order[: step + 2])
+        deltas = [d for d in range(-_MAX_SLIP, _MAX_SLIP + 1) if d != 0 and correct_at_step + d >= 0]
+        return render_path(order, slip=(step, rng.choice(deltas)))
+
+    def solve_many(self, problem: Problem, n: int) -> list[str]:
+        return [self.solve(problem) for _ in range(n)]
+
+
+_BOX_OPEN = "\\boxed{"
+_INT_RE = re.compile(r"[+-]?\d+")
+
+
+def extract_boxed(response: str) -> str | None:
+    """Content of the last `\\boxed{...}` (braces balanced), or None."""
+    start = response.rfind(_BOX_OPEN)
+    if start < 0:
+        return None
+    i = start + len(_BOX_OPEN)
+    depth = 1
+    for j in range(i, len(response)):
+        ch = response[j]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return response[i:j]
+    return None
+
+
+def verify(response: str, ground_truth: str) -> float:
+    """1.0 if the last boxed answer is the integer `ground_truth`, else 0.0; never raises."""
+    try:
+        content = extract_boxed(response)
+        if content is None:
+            return 0.0
+        content = content.strip()
+        truth = str(ground_truth).strip()
+        if not _INT_RE.fullmatch(content) or not _INT_RE.fullmatch(truth):
+            return 0.0
+        return 1.0 if int(content) == int(truth) else 0.0
+    except Exception:  # noqa: BLE001  (a reward function must not take a training step down)
+        return 0.0
+
+
+def count_solution_paths(problem: Problem) -> int:
+    """Distinct correct solution texts: permutations of the operand multiset, k!/prod(dup!)."""
+    count = math.factorial(len(problem.operands))
+    for dup in Counter(problem.operands).values():
+        count //= math.factorial(dup)
+    return count
+
+
+def distinct_paths(responses: Iterable[str], ground_truth: str) -> int:
+    """How many distinct texts among `responses` the verifier accepts."""
+    return len({r for r in responses if verify(r, ground_truth) == 1.0})

@@ -1,0 +1,173 @@
+"""Policy losses: GFT with Dynamic Coefficient Rectification, its SFT/DFT special cases, and GRPO.
+
+Every loss is a pure function of per-token log-probs, advantages and a response mask and returns
+``(scalar_loss, metrics)``. Shapes: ``log_probs``, ``advantages``, ``response_mask`` are all
+``[batch, response_len]`` (or any one shape they share; a packed ``[1, total_tokens]`` works too).
+Aggregation is the token mean over every response token of the micro-batch (DESIGN §2).
+
+GRPO does not re-implement anything: its clipped surrogate and KL come from
+``verl.trainer.ppo.core_algos`` so the numbers are verl's. Importing this module also registers the
+GFT loss in verl's policy-loss registry under ``"gft"`` (see :func:`verl_gft_policy_loss`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from verl.trainer.ppo import core_algos
+
+Metrics = dict[str, float]
+
+GFT_TAU_ENV = "GFT_TAU"
+DEFAULT_TAU = 0.1
+
+
+def _token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # clamp keeps an all-masked micro-batch at loss 0 instead of NaN
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def dcr_coefficients(log_probs: torch.Tensor, tau: float) -> torch.Tensor:
+    """Dynamic Coefficient Rectification: c_t = 1 if p_t > tau else sg(p_t).
+
+    Args: log_probs ``[B, T]``. Returns ``[B, T]``, detached (c never carries gradient).
+    """
+    probs = log_probs.detach().exp()
+    return torch.where(probs > tau, torch.ones_like(probs), probs)
+
+
+def gft_loss(
+    log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    tau: float = DEFAULT_TAU,
+) -> tuple[torch.Tensor, Metrics]:
+    """GFT loss: token_mean( -A * c_t * log p_t ) with c_t from :func:`dcr_coefficients`.
+
+    Args:
+        log_probs: ``[B, T]`` log pi_theta(y_t | prefix) of the response tokens (with grad).
+        advantages: ``[B, T]`` sequence advantage broadcast to every token (no grad).
+        response_mask: ``[B, T]`` 1 for response tokens, 0 for padding.
+        tau: rectification threshold. ``tau <= 0`` never rectifies (c = 1, SFT-like weights);
+            ``tau >= 1`` always rectifies (c = sg(p), DFT-like weights).
+
+    The gradient on p_t is A/p_t (at most A/tau) for confident tokens and A for rectified ones,
+    so the inverse-probability weight of plain NLL is bounded by max(1, 1/tau).
+    """
+    mask = response_mask.to(log_probs.dtype)
+    coefficients = dcr_coefficients(log_probs, tau)
+    loss = _token_mean(-advantages * coefficients * log_probs, mask)
+    rectified = (log_probs.detach().exp() <= tau).to(mask.dtype)
+    metrics = {
+        "rectified_fraction": _token_mean(rectified, mask).item(),
+        "mean_coefficient": _token_mean(coefficients, mask).item(),
+    }
+    return loss, metrics
+
+
+def sft_loss(log_probs: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+    """SFT = GFT on the expert only with A = 1 and c = 1: plain token-mean NLL. Shapes ``[B, T]``."""
+    return gft_loss(log_probs, torch.ones_like(log_probs), response_mask, tau=0.0)
+
+
+def dft_loss(log_probs: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+    """DFT = GFT on the expert only with A = 1 and c = sg(p) always: token_mean(-sg(p) log p)."""
+    return gft_loss(log_probs, torch.ones_like(log_probs), response_mask, tau=1.0)
+
+
+@functools.lru_cache(maxsize=8)
+def _verl_actor_config(clip_ratio: float):
+    # verl's vanilla loss reads its clip range from an ActorConfig; the batch-size fields are
+    # required by its validation but unused by the loss itself.
+    from verl.workers.config import ActorConfig
+
+    return ActorConfig(
+        strategy="fsdp",
+        rollout_n=1,
+        ppo_mini_batch_size=1,
+        ppo_micro_batch_size_per_gpu=1,
+        clip_ratio=clip_ratio,
+        loss_agg_mode="token-mean",
+    )
+
+
+def grpo_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_ratio: float = 0.2,
+    kl_coef: float = 0.0,
+    ref_log_probs: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Metrics]:
+    """GRPO: verl's vanilla PPO clipped surrogate plus optional low-variance KL to a reference.
+
+    Args:
+        log_probs: ``[B, T]`` current policy log-probs (with grad).
+        old_log_probs: ``[B, T]`` log-probs of the policy that sampled the tokens.
+        advantages: ``[B, T]`` GRPO advantages broadcast over tokens.
+        response_mask: ``[B, T]``.
+        clip_ratio: PPO epsilon.
+        kl_coef: weight of the k3 ("low_var_kl") penalty to ``ref_log_probs``; 0 disables it.
+    """
+    mask = response_mask.to(log_probs.dtype)
+    loss, verl_metrics = core_algos.compute_policy_loss_vanilla(
+        old_log_prob=old_log_probs,
+        log_prob=log_probs,
+        advantages=advantages,
+        response_mask=mask,
+        loss_agg_mode="token-mean",
+        config=_verl_actor_config(float(clip_ratio)),
+    )
+    metrics = {
+        "clip_fraction": verl_metrics["actor/pg_clipfrac"],
+        "ppo_kl": verl_metrics["actor/ppo_kl"],
+    }
+    if kl_coef > 0:
+        if ref_log_probs is None:
+            raise ValueError("grpo_loss: kl_coef > 0 needs ref_log_probs")
+        kl = core_algos.kl_penalty(log_probs, ref_log_probs, kl_penalty="low_var_kl")
+        kl_loss = core_algos.agg_loss(kl, mask, loss_agg_mode="token-mean")
+        loss = loss + kl_coef * kl_loss
+        metrics["kl_loss"] = kl_loss.item()
+    return loss, metrics
+
+
+def _tau_from_env() -> float:
+    raw = os.environ.get(GFT_TAU_ENV, str(DEFAULT_TAU))
+    try:
+        tau = float(raw)
+    except ValueError as err:
+        raise ValueError(f"{GFT_TAU_ENV}={raw!r} is not a number") from err
+    if tau <= 0:
+        raise ValueError(f"{GFT_TAU_ENV} must be > 0, got {tau}")
+    return tau
+
+
+@core_algos.register_policy_loss("gft")
+def verl_gft_policy_loss(
+    old_log_prob: torch.Tensor,
+    log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    config=None,
+    rollout_is_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The GFT loss in verl's policy-loss signature (``actor.policy_loss.loss_mode=gft``).
+
+    verl's ``ActorConfig`` is a closed dataclass with no field for tau, so tau comes from the
+    ``GFT_TAU`` environment variable (default 0.1), which a verl run sets for its workers with
+    ``+ray_kwargs.ray_init.runtime_env.env_vars.GFT_TAU=0.1``. ``old_log_prob`` is unused: DCR
+    weighs by the current policy's probabilities. The aggregation follows ``loss_agg_mode`` and
+    verl's global batch info, like verl's own losses.
+    """
+    coefficients = dcr_coefficients(log_prob, _tau_from_env())
+    loss_mat = -advantages * coefficients * log_prob
+    if rollout_is_weights is not None:
+        loss_mat = loss_mat * rollout_is_weights
+    batch_info = config.global_batch_info if config is not None else {}
+    loss = core_algos.agg_loss(loss_mat, response_mask, loss_agg_mode, **batch_info)
+    return loss, {"actor/gft_mean_coefficient": _token_mean(coefficients, response_mask).item()}

@@ -1,0 +1,158 @@
+"""The losses against hand computations (DESIGN §2)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from verl.trainer.ppo import core_algos
+
+from pipeline.losses import dcr_coefficients, dft_loss, gft_loss, grpo_loss, sft_loss
+
+# Two response tokens over a 3-word vocabulary, both with target word 0:
+# token 0 is confident (p = e^2 / (e^2 + 2) ~ 0.787), token 1 is unlikely (p = 1 / (2 + e^3) ~ 0.045).
+LOGITS = [[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]]
+P_CONFIDENT = math.exp(2) / (math.exp(2) + 2)
+P_UNLIKELY = 1 / (2 + math.exp(3))
+TARGETS = [0, 0]
+
+
+def _token_log_probs(logits):
+    """[1, 2] log-probs of the targets, with the [2, 3] logits leaf to differentiate against."""
+    leaf = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    log_probs = torch.log_softmax(leaf, dim=-1)[torch.arange(2), TARGETS]
+    return leaf, log_probs.unsqueeze(0)
+
+
+def test_gft_loss_value_and_logit_gradient_above_and_below_tau():
+    tau, advantage = 0.1, 0.7
+    leaf, log_probs = _token_log_probs(LOGITS)
+    mask = torch.ones(1, 2, dtype=torch.float64)
+    loss, metrics = gft_loss(log_probs, torch.full((1, 2), advantage, dtype=torch.float64), mask, tau=tau)
+    loss.backward()
+
+    # confident token keeps c = 1, the unlikely one gets c = p (a constant)
+    expected = (-advantage * math.log(P_CONFIDENT) - advantage * P_UNLIKELY * math.log(P_UNLIKELY)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    # d(-A c log p_y)/dz = -A c (onehot_y - softmax(z)), averaged over the 2 tokens
+    softmax_0 = [P_CONFIDENT, 1 / (math.exp(2) + 2), 1 / (math.exp(2) + 2)]
+    softmax_1 = [P_UNLIKELY, math.exp(3) / (2 + math.exp(3)), P_UNLIKELY]
+    grad_0 = [-advantage * 1.0 * ((k == 0) - softmax_0[k]) / 2 for k in range(3)]
+    grad_1 = [-advantage * P_UNLIKELY * ((k == 0) - softmax_1[k]) / 2 for k in range(3)]
+    torch.testing.assert_close(leaf.grad, torch.tensor([grad_0, grad_1], dtype=torch.float64))
+    assert metrics["rectified_fraction"] == pytest.approx(0.5)
+    assert metrics["mean_coefficient"] == pytest.approx((1 + P_UNLIKELY) / 2)
+
+
+def test_padding_tokens_contribute_nothing():
+    leaf, log_probs = _token_log_probs(LOGITS)
+    mask = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    loss, _ = gft_loss(log_probs, torch.ones(1, 2, dtype=torch.float64), mask, tau=0.1)
+    loss.backward()
+    assert loss.item() == pytest.approx(-math.log(P_CONFIDENT))
+    assert torch.all(leaf.grad[1] == 0)
+
+
+def test_sft_equals_token_mean_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11, dtype=torch.float64)
+    targets = torch.randint(0, 11, (3, 5))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=torch.float64)
+    log_probs = torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
+    loss, _ = sft_loss(log_probs, mask)
+    ignored = targets.masked_fill(mask == 0, -100)
+    expected = F.cross_entropy(logits.reshape(-1, 11), ignored.reshape(-1), ignore_index=-100)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_dft_is_probability_weighted_nll_with_detached_weight():
+    p = torch.tensor([[0.9, 0.5, 0.01]], dtype=torch.float64, requires_grad=True)
+    loss, metrics = dft_loss(p.log(), torch.ones_like(p))
+    loss.backward()
+    values = [0.9, 0.5, 0.01]
+    assert loss.item() == pytest.approx(sum(-v * math.log(v) for v in values) / 3, rel=1e-12)
+    # weight sg(p) times d(log p)/dp = 1/p: every token gets gradient -1/3 on its probability
+    torch.testing.assert_close(p.grad, torch.full((1, 3), -1 / 3, dtype=torch.float64))
+    assert metrics["rectified_fraction"] == 1.0
+
+
+def test_gft_with_tau_near_zero_is_advantage_weighted_nll():
+    torch.manual_seed(1)
+    log_probs = torch.log(torch.rand(4, 6, dtype=torch.float64) * 0.98 + 0.01)
+    advantages = torch.randn(4, 1, dtype=torch.float64).expand(4, 6)
+    mask = (torch.rand(4, 6) > 0.3).double()
+    loss, metrics = gft_loss(log_probs, advantages, mask, tau=1e-12)
+    expected = (-advantages * log_probs * mask).sum() / mask.sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    assert metrics["rectified_fraction"] == 0.0
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.1, 0.5])
+def test_dcr_bounds_the_gradient_weight_where_sft_grows_as_inverse_probability(tau):
+    probs = torch.logspace(-5, 0, 60, dtype=torch.float64)
+    n = probs.numel()
+    for advantage in (1.0, -2.5):
+        p = probs.clone().requires_grad_(True)
+        loss, _ = gft_loss(p.log()[None], torch.full((1, n), advantage, dtype=torch.float64), torch.ones(1, n), tau)
+        loss.backward()
+        weight = (p.grad * n).abs() / abs(advantage)
+        assert weight.max().item() <= max(1.0, 1.0 / tau) * (1 + 1e-9)
+        torch.testing.assert_close(weight[probs <= tau], torch.ones_like(weight[probs <= tau]))
+        torch.testing.assert_close(weight[probs > tau], 1 / probs[probs > tau])
+
+    p = probs.clone().requires_grad_(True)
+    loss, _ = sft_loss(p.log()[None], torch.ones(1, n))
+    loss.backward()
+    torch.testing.assert_close(-p.grad * n, 1 / probs)
+    assert (-p.grad * n).max().item() == pytest.approx(1e5)
+
+
+def test_dcr_coefficients_are_detached():
+    log_probs = torch.tensor([-0.01, -5.0], requires_grad=True)
+    coefficients = dcr_coefficients(log_probs, 0.1)
+    assert not coefficients.requires_grad
+    torch.testing.assert_close(coefficients, torch.tensor([1.0, math.exp(-5.0)]))
+
+
+def test_grpo_loss_is_the_clipped_surrogate_plus_low_variance_kl():
+    log_probs = torch.tensor([[-1.0, -0.5, -2.0]], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([[-1.5, -0.5, -1.9]], dtype=torch.float64)
+    ref = torch.tensor([[-1.2, -0.4, -2.2]], dtype=torch.float64)
+    advantages = torch.tensor([[1.0, -1.0, -1.0]], dtype=torch.float64)
+    mask = torch.ones(1, 3, dtype=torch.float64)
+    loss, metrics = grpo_loss(log_probs, old, advantages, mask, clip_ratio=0.2, kl_coef=0.1, ref_log_probs=ref)
+
+    ratios = [math.exp(0.5), 1.0, math.exp(-0.1)]
+    surrogate = []
+    for r, a in zip(ratios, [1.0, -1.0, -1.0]):
+        clipped = min(max(r, 0.8), 1.2)
+        surrogate.append(max(-a * r, -a * clipped))
+    kl = [math.exp(x - lp) - (x - lp) - 1 for x, lp in zip([-1.2, -0.4, -2.2], [-1.0, -0.5, -2.0])]
+    expected = sum(surrogate) / 3 + 0.1 * sum(kl) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    assert metrics["clip_fraction"] == pytest.approx(1 / 3)  # only token 0 (ratio 1.65 > 1.2, A > 0)
+    assert metrics["kl_loss"] == pytest.approx(sum(kl) / 3, rel=1e-12)
+
+
+def test_grpo_loss_requires_reference_for_kl():
+    x = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="ref_log_probs"):
+        grpo_loss(x, x, x, torch.ones(1, 2), kl_coef=0.1)
+
+
+def test_gft_is_registered_in_verls_policy_loss_registry(monkeypatch):
+    import pipeline.losses  # noqa: F401  (the import registers "gft")
+
+    fn = core_algos.get_policy_loss_fn("gft")
+    torch.manual_seed(2)
+    log_probs = torch.log(torch.rand(2, 4, dtype=torch.float64))
+    advantages = torch.randn(2, 1, dtype=torch.float64).expand(2, 4)
+    mask = torch.ones(2, 4, dtype=torch.float64)
+    for tau in (0.1, 0.3):
+        monkeypatch.setenv("GFT_TAU", str(tau))
+        verl_value, _ = fn(log_probs, log_probs, advantages, mask, "token-mean", None)
+        ours, _ = gft_loss(log_probs, advantages, mask, tau=tau)
+        assert verl_value.item() == pytest.approx(ours.item(), rel=1e-12)
+    monkeypatch.setenv("GFT_TAU", "-1")
+    with pytest.raises(ValueError, match="GFT_TAU"):
+        fn(log_probs, log_probs, advantages, mask, "token-mean", None)

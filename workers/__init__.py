@@ -1,0 +1,1 @@
+"""Ray actors: rollout, teacher/scoring and learner roles (see DESIGN §3)."""
