@@ -18,12 +18,16 @@ def _cmd_build_default(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    print(
-        "gft run: the staged GFT -> GRPO run on Ray is not built yet (next issue).\n"
-        "Built today: the losses, group advantages, Arrow batch, hf sampler and the embedded task.\n"
-        "Try `gft build-default` to write the embedded task and tiny model, or `make test`."
-    )
-    return 2
+    from pipeline.config import load_recipe
+    from pipeline.run import run, summary
+
+    overrides = list(args.overrides)
+    if args.address:
+        overrides.append(f"ray.address={args.address}")
+    config = load_recipe(args.recipe, overrides)
+    result = run(config)
+    print(summary(result, config.eval.pass_k))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a recipe's stages (default: the embedded miniature)")
     run.add_argument("recipe", nargs="?", help="recipe YAML; omitted: the embedded default")
     run.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. stages.gft.lr=1e-6")
+    run.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     run.set_defaults(handler=_cmd_run)
 
     build = commands.add_parser(
@@ -47,8 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.configio import ConfigError
+    from pipeline.data import DataError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # a recipe path and key=value overrides share the positional slots
+    if argv[:1] == ["run"] and len(argv) > 1 and "=" in argv[1]:
+        argv.insert(1, "")
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    if getattr(args, "recipe", None) == "":
+        args.recipe = None
+    try:
+        return args.handler(args)
+    except (ConfigError, DataError) as err:
+        print(f"gft: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from .dataset import (
     write_embedded_dataset,
     write_parquet_atomic,
 )
-from .model import TinyModelConfig, build_tiny_model, save_model_folder
+from .model import TinyModelConfig, build_tiny_model
 from .task import (
     SPLITS,
     Problem,
@@ -60,7 +60,6 @@ __all__ = [
     "make_rows",
     "read_rows",
     "render_path",
-    "save_model_folder",
     "save_tokenizer",
     "stable_seed",
     "teacher_for_split",

@@ -15,7 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .model import TinyModelConfig, build_tiny_model, save_model_folder
+from pipeline.checkpoint import save_policy
+
+from .model import TinyModelConfig, build_tiny_model
 from .task import SPLITS, Problem, TaskConfig, Teacher, expert_solution, generate_problems, stable_seed
 from .tokenizer import build_tokenizer
 
@@ -169,7 +171,7 @@ def build_embedded_assets(
     paths = write_embedded_dataset(root, task_config, n_train, n_test, n_ood, n_teacher)
     tokenizer = build_tokenizer(tokenizer_corpus(read_rows(paths["train"])), vocab_size=vocab_size)
     model = build_tiny_model(tokenizer, model_config)
-    base_model = save_model_folder(model, tokenizer, root / "base_model")
+    base_model = save_policy(model, tokenizer, root / "base_model")
     manifest = root / "embedded.json"
     _write_json_atomic(
         manifest,

@@ -1,16 +1,12 @@
-"""A tiny randomly initialised Qwen2-architecture model, built locally, and its atomic save.
+"""A tiny randomly initialised Qwen2-architecture model, built locally (no download).
 
-The saved folder is an ordinary Hugging Face checkpoint, so the real-model code path loads it.
+Saved with ``pipeline.checkpoint.save_policy``, it is an ordinary Hugging Face folder, so the
+real-model code path loads it.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-from os import PathLike
-from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
@@ -94,42 +90,3 @@ def build_tiny_model(
     model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
     model.eval()
     return model
-
-
-def save_model_folder(
-    model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, folder: str | PathLike[str]
-) -> Path:
-    """Write a loadable HF folder (config, safetensors, generation config, tokenizer) atomically.
-
-    Everything is written into a temporary sibling first and renamed into place, so readers see
-    either the old folder, or the complete new one, never a partial write.
-    """
-    folder = Path(folder).absolute()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        _, eos, pad = _special_ids(tokenizer)
-        generation_config = model.generation_config or GenerationConfig()
-        generation_config.eos_token_id = eos
-        generation_config.pad_token_id = pad
-        model.generation_config = generation_config
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        os.chmod(tmp, 0o755)  # mkdtemp makes a 0700 folder; the checkpoint is meant to be shared
-        _replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    # os.replace cannot overwrite a non-empty directory: move the old one aside first, then
-    # rename the new one in, and delete the old copy only after the new one is in place.
-    old = None
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-        os.replace(dst, old / dst.name)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
 
-from pipeline.embedded import TinyModelConfig, build_tiny_model, save_model_folder
-from pipeline.embedded.model import _replace_dir
+from pipeline.checkpoint import save_policy
+from pipeline.embedded import TinyModelConfig, build_tiny_model
 
 
 def sample_ids(tokenizer) -> torch.Tensor:
@@ -21,7 +21,7 @@ def sample_ids(tokenizer) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def saved_folder(tmp_path_factory, tiny_model, tokenizer):
-    return save_model_folder(tiny_model, tokenizer, tmp_path_factory.mktemp("models") / "base_model")
+    return save_policy(tiny_model, tokenizer, tmp_path_factory.mktemp("models") / "base_model")
 
 
 def test_builds_with_the_requested_shape(tiny_model, tokenizer):
@@ -106,40 +106,3 @@ def test_loads_back_with_identical_logits(saved_folder, tiny_model, tokenizer):
     )
     assert generated.shape[1] > ids.shape[1]
     assert torch.equal(generated[:, : ids.shape[1]], ids)
-
-
-def test_save_replaces_an_existing_folder(tmp_path, tiny_model, tokenizer):
-    target = tmp_path / "ckpt"
-    target.mkdir()
-    (target / "stale.txt").write_text("old")
-    save_model_folder(tiny_model, tokenizer, target)
-    assert not (target / "stale.txt").exists()
-    assert (target / "model.safetensors").exists()
-    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
-
-
-def test_failed_save_leaves_the_old_folder_intact(tmp_path, tokenizer, monkeypatch):
-    target = tmp_path / "ckpt"
-    target.mkdir()
-    (target / "marker.txt").write_text("previous checkpoint")
-
-    class Boom(RuntimeError):
-        pass
-
-    def broken_save(self, *args, **kwargs):
-        raise Boom("disk full")
-
-    model = build_tiny_model(tokenizer, TinyModelConfig(num_hidden_layers=1))
-    monkeypatch.setattr(type(tokenizer), "save_pretrained", broken_save)
-    with pytest.raises(Boom):
-        save_model_folder(model, tokenizer, target)
-    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
-    assert os.listdir(target) == ["marker.txt"]
-
-
-def test_replace_dir_into_a_missing_target(tmp_path):
-    src = tmp_path / "new"
-    src.mkdir()
-    (src / "f").write_text("x")
-    _replace_dir(src, tmp_path / "dst")
-    assert (tmp_path / "dst" / "f").read_text() == "x" and not src.exists()

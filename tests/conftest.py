@@ -1,4 +1,4 @@
-"""Shared, session-scoped builds of the embedded assets, so each expensive step runs once."""
+"""Session-scoped builds of the embedded assets shared by all tests, so each one runs once."""
 
 from __future__ import annotations
 

@@ -1,0 +1,196 @@
+"""The recipe: typed configs for a run, loaded from YAML with dotted ``key=value`` overrides.
+
+A recipe names a base model, data, the roles' settings and a list of stages that run in order,
+each starting from the previous stage's checkpoint. ``validate`` runs before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.configio import ConfigError, apply_override, build, read_yaml
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+DEFAULT_RECIPE = RECIPES_DIR / "default.yaml"
+ALGORITHMS = ("sft", "dft", "gft", "grpo", "eval")
+EMBEDDED = "embedded"
+
+
+@dataclass
+class EmbeddedConfig:
+    """Sizes of the embedded task and tiny model, used when ``model.path`` is ``embedded``."""
+
+    min_terms: int = 2
+    max_terms: int = 4
+    max_operand: int = 9
+    ood_min_terms: int = 5
+    ood_max_terms: int = 6
+    teacher_error_rate: float = 0.2
+    n_train: int = 4096
+    n_test: int = 256
+    n_ood: int = 256
+    n_teacher: int = 3
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+
+
+@dataclass
+class ModelConfig:
+    path: str = EMBEDDED  # a local Hugging Face folder, or "embedded" to build the tiny model
+    dtype: str = "float32"  # float32 | bfloat16
+
+
+@dataclass
+class DataConfig:
+    """verl-layout parquet files. Empty with the embedded model: the embedded task's files."""
+
+    train_files: list[str] = field(default_factory=list)
+    eval_files: dict[str, str] = field(default_factory=dict)  # split name -> parquet
+    max_prompt_length: int = 512
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = "hf"  # hf | vllm
+    num_workers: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+
+
+@dataclass
+class TeacherConfig:
+    model_path: str | None = None  # sample teacher responses live from this local model
+    temperature: float = 1.0
+    reward_function: str | None = None  # a .py file with verl's compute_score signature
+
+
+@dataclass
+class GroupConfig:
+    """Members of each prompt's group, by source (DESIGN §2)."""
+
+    expert: int = 1
+    teacher: int = 3
+    self: int = 4
+
+
+@dataclass
+class EvalConfig:
+    splits: list[str] = field(default_factory=lambda: ["test", "ood"])
+    max_prompts: int = 128
+    pass_k: int = 4  # pass@k from k samples at temperature 1
+    max_new_tokens: int = 64
+
+
+@dataclass
+class StageConfig:
+    name: str
+    algorithm: str  # sft | dft | gft | grpo | eval
+    steps: int = 0
+    prompts_per_step: int = 16
+    group: GroupConfig = field(default_factory=GroupConfig)
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    tau: float = 0.1  # DCR threshold (gft)
+    clip_ratio: float = 0.2  # PPO epsilon (grpo)
+    kl_coef: float = 0.0  # low-variance KL to the stage's start policy (grpo)
+    updates_per_batch: int = 1  # optimizer steps per batch (mini-batches); >1 makes clipping bite
+    micro_batch_tokens: int = 8192  # learner forward/backward budget per micro-batch
+    eval_every: int = 0  # 0: evaluate only after the stage
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: start a local cluster
+    num_cpus: int | None = None
+    dashboard: bool = False
+    dashboard_host: str = "127.0.0.1"
+
+
+@dataclass
+class RunConfig:
+    name: str = "gft"
+    seed: int = 0
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+
+    def stage(self, name: str) -> StageConfig:
+        return next(s for s in self.stages if s.name == name)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(config: RunConfig, recipe_dir: Path | None = None) -> None:
+    """Refuse impossible settings before anything starts; each message names the key."""
+    _check(bool(config.stages), "stages: the recipe has no stage")
+    names = [s.name for s in config.stages]
+    _check(len(set(names)) == len(names), f"stages: stage names repeat: {names}")
+    for i, stage in enumerate(config.stages):
+        where = f"stages.{stage.name}"
+        _check(stage.algorithm in ALGORITHMS, f"{where}.algorithm: {stage.algorithm!r} is not one of {ALGORITHMS}")
+        if stage.algorithm == "eval":
+            continue
+        _check(stage.steps > 0, f"{where}.steps must be > 0, got {stage.steps}")
+        _check(stage.prompts_per_step > 0, f"{where}.prompts_per_step must be > 0, got {stage.prompts_per_step}")
+        _check(stage.lr >= 0, f"{where}.lr must be >= 0, got {stage.lr}")
+        _check(stage.max_grad_norm > 0, f"{where}.max_grad_norm must be > 0, got {stage.max_grad_norm}")
+        _check(stage.updates_per_batch >= 1, f"{where}.updates_per_batch must be >= 1")
+        _check(stage.micro_batch_tokens > 0, f"{where}.micro_batch_tokens must be > 0")
+        _check(stage.eval_every >= 0, f"{where}.eval_every must be >= 0")
+        group = stage.group
+        for source in ("expert", "teacher", "self"):
+            _check(getattr(group, source) >= 0, f"{where}.group.{source} must be >= 0")
+        _check(group.expert + group.teacher + group.self > 0, f"{where}.group: group size is 0")
+        if stage.algorithm == "gft":
+            _check(stage.tau > 0, f"{where}.tau must be > 0, got {stage.tau}")
+        if stage.algorithm in ("sft", "dft"):
+            _check(group.self == 0, f"{where}.group.self must be 0 for {stage.algorithm} (off-policy only)")
+        if stage.algorithm == "grpo":
+            _check(
+                group.self >= 2 and group.expert == 0 and group.teacher == 0,
+                f"{where}.group: grpo samples its own group only (expert=0, teacher=0, self>=2)",
+            )
+            _check(0 < stage.clip_ratio < 1, f"{where}.clip_ratio must be in (0, 1)")
+            _check(stage.kl_coef >= 0, f"{where}.kl_coef must be >= 0")
+    rollout = config.rollout
+    _check(rollout.backend in ("hf", "vllm"), f"rollout.backend: {rollout.backend!r} is not 'hf' or 'vllm'")
+    _check(rollout.num_workers >= 1, "rollout.num_workers must be >= 1")
+    _check(rollout.temperature > 0, "rollout.temperature must be > 0 (sampling is on-policy)")
+    _check(0 < rollout.top_p <= 1, "rollout.top_p must be in (0, 1]")
+    _check(rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
+    _check(config.model.dtype in ("float32", "bfloat16"), "model.dtype must be float32 or bfloat16")
+    _check(config.eval.pass_k >= 1, "eval.pass_k must be >= 1")
+    _check(config.eval.max_prompts >= 1, "eval.max_prompts must be >= 1")
+    if config.model.path != EMBEDDED:
+        _check(Path(config.model.path).is_dir(), f"model.path: {config.model.path} is not a folder")
+        _check(bool(config.data.train_files), "data.train_files: a real model needs training data")
+    for key, path in [("data.train_files", p) for p in config.data.train_files] + [
+        (f"data.eval_files.{k}", p) for k, p in config.data.eval_files.items()
+    ]:
+        _check(Path(path).is_file(), f"{key}: {path} does not exist")
+    for key in ("model_path", "reward_function"):
+        value = getattr(config.teacher, key)
+        _check(value is None or Path(value).exists(), f"teacher.{key}: {value} does not exist")
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a recipe (default: the embedded default), apply overrides, build and validate it."""
+    tree = read_yaml(path or DEFAULT_RECIPE)
+    for override in overrides:
+        apply_override(tree, override)
+    config = build(RunConfig, tree)
+    validate(config)
+    return config

@@ -1,0 +1,40 @@
+"""Reward functions with verl's signature ``compute_score(data_source, solution_str, ground_truth,
+extra_info) -> float``: the built-in verifiers, or a user's function loaded from a file.
+
+A user reward file is executed as Python code when it is loaded: only load files you trust.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline import embedded
+
+ComputeScore = Callable[..., float]
+
+
+def default_compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info=None) -> float:
+    """The built-in verifier for each known data source."""
+    if data_source == embedded.DATA_SOURCE:
+        return embedded.verify(solution_str, ground_truth)
+    raise ValueError(
+        f"no built-in verifier for data_source {data_source!r}; set teacher.reward_function to a file "
+        "defining compute_score(data_source, solution_str, ground_truth, extra_info)"
+    )
+
+
+def load_reward_function(path: str | None) -> ComputeScore:
+    """``compute_score`` from a Python file, or the built-in verifiers when ``path`` is None."""
+    if path is None:
+        return default_compute_score
+    spec = importlib.util.spec_from_file_location(f"user_reward_{Path(path).stem}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"reward function file {path} cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    function = getattr(module, "compute_score", None)
+    if not callable(function):
+        raise ValueError(f"reward function file {path} defines no compute_score function")
+    return function

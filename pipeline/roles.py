@@ -1,0 +1,88 @@
+"""Starting the Ray roles and talking to them: the driver's only door to the actors."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from pipeline.batch import concat_batches
+from pipeline.config import RunConfig
+from pipeline.data import PromptRecord
+from workers.hf_generate import SamplingParams
+from workers.learner import Learner
+from workers.rollout import RolloutWorker
+from workers.teacher import TeacherWorker
+
+
+def start_ray(config: RunConfig) -> None:
+    """Join ``ray.address`` or start a local cluster bound to loopback."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return
+    if config.ray.address:
+        ray.init(address=config.ray.address, logging_level=logging.WARNING)
+        return
+    # Learner and rollout never compute at the same time, so the roles may share the cores.
+    needed = 1 + config.rollout.num_workers
+    ray.init(
+        num_cpus=max(config.ray.num_cpus or os.cpu_count() or 1, needed),
+        include_dashboard=config.ray.dashboard,
+        dashboard_host=config.ray.dashboard_host,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+
+
+class Roles:
+    """Handles to the learner, the rollout workers and the teacher, with the fan-out logic."""
+
+    def __init__(self, config: RunConfig, model_path: str):
+        threads = os.cpu_count() or 1
+        workers = config.rollout.num_workers
+        self.learner = ray.remote(num_cpus=1)(Learner).remote(
+            model_path, config.model.dtype, config.seed, num_threads=threads
+        )
+        self.rollouts = [
+            ray.remote(num_cpus=1)(RolloutWorker).remote(
+                model_path, config.rollout.backend, config.model.dtype, num_threads=max(1, threads // workers)
+            )
+            for _ in range(workers)
+        ]
+        self.teacher = ray.remote(num_cpus=0)(TeacherWorker).remote(
+            model_path, config.teacher.reward_function, config.teacher.model_path, num_threads=1
+        )
+        # surface a bad model path or reward file now, not at the first step
+        ray.get([self.learner.__ray_ready__.remote(), self.teacher.__ray_ready__.remote()]
+                + [r.__ray_ready__.remote() for r in self.rollouts])
+
+    def load_policy(self, model_path: str, version: int) -> None:
+        ray.get([self.learner.load.remote(model_path)] + [r.load.remote(model_path, version) for r in self.rollouts])
+
+    def sync_weights(self, version: int) -> None:
+        """Learner weights into every rollout worker: put once in the object store, read by all."""
+        weights = self.learner.state_dict.remote()
+        ray.get([r.set_weights.remote(weights, version) for r in self.rollouts])
+
+    def rollout(self, records: list[PromptRecord], params: SamplingParams, seed: int) -> tuple[pa.RecordBatch, dict]:
+        """Self rows for ``records``, the prompts split evenly across the rollout workers."""
+        chunks = [list(c) for c in np.array_split(np.arange(len(records)), len(self.rollouts)) if len(c)]
+        futures = [
+            worker.rollout.remote([records[i] for i in chunk], params, seed + 7919 * index)
+            for index, (worker, chunk) in enumerate(zip(self.rollouts, chunks))
+        ]
+        results = ray.get(futures)
+        batch = concat_batches([b for b, _ in results])
+        tokens_per_s = sum(m["rollout_tokens_per_s"] for _, m in results)
+        return batch, {"rollout_tokens_per_s": tokens_per_s}
+
+    def score(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict]:
+        return ray.get(self.teacher.score.remote(batch))
+
+    def teacher_samples(self, records: list[PromptRecord], n: int, temperature: float, max_new_tokens: int, seed: int):
+        return ray.get(
+            self.teacher.sample.remote([r.prompt_ids for r in records], n, temperature, max_new_tokens, seed)
+        )

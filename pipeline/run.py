@@ -1,0 +1,143 @@
+"""The driver: recipe -> stages -> steps, checkpoints, metrics and the final eval table.
+
+Each stage starts from the previous stage's checkpoint folder and ends by writing its own, so a
+GFT policy hands off to GRPO exactly as a user's model would (a Hugging Face folder).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+import yaml
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
+from pipeline.config import EMBEDDED, RunConfig, StageConfig
+from pipeline.configio import to_dict
+from pipeline.data import PromptRecord, PromptSampler, load_prompts
+from pipeline.evaluation import format_table
+from pipeline.metrics import MetricsLogger
+from pipeline.roles import Roles, start_ray
+from pipeline.stages import evaluate, train_step
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+    evals: dict[str, dict[str, dict]] = field(default_factory=dict)  # policy -> split -> metrics
+    wall_time_s: float = 0.0
+
+
+def _new_run_dir(config: RunConfig) -> Path:
+    root = Path(config.output_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = root / f"{config.name}-{stamp}"
+    suffix = 1
+    while run_dir.exists():
+        run_dir, suffix = root / f"{config.name}-{stamp}-{suffix}", suffix + 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def _resolve_inputs(config: RunConfig, run_dir: Path) -> tuple[str, list[str], dict[str, str]]:
+    """(base model folder, train files, eval files); builds the embedded task when asked."""
+    if config.model.path != EMBEDDED:
+        return config.model.path, config.data.train_files, config.data.eval_files
+    from pipeline.embedded import TaskConfig, TinyModelConfig, build_embedded_assets
+
+    e = config.embedded
+    assets = build_embedded_assets(
+        run_dir / "embedded",
+        TaskConfig(e.min_terms, e.max_terms, e.max_operand, e.ood_min_terms, e.ood_max_terms, e.teacher_error_rate, config.seed),
+        TinyModelConfig(hidden_size=e.hidden_size, intermediate_size=3 * e.hidden_size,
+                        num_hidden_layers=e.num_hidden_layers, seed=config.seed),
+        n_train=e.n_train, n_test=e.n_test, n_ood=e.n_ood, n_teacher=e.n_teacher,
+    )
+    train = config.data.train_files or [str(assets.train)]
+    evals = config.data.eval_files or {"test": str(assets.test), "ood": str(assets.ood)}
+    return str(assets.base_model), train, evals
+
+
+def _progress_postfix(metrics: dict) -> dict:
+    return {"reward": f"{metrics['reward']:.3f}", "loss": f"{metrics['loss']:.4f}"}
+
+
+def _train_stage(stage: StageConfig, roles: Roles, sampler: PromptSampler, config: RunConfig,
+                 logger: MetricsLogger, eval_sets: dict[str, list[PromptRecord]], version: int, global_step: int):
+    roles.learner.start_stage.remote(stage.lr, stage.weight_decay, stage.max_grad_norm)
+    bar = tqdm(range(1, stage.steps + 1), desc=f"{stage.name} ({stage.algorithm})", unit="step", dynamic_ncols=True)
+    for step in bar:
+        if stage.warmup_steps:
+            roles.learner.set_lr.remote(stage.lr * min(1.0, step / stage.warmup_steps))
+        records = sampler.next(stage.prompts_per_step)
+        metrics = train_step(roles, stage, records, config, version, seed=config.seed * 1_000_003 + global_step)
+        version = int(metrics["policy_version"])
+        global_step += 1
+        if stage.eval_every and step % stage.eval_every == 0 and step < stage.steps:
+            for split, records in eval_sets.items():
+                result = evaluate(roles, records, config.eval, config.rollout.temperature, config.seed)
+                metrics.update({f"eval/{split}/{k}": v for k, v in result.items()})
+        logger.log(stage.name, step, metrics)
+        bar.set_postfix(_progress_postfix(metrics))
+    bar.close()
+    return version, global_step
+
+
+def run(config: RunConfig) -> RunResult:
+    """Run every stage of ``config`` and return where things went and the eval table."""
+    started = time.perf_counter()
+    run_dir = _new_run_dir(config)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    result = RunResult(run_dir)
+    base_model, train_files, eval_files = _resolve_inputs(config, run_dir)
+
+    start_ray(config)
+    roles = Roles(config, base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
+    train_records = [r for path in train_files for r in load_prompts(path, tokenizer, config.data.max_prompt_length)]
+    eval_sets = {
+        split: load_prompts(path, tokenizer, config.data.max_prompt_length, split=split)
+        for split, path in eval_files.items()
+        if split in config.eval.splits
+    }
+    sampler = PromptSampler(train_records, config.seed)
+
+    def record_eval(policy: str) -> None:
+        result.evals[policy] = {
+            split: evaluate(roles, records, config.eval, config.rollout.temperature, config.seed)
+            for split, records in eval_sets.items()
+        }
+        logger.log("eval", len(result.evals), {f"{policy}/{s}/{k}": v for s, m in result.evals[policy].items()
+                                                for k, v in m.items()})
+
+    policy_path, version, global_step = base_model, 0, 0
+    with MetricsLogger(run_dir) as logger:
+        record_eval("base")
+        for stage in config.stages:
+            if stage.algorithm == "eval":
+                record_eval(stage.name)
+                continue
+            roles.load_policy(policy_path, version)
+            version, global_step = _train_stage(
+                stage, roles, sampler, config, logger, eval_sets, version, global_step
+            )
+            checkpoint = Path(ray.get(roles.learner.save.remote(str(run_dir / "checkpoints" / stage.name))))
+            result.checkpoints[stage.name] = checkpoint
+            policy_path = str(checkpoint)
+            record_eval(stage.name)
+
+    result.wall_time_s = time.perf_counter() - started
+    (run_dir / "eval.json").write_text(json.dumps({"evals": result.evals, "wall_time_s": result.wall_time_s}, indent=2))
+    return result
+
+
+def summary(result: RunResult, k: int) -> str:
+    lines = [format_table(result.evals, k), "", f"run folder: {result.run_dir}"]
+    lines += [f"checkpoint {name}: {path}" for name, path in result.checkpoints.items()]
+    lines.append(f"wall time: {result.wall_time_s:.0f} s")
+    return "\n".join(lines)

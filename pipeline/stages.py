@@ -1,0 +1,145 @@
+"""What one step of each stage does: build the groups, score them, weigh them, update.
+
+The algorithms differ only in three places, all here: which sources fill a group, how rewards
+become advantages, and which pure loss the learner's objective calls.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from pipeline.advantages import group_advantages
+from pipeline.batch import SOURCES, concat_batches, make_batch, with_column
+from pipeline.config import EvalConfig, RunConfig, StageConfig
+from pipeline.data import PromptRecord
+from pipeline.evaluation import summarize
+from pipeline.losses import dft_loss, gft_loss, grpo_loss, sft_loss
+from pipeline.roles import Roles
+from workers.hf_generate import SamplingParams
+
+
+def _gft(log_probs, tokens, tau):
+    return gft_loss(log_probs, tokens.advantages, tokens.response_mask, tau=tau)
+
+
+def _sft(log_probs, tokens):
+    return sft_loss(log_probs, tokens.response_mask)
+
+
+def _dft(log_probs, tokens):
+    return dft_loss(log_probs, tokens.response_mask)
+
+
+def _grpo(log_probs, tokens, clip_ratio, kl_coef):
+    return grpo_loss(
+        log_probs, tokens.old_log_probs, tokens.advantages, tokens.response_mask, clip_ratio, kl_coef, tokens.ref_log_probs
+    )
+
+
+def objective_for(stage: StageConfig):
+    """The learner's objective for a stage: a pure loss with the stage's options bound."""
+    if stage.algorithm == "gft":
+        return functools.partial(_gft, tau=stage.tau)
+    if stage.algorithm == "grpo":
+        return functools.partial(_grpo, clip_ratio=stage.clip_ratio, kl_coef=stage.kl_coef)
+    return {"sft": _sft, "dft": _dft}[stage.algorithm]
+
+
+def off_policy_rows(records: list[PromptRecord], source: str, count: int, roles: Roles, config: RunConfig, seed: int):
+    """Up to ``count`` expert or teacher rows per prompt from the data; teacher rows are sampled
+    live from ``teacher.model_path`` for prompts whose data has none."""
+    if count == 0:
+        return None
+    responses = [getattr(r, source)[:count] for r in records]
+    if source == "teacher" and config.teacher.model_path:
+        missing = [i for i, r in enumerate(responses) if not r]
+        if missing:
+            live = roles.teacher_samples(
+                [records[i] for i in missing], count, config.teacher.temperature, config.rollout.max_new_tokens, seed
+            )
+            for i, sampled in zip(missing, live):
+                responses[i] = sampled
+    rows = [(r, ids) for r, candidates in zip(records, responses) for ids in candidates]
+    if not rows:
+        return None
+    return make_batch(
+        group_id=[r.uid for r, _ in rows],
+        source=[source] * len(rows),
+        prompt_ids=[r.prompt_ids for r, _ in rows],
+        response_ids=[ids for _, ids in rows],
+        ground_truth=[r.ground_truth for r, _ in rows],
+        data_source=[r.data_source for r, _ in rows],
+    )
+
+
+def group_metrics(batch: pa.RecordBatch) -> dict[str, float]:
+    """Mean reward, advantage and response length per source, and the truncated fraction."""
+    sources = np.asarray(batch.column("source").to_pylist())
+    rewards = np.asarray(batch.column("reward").to_pylist(), dtype=float)
+    advantages = np.asarray(batch.column("advantage").to_pylist(), dtype=float)
+    lengths = np.asarray(batch.column("response_ids").value_lengths(), dtype=float)
+    metrics = {"reward": float(rewards.mean()), "response_length": float(lengths.mean())}
+    for source in SOURCES:
+        chosen = sources == source
+        if chosen.any():
+            metrics[f"reward/{source}"] = float(rewards[chosen].mean())
+            metrics[f"advantage/{source}"] = float(advantages[chosen].mean())
+            metrics[f"response_length/{source}"] = float(lengths[chosen].mean())
+    metrics["truncated_fraction"] = float(np.mean(batch.column("truncated").to_pylist()))
+    return metrics
+
+
+def train_step(
+    roles: Roles, stage: StageConfig, records: list[PromptRecord], config: RunConfig, version: int, seed: int
+) -> dict[str, float]:
+    """One step: group -> rewards -> advantages -> learner update -> weights to the rollout."""
+    started = time.perf_counter()
+    parts, metrics = [], {}
+    for source in ("expert", "teacher"):
+        part = off_policy_rows(records, source, getattr(stage.group, source), roles, config, seed)
+        if part is not None:
+            parts.append(part)
+    if stage.group.self:
+        params = SamplingParams(
+            n=stage.group.self,
+            temperature=config.rollout.temperature,
+            top_p=config.rollout.top_p,
+            max_new_tokens=config.rollout.max_new_tokens,
+        )
+        self_rows, rollout_metrics = roles.rollout(records, params, seed)
+        parts.append(self_rows)
+        metrics.update(rollout_metrics)
+    batch, score_metrics = roles.score(concat_batches(parts))
+    metrics.update(score_metrics)
+    if stage.algorithm in ("gft", "grpo"):
+        advantages = group_advantages(batch.column("reward").to_numpy(), batch.column("group_id").to_pylist())
+    else:  # SFT and DFT weigh every imitated token equally (A = 1)
+        advantages = np.ones(batch.num_rows, dtype=np.float32)
+    batch = with_column(batch, "advantage", advantages)
+    metrics.update(group_metrics(batch))
+
+    update = roles.learner.update.remote(
+        ray.put(batch), objective_for(stage), stage.updates_per_batch, stage.micro_batch_tokens
+    )
+    metrics.update(ray.get(update))
+    roles.sync_weights(int(metrics["policy_version"]))
+    metrics["step_time_s"] = time.perf_counter() - started
+    return metrics
+
+
+def evaluate(roles: Roles, records: list[PromptRecord], eval_config: EvalConfig, temperature: float, seed: int) -> dict:
+    """Greedy accuracy and pass@k (k samples at the rollout temperature) on ``records``."""
+    records = records[: eval_config.max_prompts]
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=eval_config.max_new_tokens)
+    sampled = SamplingParams(n=eval_config.pass_k, temperature=temperature, max_new_tokens=eval_config.max_new_tokens)
+    greedy_batch, _ = roles.score(roles.rollout(records, greedy, seed)[0])
+    sampled_batch, _ = roles.score(roles.rollout(records, sampled, seed + 1)[0])
+    greedy_rewards = greedy_batch.column("reward").to_numpy()
+    sampled_rewards = sampled_batch.column("reward").to_numpy().reshape(len(records), eval_config.pass_k)
+    lengths = np.asarray(greedy_batch.column("response_ids").value_lengths())
+    return summarize(greedy_rewards, sampled_rewards, eval_config.pass_k, lengths)

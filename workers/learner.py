@@ -1,0 +1,190 @@
+"""The Learner role: the policy being trained, its optimizer and its checkpoints.
+
+It knows no algorithm. ``update`` computes per-token log-probs of the batch's response tokens
+(padding-free, packed), hands them to an *objective* (a pure loss from ``pipeline.losses``
+wrapped by the stage), and steps the optimizer. Entropy, the KL to the stage's start policy and
+the pre-clip grad-norm are measured here because they need the logits and the weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.batch import PackedBatch, to_packed
+from pipeline.checkpoint import load_policy, save_policy
+
+
+@dataclass
+class TokenBatch:
+    """What an objective sees for one micro-batch; every tensor is ``[N]`` over packed tokens.
+
+    ``old_log_probs`` are the policy's log-probs before this batch's first optimizer step and
+    ``ref_log_probs`` the stage's start policy's; both detached.
+    """
+
+    response_mask: torch.Tensor
+    advantages: torch.Tensor
+    old_log_probs: torch.Tensor
+    ref_log_probs: torch.Tensor
+
+
+Objective = Callable[[torch.Tensor, TokenBatch], tuple[torch.Tensor, dict[str, float]]]
+
+
+def _micro_batches(batch: pa.RecordBatch, max_tokens: int) -> list[pa.RecordBatch]:
+    """Consecutive row slices whose prompt+response tokens stay within ``max_tokens`` (a longer
+    single row still gets its own slice)."""
+    lengths = (
+        np.asarray(batch.column("prompt_ids").value_lengths()) + np.asarray(batch.column("response_ids").value_lengths())
+    )
+    slices, start, used = [], 0, 0
+    for row, length in enumerate(lengths.tolist()):
+        if row > start and used + length > max_tokens:
+            slices.append(batch.slice(start, row - start))
+            start, used = row, 0
+        used += length
+    if batch.num_rows > start:
+        slices.append(batch.slice(start, batch.num_rows - start))
+    return slices
+
+
+def _block_causal_mask(packed: PackedBatch) -> torch.Tensor:
+    """``[1, 1, N, N]`` boolean mask: causal within each packed sequence, nothing across them.
+    sdpa/eager attention on CPU cannot infer sequence boundaries from position ids."""
+    lengths = (packed.cu_seqlens[1:] - packed.cu_seqlens[:-1]).long()
+    segment = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    n = segment.numel()
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    return (causal & (segment[:, None] == segment[None, :]))[None, None]
+
+
+def packed_token_stats(model, packed: PackedBatch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-prob ``[N]`` of every packed token given its prefix (0 at sequence starts), and its
+    predictive entropy ``[N]`` if asked. Position j is scored by the logits at j - 1."""
+    device = next(model.parameters()).device
+    input_ids = packed.input_ids.to(device)[None]
+    attention = _block_causal_mask(packed).to(device)
+    logits = model(input_ids=input_ids, position_ids=packed.position_ids.to(device)[None], attention_mask=attention).logits[0]
+    log_softmax = torch.log_softmax(logits[:-1].float(), dim=-1)
+    token_log_probs = log_softmax.gather(-1, input_ids[0, 1:, None])[:, 0]
+    log_probs = torch.cat([token_log_probs.new_zeros(1), token_log_probs])
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            per_position = -(log_softmax.exp() * log_softmax).sum(-1)
+            entropy = torch.cat([per_position.new_zeros(1), per_position])
+    return log_probs, entropy
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    return float((values * mask).sum() / mask.sum().clamp(min=1))
+
+
+class Learner:
+    """Runs in its own Ray actor (``ray.remote(Learner)``); plain Python for unit tests."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, num_threads: int | None = None):
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        torch.manual_seed(seed)
+        self.dtype = dtype
+        self.model, self.tokenizer = load_policy(model_path, dtype)
+        self.reference = None
+        self.optimizer = None
+        self.version = 0
+
+    def load(self, model_path: str) -> None:
+        """Start from a checkpoint folder (the previous stage's)."""
+        self.model, self.tokenizer = load_policy(model_path, self.dtype)
+        self.optimizer = None
+
+    def start_stage(self, lr: float, weight_decay: float = 0.0, max_grad_norm: float = 1.0) -> None:
+        """Fresh optimizer, and a frozen copy of the current weights as the stage's reference."""
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.max_grad_norm = max_grad_norm
+        self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    @torch.no_grad()
+    def _detached_log_probs(self, model, micro: list[PackedBatch]) -> list[torch.Tensor]:
+        return [packed_token_stats(model, packed, with_entropy=False)[0] for packed in micro]
+
+    def update(
+        self, batch: pa.RecordBatch, objective: Objective, updates_per_batch: int = 1, micro_batch_tokens: int = 8192
+    ) -> dict[str, float]:
+        """Optimizer step(s) on ``batch``; returns loss, grad-norm, entropy, KL and objective metrics.
+
+        The batch's rows are split into ``updates_per_batch`` mini-batches (one optimizer step
+        each) and each mini-batch into micro-batches of at most ``micro_batch_tokens`` tokens whose
+        losses are weighted by their share of response tokens, so the step sees one token mean.
+        A non-finite loss or grad-norm skips the step and is counted.
+        """
+        started = time.perf_counter()
+        mini_size = math.ceil(batch.num_rows / updates_per_batch)
+        minis = [batch.slice(i, mini_size) for i in range(0, batch.num_rows, mini_size)]
+        packed_minis = [[to_packed(m) for m in _micro_batches(mini, micro_batch_tokens)] for mini in minis]
+        self.model.eval()  # dropout-free log-probs for old/ref; back to train() below
+        old = [self._detached_log_probs(self.model, micro) for micro in packed_minis]
+        ref = [self._detached_log_probs(self.reference, micro) for micro in packed_minis]
+        self.model.train()
+
+        sums: dict[str, float] = {}
+        skipped = 0
+        for mini_index, micro in enumerate(packed_minis):
+            total_tokens = sum(float(p.response_mask.sum()) for p in micro)
+            self.optimizer.zero_grad(set_to_none=True)
+            mini_loss = 0.0
+            for packed, old_lp, ref_lp in zip(micro, old[mini_index], ref[mini_index]):
+                log_probs, entropy = packed_token_stats(self.model, packed, with_entropy=True)
+                tokens = TokenBatch(packed.response_mask, packed.advantages, old_lp, ref_lp)
+                loss, metrics = objective(log_probs, tokens)
+                share = float(packed.response_mask.sum()) / max(total_tokens, 1.0)
+                (loss * share).backward()
+                mini_loss += loss.item() * share
+                k3 = torch.exp(ref_lp - log_probs.detach()) - (ref_lp - log_probs.detach()) - 1
+                metrics = {
+                    **metrics,
+                    "entropy": _masked_mean(entropy, packed.response_mask),
+                    "kl_to_start": _masked_mean(k3, packed.response_mask),
+                }
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + value * share / len(packed_minis)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm))
+            if math.isfinite(mini_loss) and math.isfinite(grad_norm):
+                self.optimizer.step()
+            else:
+                skipped += 1
+            sums["loss"] = sums.get("loss", 0.0) + mini_loss / len(packed_minis)
+            sums["grad_norm"] = max(sums.get("grad_norm", 0.0), grad_norm)
+        self.version += 1
+        tokens = sum(float(p.input_ids.numel()) for micro in packed_minis for p in micro)
+        elapsed = time.perf_counter() - started
+        sums.update(skipped_updates=float(skipped), learner_tokens_per_s=tokens / elapsed, policy_version=self.version)
+        return sums
+
+    @torch.no_grad()
+    def response_log_probs(self, batch: pa.RecordBatch) -> list[np.ndarray]:
+        """Per-row log-probs of the response tokens under the current weights."""
+        self.model.eval()
+        packed = to_packed(batch)
+        log_probs, _ = packed_token_stats(self.model, packed, with_entropy=False)
+        return packed.unpack(log_probs)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def save(self, folder: str) -> str:
+        """Write a Hugging Face folder (atomically) and return its path."""
+        return str(save_policy(self.model, self.tokenizer, folder))

@@ -1,0 +1,86 @@
+"""The RolloutWorker role: samples n responses per prompt with the current policy.
+
+Backends share one interface: ``hf`` (transformers, CPU or GPU; ``workers.hf_generate``) and
+``vllm`` (GPU only, imported lazily; ``workers.vllm_engine``). Rows come back as an Arrow batch of
+source ``self``, stamped with the policy version whose weights sampled them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+import torch
+
+from pipeline.batch import make_batch
+from pipeline.checkpoint import load_policy
+from pipeline.data import PromptRecord
+from workers.hf_generate import Generation, SamplingParams, generate
+
+
+class RolloutWorker:
+    def __init__(self, model_path: str, backend: str = "hf", dtype: str = "float32", num_threads: int | None = None):
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.backend, self.dtype = backend, dtype
+        self.version = 0
+        self.load(model_path, version=0)
+
+    def load(self, model_path: str, version: int) -> None:
+        """Serve the policy in ``model_path`` (a stage's start checkpoint) as ``version``."""
+        if self.backend == "vllm":
+            from workers.vllm_engine import VllmEngine
+
+            self.engine = VllmEngine(model_path, self.dtype)
+            self.tokenizer = self.engine.tokenizer
+        else:
+            self.model, self.tokenizer = load_policy(model_path, self.dtype)
+            self.model.eval()
+            if torch.cuda.is_available():
+                self.model.cuda()
+        self.version = version
+
+    def set_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
+        """Take the learner's new weights in place; rows sampled afterwards carry ``version``."""
+        if self.backend == "vllm":
+            self.engine.load_weights(state_dict)
+        else:
+            self.model.load_state_dict(state_dict, strict=True)
+        self.version = version
+        return version
+
+    def sample(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> Generation:
+        if self.backend == "vllm":
+            return self.engine.generate(prompts, params, seed)
+        generator = torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)
+        return generate(
+            self.model, prompts, params, [self.tokenizer.eos_token_id], self.tokenizer.pad_token_id, generator
+        )
+
+    def rollout(self, records: list[PromptRecord], params: SamplingParams, seed: int) -> tuple[pa.RecordBatch, dict]:
+        """``params.n`` self rows per record, with behaviour log-probs and this policy version."""
+        started = time.perf_counter()
+        out = self.sample([r.prompt_ids for r in records], params, seed)
+        elapsed = time.perf_counter() - started
+        repeat = [r for r in records for _ in range(params.n)]
+        batch = make_batch(
+            group_id=[r.uid for r in repeat],
+            source=["self"] * len(repeat),
+            prompt_ids=[r.prompt_ids for r in repeat],
+            response_ids=out.response_ids,
+            ground_truth=[r.ground_truth for r in repeat],
+            data_source=[r.data_source for r in repeat],
+            behaviour_logprobs=out.logprobs,
+            policy_version=[self.version] * len(repeat),
+            truncated=out.truncated,
+        )
+        return batch, {"rollout_tokens_per_s": out.num_tokens / max(elapsed, 1e-9)}
+
+    def sleep(self) -> None:
+        """Free accelerator memory between rollouts when colocated with the learner (vllm)."""
+        if self.backend == "vllm":
+            self.engine.sleep()
+
+    def wake_up(self) -> None:
+        if self.backend == "vllm":
+            self.engine.wake_up()

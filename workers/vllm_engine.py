@@ -1,0 +1,64 @@
+"""The rollout's ``vllm`` backend: ``vllm.LLM`` behind the hf backend's interface. GPU only.
+
+vLLM is an optional extra (``pip install gft-pipeline[vllm]``) imported only here. This path is
+not exercised by this project's CI, which has no GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from workers.hf_generate import Generation, SamplingParams
+
+
+class WeightLoaderExtension:
+    """Mixed into vLLM's GPU workers (``worker_extension_cls``) so the driver can push weights
+    into the running model in place, without restarting the engine."""
+
+    def load_named_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> None:
+        self.model_runner.model.load_weights(weights=named_tensors)
+
+
+class VllmEngine:
+    def __init__(self, model_path: str, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5):
+        try:
+            import vllm
+        except ImportError as err:
+            raise RuntimeError("rollout.backend=vllm needs the vllm extra: pip install 'gft-pipeline[vllm]'") from err
+        self._vllm = vllm
+        self.llm = vllm.LLM(
+            model=model_path,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_sleep_mode=True,
+            worker_extension_cls=f"{__name__}.WeightLoaderExtension",
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> Generation:
+        sampling = self._vllm.SamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            logprobs=0,  # the sampled token's own log-prob
+            seed=seed,
+        )
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
+        responses, logprobs, truncated = [], [], []
+        for output in outputs:
+            for sample in output.outputs:
+                ids = list(sample.token_ids)
+                responses.append(ids)
+                logprobs.append([step[token].logprob for step, token in zip(sample.logprobs, ids)])
+                truncated.append(sample.finish_reason == "length")
+        return Generation(responses, logprobs, truncated)
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        self.llm.collective_rpc("load_named_weights", args=(list(state_dict.items()),))
+
+    def sleep(self) -> None:
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        self.llm.wake_up()
