@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -324,3 +325,11 @@ def to_packed(batch: pa.RecordBatch) -> PackedBatch:
         rewards=row_values["rewards"],
         has_behaviour=row_values["has_behaviour"],
     )
+
+
+def write_batch(batch: pa.RecordBatch, path: str | Path) -> None:
+    """Save a batch as an Arrow IPC file (``pyarrow.ipc.open_file(path).read_all()`` reads it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+        writer.write_batch(batch)

@@ -98,7 +98,8 @@ class StageConfig:
     clip_ratio: float = 0.2  # PPO epsilon (grpo)
     kl_coef: float = 0.0  # low-variance KL to the stage's start policy (grpo)
     updates_per_batch: int = 1  # optimizer steps per batch (mini-batches); >1 makes clipping bite
-    micro_batch_tokens: int = 8192  # learner forward/backward budget per micro-batch
+    # learner forward/backward budget per micro-batch; on CPU the packed block mask is N x N
+    micro_batch_tokens: int = 512
     eval_every: int = 0  # 0: evaluate only after the stage
 
 
@@ -115,6 +116,7 @@ class RunConfig:
     name: str = "gft"
     seed: int = 0
     output_dir: str = "runs"
+    save_batches: bool = False  # write every step's learner batch to RUN_DIR/batches/*.arrow
     model: ModelConfig = field(default_factory=ModelConfig)
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -27,7 +27,7 @@ def summarize(greedy_rewards: np.ndarray, sampled_rewards: np.ndarray, k: int, g
         f"pass@{k}": float(np.mean([pass_at_k(n, int(c), k) for c in correct])),
         "mean_sample_reward": float(sampled_rewards.mean()),
         "response_length": float(greedy_lengths.mean()),
-        "prompts": int(len(greedy_rewards)),
+        "prompts": len(greedy_rewards),
     }
 
 

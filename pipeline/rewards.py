@@ -36,5 +36,5 @@ def load_reward_function(path: str | None) -> ComputeScore:
     spec.loader.exec_module(module)
     function = getattr(module, "compute_score", None)
     if not callable(function):
-        raise ValueError(f"reward function file {path} defines no compute_score function")
+        raise TypeError(f"reward function file {path} defines no compute_score function")
     return function

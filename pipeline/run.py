@@ -67,7 +67,7 @@ def _progress_postfix(metrics: dict) -> dict:
     return {"reward": f"{metrics['reward']:.3f}", "loss": f"{metrics['loss']:.4f}"}
 
 
-def _train_stage(stage: StageConfig, roles: Roles, sampler: PromptSampler, config: RunConfig,
+def _train_stage(stage: StageConfig, roles: Roles, sampler: PromptSampler, config: RunConfig, run_dir: Path,
                  logger: MetricsLogger, eval_sets: dict[str, list[PromptRecord]], version: int, global_step: int):
     roles.learner.start_stage.remote(stage.lr, stage.weight_decay, stage.max_grad_norm)
     bar = tqdm(range(1, stage.steps + 1), desc=f"{stage.name} ({stage.algorithm})", unit="step", dynamic_ncols=True)
@@ -75,7 +75,8 @@ def _train_stage(stage: StageConfig, roles: Roles, sampler: PromptSampler, confi
         if stage.warmup_steps:
             roles.learner.set_lr.remote(stage.lr * min(1.0, step / stage.warmup_steps))
         records = sampler.next(stage.prompts_per_step)
-        metrics = train_step(roles, stage, records, config, version, seed=config.seed * 1_000_003 + global_step)
+        dump = run_dir / "batches" / f"{stage.name}-{step:05d}.arrow" if config.save_batches else None
+        metrics = train_step(roles, stage, records, config, seed=config.seed * 1_000_003 + global_step, batch_dump=dump)
         version = int(metrics["policy_version"])
         global_step += 1
         if stage.eval_every and step % stage.eval_every == 0 and step < stage.steps:
@@ -124,7 +125,7 @@ def run(config: RunConfig) -> RunResult:
                 continue
             roles.load_policy(policy_path, version)
             version, global_step = _train_stage(
-                stage, roles, sampler, config, logger, eval_sets, version, global_step
+                stage, roles, sampler, config, run_dir, logger, eval_sets, version, global_step
             )
             checkpoint = Path(ray.get(roles.learner.save.remote(str(run_dir / "checkpoints" / stage.name))))
             result.checkpoints[stage.name] = checkpoint

@@ -1,53 +1,26 @@
 """What one step of each stage does: build the groups, score them, weigh them, update.
 
-The algorithms differ only in three places, all here: which sources fill a group, how rewards
-become advantages, and which pure loss the learner's objective calls.
+The algorithms differ in three places: which sources fill a group (the stage's ``group``), how
+rewards become advantages (here), and which pure loss the learner calls (``pipeline.objectives``).
 """
 
 from __future__ import annotations
 
-import functools
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import ray
 
 from pipeline.advantages import group_advantages
-from pipeline.batch import SOURCES, concat_batches, make_batch, with_column
+from pipeline.batch import SOURCES, concat_batches, make_batch, with_column, write_batch
 from pipeline.config import EvalConfig, RunConfig, StageConfig
 from pipeline.data import PromptRecord
 from pipeline.evaluation import summarize
-from pipeline.losses import dft_loss, gft_loss, grpo_loss, sft_loss
+from pipeline.objectives import objective_for
 from pipeline.roles import Roles
 from workers.hf_generate import SamplingParams
-
-
-def _gft(log_probs, tokens, tau):
-    return gft_loss(log_probs, tokens.advantages, tokens.response_mask, tau=tau)
-
-
-def _sft(log_probs, tokens):
-    return sft_loss(log_probs, tokens.response_mask)
-
-
-def _dft(log_probs, tokens):
-    return dft_loss(log_probs, tokens.response_mask)
-
-
-def _grpo(log_probs, tokens, clip_ratio, kl_coef):
-    return grpo_loss(
-        log_probs, tokens.old_log_probs, tokens.advantages, tokens.response_mask, clip_ratio, kl_coef, tokens.ref_log_probs
-    )
-
-
-def objective_for(stage: StageConfig):
-    """The learner's objective for a stage: a pure loss with the stage's options bound."""
-    if stage.algorithm == "gft":
-        return functools.partial(_gft, tau=stage.tau)
-    if stage.algorithm == "grpo":
-        return functools.partial(_grpo, clip_ratio=stage.clip_ratio, kl_coef=stage.kl_coef)
-    return {"sft": _sft, "dft": _dft}[stage.algorithm]
 
 
 def off_policy_rows(records: list[PromptRecord], source: str, count: int, roles: Roles, config: RunConfig, seed: int):
@@ -95,7 +68,12 @@ def group_metrics(batch: pa.RecordBatch) -> dict[str, float]:
 
 
 def train_step(
-    roles: Roles, stage: StageConfig, records: list[PromptRecord], config: RunConfig, version: int, seed: int
+    roles: Roles,
+    stage: StageConfig,
+    records: list[PromptRecord],
+    config: RunConfig,
+    seed: int,
+    batch_dump: Path | None = None,
 ) -> dict[str, float]:
     """One step: group -> rewards -> advantages -> learner update -> weights to the rollout."""
     started = time.perf_counter()
@@ -122,6 +100,8 @@ def train_step(
         advantages = np.ones(batch.num_rows, dtype=np.float32)
     batch = with_column(batch, "advantage", advantages)
     metrics.update(group_metrics(batch))
+    if batch_dump is not None:
+        write_batch(batch, batch_dump)
 
     update = roles.learner.update.remote(
         ray.put(batch), objective_for(stage), stage.updates_per_batch, stage.micro_batch_tokens

@@ -132,13 +132,14 @@ class Learner:
         A non-finite loss or grad-norm skips the step and is counted.
         """
         started = time.perf_counter()
+        self.model.train()
         mini_size = math.ceil(batch.num_rows / updates_per_batch)
         minis = [batch.slice(i, mini_size) for i in range(0, batch.num_rows, mini_size)]
         packed_minis = [[to_packed(m) for m in _micro_batches(mini, micro_batch_tokens)] for mini in minis]
-        self.model.eval()  # dropout-free log-probs for old/ref; back to train() below
-        old = [self._detached_log_probs(self.model, micro) for micro in packed_minis]
+        # With one update per batch the pre-update log-probs are the live ones, detached: no
+        # extra forward. With several, they must be frozen before the first step.
+        old = [self._detached_log_probs(self.model, micro) for micro in packed_minis] if len(minis) > 1 else None
         ref = [self._detached_log_probs(self.reference, micro) for micro in packed_minis]
-        self.model.train()
 
         sums: dict[str, float] = {}
         skipped = 0
@@ -146,8 +147,9 @@ class Learner:
             total_tokens = sum(float(p.response_mask.sum()) for p in micro)
             self.optimizer.zero_grad(set_to_none=True)
             mini_loss = 0.0
-            for packed, old_lp, ref_lp in zip(micro, old[mini_index], ref[mini_index]):
+            for micro_index, (packed, ref_lp) in enumerate(zip(micro, ref[mini_index])):
                 log_probs, entropy = packed_token_stats(self.model, packed, with_entropy=True)
+                old_lp = old[mini_index][micro_index] if old else log_probs.detach()
                 tokens = TokenBatch(packed.response_mask, packed.advantages, old_lp, ref_lp)
                 loss, metrics = objective(log_probs, tokens)
                 share = float(packed.response_mask.sum()) / max(total_tokens, 1.0)

@@ -66,7 +66,8 @@ class TeacherWorker:
             teacher_prompts,
             SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens),
             [self.teacher_tokenizer.eos_token_id],
-            self.teacher_tokenizer.pad_token_id,
+            self.teacher_tokenizer.pad_token_id if self.teacher_tokenizer.pad_token_id is not None
+            else self.teacher_tokenizer.eos_token_id,
             torch.Generator().manual_seed(seed),
         )
         responses = []

@@ -1,0 +1,46 @@
+"""The Ray roles together on a real local cluster: a GFT step, then the weight sync."""
+
+import numpy as np
+import pytest
+import ray
+
+from pipeline.config import RunConfig, StageConfig
+from pipeline.batch import with_column
+from pipeline.data import load_prompts
+from pipeline.objectives import objective_for
+from pipeline.roles import Roles, start_ray
+from pipeline.stages import train_step
+from workers.hf_generate import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def roles(assets):
+    config = RunConfig(seed=0)
+    config.ray.num_cpus = 2
+    start_ray(config)
+    yield Roles(config, str(assets.base_model)), config
+    ray.shutdown()
+
+
+def test_rollout_samples_with_the_learners_new_weights_after_a_sync(roles, assets, tokenizer):
+    roles, config = roles
+    records = load_prompts(assets.train, tokenizer, 512)[:6]
+    stage = StageConfig(name="gft", algorithm="gft", lr=1e-3, prompts_per_step=6)
+    ray.get(roles.learner.start_stage.remote(stage.lr))
+    metrics = train_step(roles, stage, records, config, seed=0)
+    assert metrics["policy_version"] == 1
+    for source in ("expert", "teacher", "self"):
+        assert f"reward/{source}" in metrics
+
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=12)
+    batch, _ = roles.rollout(records, params, seed=5)
+    assert set(batch.column("policy_version").to_pylist()) == {1}
+    learner = np.concatenate(ray.get(roles.learner.response_log_probs.remote(batch)))
+    behaviour = np.concatenate(batch.column("behaviour_logprobs").to_pylist())
+    np.testing.assert_allclose(behaviour, learner, atol=1e-4)
+
+    # one more update without a sync: the rollout's log-probs are now stale, and visibly so
+    weighted = with_column(batch, "advantage", np.linspace(-1, 1, batch.num_rows))
+    ray.get(roles.learner.update.remote(weighted, objective_for(stage), 1, 512))
+    stale = np.concatenate(ray.get(roles.learner.response_log_probs.remote(batch)))
+    assert np.abs(stale - behaviour).max() > 1e-3
