@@ -27,7 +27,11 @@ def group_advantages(
         normalize_by_std: False gives Dr.GRPO's mean-only centring.
     Returns: ``[N]`` float32 advantages.
     """
-    scores = torch.as_tensor(np.array(rewards, dtype=np.float32)).reshape(-1, 1)  # a copy: Arrow buffers are read-only
+    if isinstance(rewards, torch.Tensor):
+        scores = rewards.detach().to(torch.float32).clone()
+    else:  # torch.tensor copies: rewards read from Arrow are read-only buffers
+        scores = torch.tensor(np.asarray(rewards, dtype=np.float32))
+    scores = scores.reshape(-1, 1)
     if len(group_ids) != scores.shape[0]:
         raise ValueError(f"{scores.shape[0]} rewards but {len(group_ids)} group ids")
     token_advantages, _ = core_algos.compute_grpo_outcome_advantage(

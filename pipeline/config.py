@@ -6,6 +6,7 @@ each starting from the previous stage's checkpoint. ``validate`` runs before any
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,7 +93,8 @@ class StageConfig:
     group: GroupConfig = field(default_factory=GroupConfig)
     lr: float = 1e-6
     weight_decay: float = 0.0
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear ramp from 0
+    lr_schedule: str = "constant"  # constant | cosine (to 10% of lr at the last step)
     max_grad_norm: float = 1.0
     tau: float = 0.1  # DCR threshold (gft)
     clip_ratio: float = 0.2  # PPO epsilon (grpo)
@@ -130,6 +132,15 @@ class RunConfig:
         return next(s for s in self.stages if s.name == name)
 
 
+def learning_rate(stage: StageConfig, step: int) -> float:
+    """The stage's learning rate at 1-based ``step``: linear warm-up, then constant or cosine."""
+    scale = min(1.0, step / stage.warmup_steps) if stage.warmup_steps else 1.0
+    if stage.lr_schedule == "cosine":
+        progress = (step - 1) / max(1, stage.steps - 1)
+        scale *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return stage.lr * scale
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -148,6 +159,7 @@ def validate(config: RunConfig, recipe_dir: Path | None = None) -> None:
         _check(stage.steps > 0, f"{where}.steps must be > 0, got {stage.steps}")
         _check(stage.prompts_per_step > 0, f"{where}.prompts_per_step must be > 0, got {stage.prompts_per_step}")
         _check(stage.lr >= 0, f"{where}.lr must be >= 0, got {stage.lr}")
+        _check(stage.lr_schedule in ("constant", "cosine"), f"{where}.lr_schedule must be constant or cosine")
         _check(stage.max_grad_norm > 0, f"{where}.max_grad_norm must be > 0, got {stage.max_grad_norm}")
         _check(stage.updates_per_batch >= 1, f"{where}.updates_per_batch must be >= 1")
         _check(stage.micro_batch_tokens > 0, f"{where}.micro_batch_tokens must be > 0")

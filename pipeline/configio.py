@@ -46,7 +46,11 @@ def _coerce(value: Any, tp, where: str) -> Any:
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{where}.{i}") for i, v in enumerate(value)]
+        # items with a name are addressed by it, as overrides address them (stages.gft.lr)
+        return [
+            _coerce(v, args[0], f"{where}.{v['name'] if isinstance(v, dict) and 'name' in v else i}")
+            for i, v in enumerate(value)
+        ]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")

@@ -16,7 +16,7 @@ import yaml
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
-from pipeline.config import EMBEDDED, RunConfig, StageConfig
+from pipeline.config import EMBEDDED, RunConfig, StageConfig, learning_rate
 from pipeline.configio import to_dict
 from pipeline.data import PromptRecord, PromptSampler, load_prompts
 from pipeline.evaluation import format_table
@@ -72,8 +72,7 @@ def _train_stage(stage: StageConfig, roles: Roles, sampler: PromptSampler, confi
     roles.learner.start_stage.remote(stage.lr, stage.weight_decay, stage.max_grad_norm)
     bar = tqdm(range(1, stage.steps + 1), desc=f"{stage.name} ({stage.algorithm})", unit="step", dynamic_ncols=True)
     for step in bar:
-        if stage.warmup_steps:
-            roles.learner.set_lr.remote(stage.lr * min(1.0, step / stage.warmup_steps))
+        roles.learner.set_lr.remote(learning_rate(stage, step))
         records = sampler.next(stage.prompts_per_step)
         dump = run_dir / "batches" / f"{stage.name}-{step:05d}.arrow" if config.save_batches else None
         metrics = train_step(roles, stage, records, config, seed=config.seed * 1_000_003 + global_step, batch_dump=dump)

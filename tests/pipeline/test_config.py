@@ -351,3 +351,14 @@ def test_baselines_keep_the_default_recipes_budget(algorithm):
         assert budget(b, fields) == budget(d, fields), (b.name, d.name)
         if b.algorithm == "grpo":
             assert (b.clip_ratio, b.kl_coef) == (d.clip_ratio, d.kl_coef)
+
+
+def test_learning_rate_schedules():
+    from pipeline.config import StageConfig, learning_rate
+
+    constant = StageConfig(name="s", algorithm="sft", steps=10, lr=1.0, warmup_steps=4)
+    assert [learning_rate(constant, s) for s in (1, 2, 4, 10)] == [0.25, 0.5, 1.0, 1.0]
+    cosine = StageConfig(name="s", algorithm="sft", steps=11, lr=2.0, lr_schedule="cosine")
+    assert learning_rate(cosine, 1) == pytest.approx(2.0)
+    assert learning_rate(cosine, 6) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5))
+    assert learning_rate(cosine, 11) == pytest.approx(0.2)

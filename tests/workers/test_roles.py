@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import ray
 
-from pipeline.config import RunConfig, StageConfig
 from pipeline.batch import with_column
+from pipeline.config import RunConfig, StageConfig
 from pipeline.data import load_prompts
 from pipeline.objectives import objective_for
 from pipeline.roles import Roles, start_ray
