@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.configio import ConfigError, apply_override, build, read_yaml
+from pipeline.embedded import TaskConfig, TinyModelConfig
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 DEFAULT_RECIPE = RECIPES_DIR / "default.yaml"
@@ -20,20 +21,15 @@ EMBEDDED = "embedded"
 
 @dataclass
 class EmbeddedConfig:
-    """Sizes of the embedded task and tiny model, used when ``model.path`` is ``embedded``."""
+    """The embedded task and tiny model, used when ``model.path`` is ``embedded``. Their seeds
+    are their own, so runs with different ``seed`` share one task and one base model."""
 
-    min_terms: int = 2
-    max_terms: int = 4
-    max_operand: int = 9
-    ood_min_terms: int = 5
-    ood_max_terms: int = 6
-    teacher_error_rate: float = 0.2
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: TinyModelConfig = field(default_factory=TinyModelConfig)
     n_train: int = 4096
     n_test: int = 256
     n_ood: int = 256
     n_teacher: int = 3
-    hidden_size: int = 128
-    num_hidden_layers: int = 4
 
 
 @dataclass
@@ -146,8 +142,9 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(config: RunConfig, recipe_dir: Path | None = None) -> None:
-    """Refuse impossible settings before anything starts; each message names the key."""
+def validate(config: RunConfig) -> None:
+    """Refuse impossible settings before anything starts; each message names the key. Paths are
+    relative to the working directory."""
     _check(bool(config.stages), "stages: the recipe has no stage")
     names = [s.name for s in config.stages]
     _check(len(set(names)) == len(names), f"stages: stage names repeat: {names}")
@@ -158,9 +155,12 @@ def validate(config: RunConfig, recipe_dir: Path | None = None) -> None:
             continue
         _check(stage.steps > 0, f"{where}.steps must be > 0, got {stage.steps}")
         _check(stage.prompts_per_step > 0, f"{where}.prompts_per_step must be > 0, got {stage.prompts_per_step}")
-        _check(stage.lr >= 0, f"{where}.lr must be >= 0, got {stage.lr}")
+        _check(math.isfinite(stage.lr) and stage.lr >= 0, f"{where}.lr must be a finite number >= 0, got {stage.lr}")
         _check(stage.lr_schedule in ("constant", "cosine"), f"{where}.lr_schedule must be constant or cosine")
-        _check(stage.max_grad_norm > 0, f"{where}.max_grad_norm must be > 0, got {stage.max_grad_norm}")
+        _check(
+            math.isfinite(stage.max_grad_norm) and stage.max_grad_norm > 0,
+            f"{where}.max_grad_norm must be a finite number > 0, got {stage.max_grad_norm}",
+        )
         _check(stage.updates_per_batch >= 1, f"{where}.updates_per_batch must be >= 1")
         _check(stage.micro_batch_tokens > 0, f"{where}.micro_batch_tokens must be > 0")
         _check(stage.eval_every >= 0, f"{where}.eval_every must be >= 0")

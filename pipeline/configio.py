@@ -97,7 +97,10 @@ def build(cls, data: dict, where: str = ""):
     ]
     if missing:
         raise ConfigError(f"missing required key {_join(where, missing[0])!r}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:  # a dataclass's own __post_init__ checks
+        raise ConfigError(f"{where or cls.__name__}: {err}") from None
 
 
 def _join(where: str, key) -> str:

@@ -19,6 +19,7 @@ from transformers import AutoTokenizer
 from pipeline.config import EMBEDDED, RunConfig, StageConfig, learning_rate
 from pipeline.configio import to_dict
 from pipeline.data import PromptRecord, PromptSampler, load_prompts
+from pipeline.embedded import build_embedded_assets
 from pipeline.evaluation import format_table
 from pipeline.metrics import MetricsLogger
 from pipeline.roles import Roles, start_ray
@@ -48,15 +49,9 @@ def _resolve_inputs(config: RunConfig, run_dir: Path) -> tuple[str, list[str], d
     """(base model folder, train files, eval files); builds the embedded task when asked."""
     if config.model.path != EMBEDDED:
         return config.model.path, config.data.train_files, config.data.eval_files
-    from pipeline.embedded import TaskConfig, TinyModelConfig, build_embedded_assets
-
     e = config.embedded
     assets = build_embedded_assets(
-        run_dir / "embedded",
-        TaskConfig(e.min_terms, e.max_terms, e.max_operand, e.ood_min_terms, e.ood_max_terms, e.teacher_error_rate, config.seed),
-        TinyModelConfig(hidden_size=e.hidden_size, intermediate_size=3 * e.hidden_size,
-                        num_hidden_layers=e.num_hidden_layers, seed=config.seed),
-        n_train=e.n_train, n_test=e.n_test, n_ood=e.n_ood, n_teacher=e.n_teacher,
+        run_dir / "embedded", e.task, e.model, n_train=e.n_train, n_test=e.n_test, n_ood=e.n_ood, n_teacher=e.n_teacher
     )
     train = config.data.train_files or [str(assets.train)]
     evals = config.data.eval_files or {"test": str(assets.test), "ood": str(assets.ood)}

@@ -122,7 +122,7 @@ class Learner:
         return [packed_token_stats(model, packed, with_entropy=False)[0] for packed in micro]
 
     def update(
-        self, batch: pa.RecordBatch, objective: Objective, updates_per_batch: int = 1, micro_batch_tokens: int = 8192
+        self, batch: pa.RecordBatch, objective: Objective, updates_per_batch: int, micro_batch_tokens: int
     ) -> dict[str, float]:
         """Optimizer step(s) on ``batch``; returns loss, grad-norm, entropy, KL and objective metrics.
 

@@ -75,12 +75,3 @@ class RolloutWorker:
             truncated=out.truncated,
         )
         return batch, {"rollout_tokens_per_s": out.num_tokens / max(elapsed, 1e-9)}
-
-    def sleep(self) -> None:
-        """Free accelerator memory between rollouts when colocated with the learner (vllm)."""
-        if self.backend == "vllm":
-            self.engine.sleep()
-
-    def wake_up(self) -> None:
-        if self.backend == "vllm":
-            self.engine.wake_up()

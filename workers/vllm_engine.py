@@ -30,7 +30,6 @@ class VllmEngine:
             model=model_path,
             dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
-            enable_sleep_mode=True,
             worker_extension_cls=f"{__name__}.WeightLoaderExtension",
         )
         self.tokenizer = self.llm.get_tokenizer()
@@ -56,9 +55,3 @@ class VllmEngine:
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.llm.collective_rpc("load_named_weights", args=(list(state_dict.items()),))
-
-    def sleep(self) -> None:
-        self.llm.sleep(level=1)
-
-    def wake_up(self) -> None:
-        self.llm.wake_up()

@@ -362,3 +362,12 @@ def test_learning_rate_schedules():
     assert learning_rate(cosine, 1) == pytest.approx(2.0)
     assert learning_rate(cosine, 6) == pytest.approx(2.0 * (0.1 + 0.9 * 0.5))
     assert learning_rate(cosine, 11) == pytest.approx(0.2)
+
+
+def test_embedded_task_checks_surface_as_config_errors():
+    from pipeline.config import load_recipe
+
+    with pytest.raises(ConfigError, match="embedded.task: .*min_terms must be >= 2"):
+        load_recipe(None, ["embedded.task.min_terms=1"])
+    config = load_recipe(None, ["embedded.task.max_operand=5", "embedded.model.hidden_size=64"])
+    assert config.embedded.task.max_operand == 5 and config.embedded.model.hidden_size == 64

@@ -1,0 +1,27 @@
+"""pass@k and the eval summary against hand computations."""
+
+import numpy as np
+import pytest
+
+from pipeline.evaluation import format_table, pass_at_k, summarize
+
+
+def test_pass_at_k_matches_the_combinatorial_definition():
+    assert pass_at_k(4, 0, 4) == 0.0
+    assert pass_at_k(4, 1, 4) == 1.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2)/C(5,2)
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)
+
+
+def test_summary_and_table():
+    greedy = np.array([1.0, 0.0, 1.0, 0.0])
+    sampled = np.array([[0, 0], [1, 0], [0, 0], [1, 1]], dtype=float)
+    metrics = summarize(greedy, sampled, k=2, greedy_lengths=np.array([3, 5, 7, 9]))
+    assert metrics["accuracy"] == 0.5
+    assert metrics["pass@2"] == 0.5
+    assert metrics["mean_sample_reward"] == pytest.approx(3 / 8)
+    assert metrics["response_length"] == 6.0
+    table = format_table({"base": {"test": metrics}}, k=2)
+    assert "test acc" in table and "50.0" in table
