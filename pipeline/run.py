@@ -74,8 +74,8 @@ def _train_stage(stage: StageConfig, roles: Roles, sampler: PromptSampler, confi
         version = int(metrics["policy_version"])
         global_step += 1
         if stage.eval_every and step % stage.eval_every == 0 and step < stage.steps:
-            for split, records in eval_sets.items():
-                result = evaluate(roles, records, config.eval, config.rollout.temperature, config.seed)
+            for split, eval_records in eval_sets.items():
+                result = evaluate(roles, eval_records, config.eval, config.rollout.temperature, config.seed)
                 metrics.update({f"eval/{split}/{k}": v for k, v in result.items()})
         logger.log(stage.name, step, metrics)
         bar.set_postfix(_progress_postfix(metrics))
