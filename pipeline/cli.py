@@ -30,6 +30,135 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_config(args: argparse.Namespace):
+    """The RunConfig of an eval-only job: the checkpoint as the policy, benchmarks as eval sets."""
+    from pipeline.benchmarks import BENCHMARKS
+    from pipeline.config import RunConfig, validate
+    from pipeline.configio import ConfigError
+
+    config = RunConfig(name="eval", seed=args.seed)
+    config.model.path, config.model.dtype = str(args.checkpoint), args.dtype
+    names = [b for b in (args.benchmarks or "").split(",") if b]
+    unknown = [b for b in names if b not in BENCHMARKS]
+    if unknown:
+        raise ConfigError(f"--benchmarks: unknown {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    eval_files = {name: str(args.benchmark_dir / f"{name}.jsonl") for name in names}
+    for entry in args.eval_file:
+        name, _, path = entry.partition("=")
+        if not name or not path:
+            raise ConfigError(f"--eval-file: expected NAME=PATH, got {entry!r}")
+        eval_files[name] = path
+    if not eval_files:
+        raise ConfigError("nothing to evaluate: give --benchmarks and/or --eval-file")
+    config.data.eval_files, config.data.max_prompt_length = eval_files, args.max_prompt_length
+    config.eval.splits, config.eval.max_prompts = list(eval_files), args.max_prompts
+    config.eval.pass_k, config.eval.max_new_tokens = args.k, args.max_new_tokens
+    config.rollout.backend, config.rollout.num_workers = args.backend, args.num_workers
+    config.rollout.temperature = args.temperature
+    config.reward.function, config.reward.timeout_s = args.reward_function, args.reward_timeout
+    config.ray.address = args.address
+    validate(config, training=False)
+    return config
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import time
+
+    from pipeline.run import eval_summary, evaluate_checkpoint
+
+    config = _eval_config(args)
+    out = args.out or Path("runs") / "eval" / f"{args.checkpoint.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    results = evaluate_checkpoint(config, out)
+    print(eval_summary(results, config.eval.pass_k, out))
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from pipeline.evaluation import write_json_lines
+    from pipeline.rescore import format_summary, rescore
+
+    report = rescore(args.file, args.reward_function, args.timeout, args.workers, args.data_source)
+    out = args.out or args.file.with_name(f"{args.file.stem}.scored.jsonl")
+    write_json_lines(report.rows, out)
+    print(format_summary(report.summary))
+    if report.failures or report.timeouts:
+        print(f"{report.failures} reward calls failed and {report.timeouts} timed out; they scored 0")
+    print(f"scored rows: {out}")
+    return 0
+
+
+def _cmd_data_convert(args: argparse.Namespace) -> int:
+    from pipeline.dataprep import convert_gsm8k
+
+    rows = convert_gsm8k(args.source, args.out, args.split)
+    print(f"{rows} rows written to {args.out}")
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from pipeline.dataprep import check_dataset, format_report
+
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
+    report = check_dataset(args.file, tokenizer, args.max_prompt_length if tokenizer else None)
+    print(format_report(report, args.file))
+    return 1 if report.problems else 0
+
+
+def _add_eval_parser(commands) -> None:
+    parser = commands.add_parser("eval", help="greedy accuracy and pass@k of a checkpoint on math benchmarks")
+    parser.add_argument("checkpoint", type=Path, help="a Hugging Face model folder (e.g. RUN/checkpoints/gft)")
+    parser.add_argument("--benchmarks", help="comma-separated, e.g. math_oai,amc23,aime24")
+    parser.add_argument("--benchmark-dir", type=Path, default=Path("../shared/data/math_eval"),
+                        help="folder of the benchmark .jsonl files (default: %(default)s)")
+    parser.add_argument("--eval-file", action="append", default=[], metavar="NAME=PATH",
+                        help="also evaluate a verl-layout parquet (repeatable)")
+    parser.add_argument("--k", type=int, default=4, help="samples per prompt for pass@k (default: 4)")
+    parser.add_argument("--max-prompts", type=int, help="first N prompts of each benchmark (default: all)")
+    parser.add_argument("--max-new-tokens", type=int, default=2048)
+    parser.add_argument("--max-prompt-length", type=int, default=1024, help="longer prompts are skipped and listed")
+    parser.add_argument("--temperature", type=float, default=1.0, help="for the pass@k samples")
+    parser.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    parser.add_argument("--num-workers", type=int, default=1, help="rollout workers")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--reward-function", help="a .py file with verl's compute_score (default: built-in)")
+    parser.add_argument("--reward-timeout", type=float, default=10.0, help="seconds per reward call")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="output folder (default: runs/eval/CHECKPOINT-TIME)")
+    parser.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    parser.set_defaults(handler=_cmd_eval)
+
+
+def _add_score_parser(commands) -> None:
+    parser = commands.add_parser("score", help="re-score saved generations (.jsonl or .parquet) without a model")
+    parser.add_argument("file", type=Path, help="rows with response and ground_truth (and data_source)")
+    parser.add_argument("--reward-function", help="a .py file with verl's compute_score (default: built-in)")
+    parser.add_argument("--data-source", default="math", help="for rows without one (default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per reward call")
+    parser.add_argument("--workers", type=int, default=1, help="scoring processes")
+    parser.add_argument("--out", type=Path, help="scored JSON lines (default: FILE.scored.jsonl)")
+    parser.set_defaults(handler=_cmd_score)
+
+
+def _add_data_parser(commands) -> None:
+    data = commands.add_parser("data", help="prepare and check datasets").add_subparsers(
+        dest="data_command", required=True, metavar="ACTION")
+    convert = data.add_parser("convert", help="raw GSM8K parquet -> verl-layout parquet, expert solutions included")
+    convert.add_argument("source", type=Path, help="e.g. ../shared/data/gsm8k/train.parquet")
+    convert.add_argument("--out", type=Path, required=True, help="verl-layout parquet to write")
+    convert.add_argument("--split", help="split name stored in extra_info (default: the file name)")
+    convert.set_defaults(handler=_cmd_data_convert)
+    check = data.add_parser("check", help="validate a verl-layout parquet before a run")
+    check.add_argument("file", type=Path)
+    check.add_argument("--tokenizer", help="model folder; enables the prompt length check")
+    check.add_argument("--max-prompt-length", type=int, default=1024)
+    check.set_defaults(handler=_cmd_data_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gft",
@@ -48,12 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--out", type=Path, default=Path("runs/embedded"), help="output folder")
     build.set_defaults(handler=_cmd_build_default)
+    _add_eval_parser(commands)
+    _add_score_parser(commands)
+    _add_data_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.configio import ConfigError
     from pipeline.data import DataError
+    from pipeline.rewards.guard import RewardFunctionError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # a recipe path and key=value overrides share the positional slots
@@ -64,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         args.recipe = None
     try:
         return args.handler(args)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, RewardFunctionError) as err:
         print(f"gft: error: {err}", file=sys.stderr)
         return 2
 

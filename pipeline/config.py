@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.benchmarks import BENCHMARKS
 from pipeline.configio import ConfigError, apply_override, build, read_yaml
 from pipeline.embedded import TaskConfig, TinyModelConfig
 
@@ -54,13 +55,23 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 64
+    max_num_seqs: int = 256  # hf backend: sequences decoded at once (prompts x n), bounds memory
 
 
 @dataclass
 class TeacherConfig:
     model_path: str | None = None  # sample teacher responses live from this local model
     temperature: float = 1.0
-    reward_function: str | None = None  # a .py file with verl's compute_score signature
+
+
+@dataclass
+class RewardConfig:
+    """How the TeacherWorker scores responses. A call that raises or overruns ``timeout_s``
+    scores 0 and is counted (``reward_failures``, ``reward_timeouts``); the run goes on."""
+
+    function: str | None = None  # a .py file with verl's compute_score; None: built-in verifiers
+    timeout_s: float = 10.0  # per call
+    num_workers: int = 1  # scoring processes
 
 
 @dataclass
@@ -75,7 +86,7 @@ class GroupConfig:
 @dataclass
 class EvalConfig:
     splits: list[str] = field(default_factory=lambda: ["test", "ood"])
-    max_prompts: int = 128
+    max_prompts: int | None = 128  # per eval set; None: all of it
     pass_k: int = 4  # pass@k from k samples at temperature 1
     max_new_tokens: int = 64
 
@@ -120,6 +131,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     stages: list[StageConfig] = field(default_factory=list)
@@ -142,9 +154,7 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(config: RunConfig) -> None:
-    """Refuse impossible settings before anything starts; each message names the key. Paths are
-    relative to the working directory."""
+def _validate_stages(config: RunConfig) -> None:
     _check(bool(config.stages), "stages: the recipe has no stage")
     names = [s.name for s in config.stages]
     _check(len(set(names)) == len(names), f"stages: stage names repeat: {names}")
@@ -179,25 +189,36 @@ def validate(config: RunConfig) -> None:
             )
             _check(0 < stage.clip_ratio < 1, f"{where}.clip_ratio must be in (0, 1)")
             _check(stage.kl_coef >= 0, f"{where}.kl_coef must be >= 0")
+
+
+def validate(config: RunConfig, training: bool = True) -> None:
+    """Refuse impossible settings before anything starts; each message names the key. Paths are
+    relative to the working directory. ``training=False`` checks an eval-only job (no stages)."""
+    if training:
+        _validate_stages(config)
     rollout = config.rollout
     _check(rollout.backend in ("hf", "vllm"), f"rollout.backend: {rollout.backend!r} is not 'hf' or 'vllm'")
     _check(rollout.num_workers >= 1, "rollout.num_workers must be >= 1")
     _check(rollout.temperature > 0, "rollout.temperature must be > 0 (sampling is on-policy)")
     _check(0 < rollout.top_p <= 1, "rollout.top_p must be in (0, 1]")
     _check(rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
+    _check(rollout.max_num_seqs >= 1, "rollout.max_num_seqs must be >= 1")
     _check(config.model.dtype in ("float32", "bfloat16"), "model.dtype must be float32 or bfloat16")
     _check(config.eval.pass_k >= 1, "eval.pass_k must be >= 1")
-    _check(config.eval.max_prompts >= 1, "eval.max_prompts must be >= 1")
+    _check(config.eval.max_prompts is None or config.eval.max_prompts >= 1, "eval.max_prompts must be >= 1 or null")
     if config.model.path != EMBEDDED:
         _check(Path(config.model.path).is_dir(), f"model.path: {config.model.path} is not a folder")
-        _check(bool(config.data.train_files), "data.train_files: a real model needs training data")
+        _check(not training or bool(config.data.train_files), "data.train_files: a real model needs training data")
     for key, path in [("data.train_files", p) for p in config.data.train_files] + [
         (f"data.eval_files.{k}", p) for k, p in config.data.eval_files.items()
     ]:
         _check(Path(path).is_file(), f"{key}: {path} does not exist")
-    for key in ("model_path", "reward_function"):
-        value = getattr(config.teacher, key)
-        _check(value is None or Path(value).exists(), f"teacher.{key}: {value} does not exist")
+        _check(Path(path).suffix != ".jsonl" or Path(path).stem in BENCHMARKS,
+               f"{key}: {path}: a .jsonl eval file must be one of the benchmarks {', '.join(BENCHMARKS)}")
+    for key, value in (("teacher.model_path", config.teacher.model_path), ("reward.function", config.reward.function)):
+        _check(value is None or Path(value).exists(), f"{key}: {value} does not exist")
+    _check(config.reward.timeout_s > 0, f"reward.timeout_s must be > 0, got {config.reward.timeout_s}")
+    _check(config.reward.num_workers >= 1, f"reward.num_workers must be >= 1, got {config.reward.num_workers}")
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

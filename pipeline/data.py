@@ -3,6 +3,9 @@
 A row gives the chat prompt, the ground truth and, in ``extra_info``, candidate responses:
 ``expert_responses`` / ``teacher_responses`` as text, or the GFT reference's
 ``model_answer_id`` (token ids of the candidates, expert first).
+
+The row checks here (:class:`RowChecker`) are the one definition of a valid row: ``load_prompts``
+refuses a file they find fault with, and ``pipeline.dataprep.check_dataset`` reports all they find.
 """
 
 from __future__ import annotations
@@ -11,11 +14,142 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+
+REQUIRED_COLUMNS = ("data_source", "prompt", "reward_model")
+CHAT_ROLES = ("system", "user", "assistant")
+SHOWN_IN_ERROR = 5
 
 
 class DataError(ValueError):
     """A dataset problem a user has to fix; the message names file, row and field."""
+
+
+def problems_error(path: str | Path, problems: list[str]) -> DataError:
+    """One error for a file's problems: the path, the first few problems and how many in all."""
+    lines = [f"{path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}:"]
+    lines += [f"  {problem}" for problem in problems[:SHOWN_IN_ERROR]]
+    if len(problems) > SHOWN_IN_ERROR:
+        lines.append(f"  ... and {len(problems) - SHOWN_IN_ERROR} more")
+    return DataError("\n".join(lines))
+
+
+def read_table(path: str | Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read parquet: {err}") from None
+
+
+def table_problems(table: pa.Table) -> list[str]:
+    """File-level problems: each missing required column once (not once per row), or no rows."""
+    problems = [f"missing column {name!r}" for name in REQUIRED_COLUMNS if name not in table.column_names]
+    if table.num_rows == 0:
+        problems.append("no rows")
+    return problems
+
+
+def candidates(extra_info: dict | None) -> tuple[list, list]:
+    """(expert, teacher) candidates of a row: text lists, else ``model_answer_id`` split expert-first."""
+    extra = extra_info if isinstance(extra_info, dict) else {}
+    expert, teacher = list(extra.get("expert_responses") or []), list(extra.get("teacher_responses") or [])
+    if not expert and extra.get("model_answer_id"):
+        expert, teacher = list(extra["model_answer_id"][:1]), list(extra["model_answer_id"][1:])
+    return expert, teacher
+
+
+def chat_prompt_ids(messages: list[dict], tokenizer) -> list[int]:
+    """The chat-templated token ids of a prompt, ending where the assistant's reply starts."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "input_ids"):  # transformers 5 may hand back a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def _is_token_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class RowChecker:
+    """Finds what is wrong with a row; with a tokenizer it also tokenizes the prompt (the checks
+    need its length, ``load_prompts`` needs the ids), so no prompt is tokenized twice.
+
+    A field whose column is absent is skipped: ``table_problems`` reports the column once.
+    """
+
+    def __init__(self, tokenizer=None, max_prompt_length: int | None = None):
+        if max_prompt_length is not None and tokenizer is None:
+            raise ValueError("checking max_prompt_length needs a tokenizer")
+        self.tokenizer, self.max_prompt_length = tokenizer, max_prompt_length
+        self.vocab_size = len(tokenizer) if tokenizer is not None else None
+
+    def __call__(self, row: dict) -> tuple[list[str], list[int] | None]:
+        """(problems, each "field '...' ...", and the prompt's token ids when they were computed)."""
+        problems, prompt_ids = [], None
+        if "data_source" in row and not _is_text(row["data_source"]):
+            problems.append("field 'data_source' is missing or empty")
+        if "prompt" in row:
+            prompt_problems = self._prompt_problems(row["prompt"])
+            problems += prompt_problems
+            if not prompt_problems and self.tokenizer is not None:
+                prompt_ids = chat_prompt_ids(row["prompt"], self.tokenizer)
+                if self.max_prompt_length is not None and len(prompt_ids) > self.max_prompt_length:
+                    limit = self.max_prompt_length
+                    problems.append(f"field 'prompt': {len(prompt_ids)} tokens > max_prompt_length {limit}")
+        if "reward_model" in row:
+            reward_model = row["reward_model"] if isinstance(row["reward_model"], dict) else {}
+            ground_truth = reward_model.get("ground_truth")
+            if ground_truth is None or str(ground_truth).strip() == "":
+                problems.append("field 'reward_model.ground_truth' is missing or empty")
+        if "extra_info" in row:
+            problems += self._candidate_problems(row["extra_info"])
+        return problems, prompt_ids
+
+    @staticmethod
+    def _prompt_problems(messages) -> list[str]:
+        if not isinstance(messages, list) or not messages:
+            return ["field 'prompt' is not a non-empty list of chat messages"]
+        problems = []
+        for i, message in enumerate(messages):
+            message = message if isinstance(message, dict) else {}
+            if message.get("role") not in CHAT_ROLES:
+                problems.append(
+                    f"field 'prompt[{i}].role' is {message.get('role')!r}, not one of {', '.join(CHAT_ROLES)}"
+                )
+            if not _is_text(message.get("content")):
+                problems.append(f"field 'prompt[{i}].content' is missing or empty")
+        return problems
+
+    def _candidate_problems(self, extra_info) -> list[str]:
+        if extra_info is None:
+            return []
+        if not isinstance(extra_info, dict):
+            return ["field 'extra_info' is not a struct"]
+        problems = []
+        for name in ("expert_responses", "teacher_responses"):
+            texts = extra_info.get(name)
+            if texts is not None and not (isinstance(texts, list) and all(_is_text(t) for t in texts)):
+                problems.append(f"field 'extra_info.{name}' is not a list of non-empty strings")
+        answers = extra_info.get("model_answer_id")
+        if answers is not None and not isinstance(answers, list):
+            problems.append("field 'extra_info.model_answer_id' is not a list of token id lists")
+        elif answers is not None:
+            for i, ids in enumerate(answers):
+                problems += self._token_ids_problems(f"field 'extra_info.model_answer_id[{i}]'", ids)
+        return problems
+
+    def _token_ids_problems(self, where: str, ids) -> list[str]:
+        if not isinstance(ids, list) or not ids or not all(_is_token_id(t) for t in ids):
+            return [f"{where} is not a non-empty list of token ids"]
+        outside = [t for t in ids if self.vocab_size is not None and not 0 <= t < self.vocab_size]
+        if outside:
+            return [f"{where} holds token id {outside[0]}, outside the vocabulary [0, {self.vocab_size})"]
+        return []
 
 
 @dataclass
@@ -38,48 +172,38 @@ def _response_ids(candidate, tokenizer) -> list[int]:
     return ids
 
 
-def load_prompts(path: str | Path, tokenizer, max_prompt_length: int, split: str | None = None) -> list[PromptRecord]:
-    """Every row of a verl-layout parquet file as a tokenized :class:`PromptRecord`."""
+def load_prompts(
+    path: str | Path, tokenizer, max_prompt_length: int, split: str | None = None
+) -> list[PromptRecord]:
+    """Every row of a verl-layout parquet file as a tokenized :class:`PromptRecord`; any problem
+    in the file is a :class:`DataError` naming the first few (row and field) and their count."""
     path = Path(path)
-    try:
-        table = pq.read_table(path)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read parquet: {err}") from None
-    for column in ("prompt", "reward_model"):
-        if column not in table.column_names:
-            raise DataError(f"{path}: missing column {column!r} (verl layout needs prompt, reward_model)")
-    rows = table.to_pylist()
+    table = read_table(path)
+    problems = table_problems(table)
+    if problems:
+        raise problems_error(path, problems)
+    check = RowChecker(tokenizer, max_prompt_length)
     name = split or path.stem
     records = []
-    for index, row in enumerate(rows):
-        where = f"{path}: row {index}"
-        messages = row["prompt"]
-        if not messages:
-            raise DataError(f"{where}: field 'prompt' is empty")
-        ground_truth = (row.get("reward_model") or {}).get("ground_truth")
-        if ground_truth in (None, ""):
-            raise DataError(f"{where}: field 'reward_model.ground_truth' is missing")
-        prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if hasattr(prompt_ids, "input_ids"):  # transformers 5 may hand back a BatchEncoding
-            prompt_ids = prompt_ids["input_ids"]
-        if len(prompt_ids) > max_prompt_length:
-            raise DataError(f"{where}: prompt has {len(prompt_ids)} tokens > data.max_prompt_length={max_prompt_length}")
+    for index, row in enumerate(table.to_pylist()):
+        row_problems, prompt_ids = check(row)
+        problems += [f"row {index}: {problem}" for problem in row_problems]
+        if problems:  # keep checking to count them all, but build no more records
+            continue
         extra = row.get("extra_info") or {}
-        expert, teacher = list(extra.get("expert_responses") or []), list(extra.get("teacher_responses") or [])
-        if not expert and extra.get("model_answer_id"):
-            expert, teacher = list(extra["model_answer_id"][:1]), list(extra["model_answer_id"][1:])
+        expert, teacher = candidates(extra)
         records.append(
             PromptRecord(
                 uid=f"{name}/{extra.get('index', index)}",
-                prompt_ids=list(prompt_ids),
-                ground_truth=str(ground_truth),
-                data_source=str(row.get("data_source") or ""),
+                prompt_ids=prompt_ids,
+                ground_truth=str(row["reward_model"]["ground_truth"]),
+                data_source=str(row["data_source"]),
                 expert=[_response_ids(c, tokenizer) for c in expert],
                 teacher=[_response_ids(c, tokenizer) for c in teacher],
             )
         )
-    if not records:
-        raise DataError(f"{path}: no rows")
+    if problems:
+        raise problems_error(path, problems)
     return records
 
 

@@ -1,10 +1,47 @@
-"""Evaluation: greedy accuracy and pass@k of a policy on held-out prompts."""
+"""Evaluation: eval sets, greedy accuracy and pass@k, the tables, and saved generations.
+
+An eval set is a verl-layout parquet split or one of the paper's benchmark files (``.jsonl``,
+known by its name). The generations of an eval are saved as JSON lines (question, response,
+ground truth, reward) that ``gft score`` can re-score without a model.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
 from math import comb
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+
+from pipeline.benchmarks import read_benchmark
+from pipeline.data import PromptRecord, chat_prompt_ids, load_prompts
+
+
+@dataclass
+class EvalSet:
+    name: str
+    records: list[PromptRecord]
+    skipped: list[str] = field(default_factory=list)  # items left out, each with its reason
+
+
+def load_eval_set(name: str, path: str | Path, tokenizer, max_prompt_length: int) -> EvalSet:
+    """A verl-layout parquet split, or a benchmark ``.jsonl`` whose prompts over
+    ``max_prompt_length`` tokens are skipped (and named) rather than cut."""
+    if Path(path).suffix != ".jsonl":
+        return EvalSet(name, load_prompts(path, tokenizer, max_prompt_length, split=name))
+    benchmark = read_benchmark(path)
+    records, skipped = [], list(benchmark.skipped)
+    for item in benchmark.items:
+        prompt_ids = chat_prompt_ids([{"role": "user", "content": item.question}], tokenizer)
+        if len(prompt_ids) > max_prompt_length:
+            skipped.append(f"line {item.index + 1}: prompt has {len(prompt_ids)} tokens > {max_prompt_length}")
+            continue
+        records.append(PromptRecord(f"{name}/{item.index}", prompt_ids, item.ground_truth, item.data_source))
+    return EvalSet(name, records, skipped)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -31,6 +68,14 @@ def summarize(greedy_rewards: np.ndarray, sampled_rewards: np.ndarray, k: int, g
     }
 
 
+def _render(headers: list[str], rows: list[list]) -> str:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = ["  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [headers, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def format_table(results: dict[str, dict[str, dict]], k: int) -> str:
     """Policies as rows, ``split accuracy`` and ``split pass@k`` as columns (percent)."""
     splits = sorted({split for per_split in results.values() for split in per_split})
@@ -41,7 +86,41 @@ def format_table(results: dict[str, dict[str, dict]], k: int) -> str:
         for key in ["accuracy", f"pass@{k}"]:
             cells += [f"{100 * per_split[s][key]:.1f}" if s in per_split else "-" for s in splits]
         rows.append(cells)
-    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
-    lines = ["  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [headers] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return _render(headers, rows)
+
+
+def format_benchmark_table(results: dict[str, dict], k: int) -> str:
+    """One row per benchmark: prompts scored, skipped, greedy accuracy and pass@k (percent)."""
+    headers = ["benchmark", "prompts", "skipped", "acc", f"pass@{k}", "length"]
+    rows = [[name, m["prompts"], m.get("skipped", 0), f"{100 * m['accuracy']:.1f}", f"{100 * m[f'pass@{k}']:.1f}",
+             f"{m['response_length']:.0f}"] for name, m in results.items()]
+    return _render(headers, rows)
+
+
+def generation_rows(split: str, greedy: pa.RecordBatch, sampled: pa.RecordBatch, tokenizer) -> list[dict]:
+    """The decoded generations of one eval split, one JSON-ready dict per response."""
+    rows = []
+    for kind, batch in (("greedy", greedy), ("sampled", sampled)):
+        prompts = tokenizer.batch_decode(batch.column("prompt_ids").to_pylist(), skip_special_tokens=False)
+        responses = tokenizer.batch_decode(batch.column("response_ids").to_pylist(), skip_special_tokens=True)
+        for i, row in enumerate(batch.select(["group_id", "ground_truth", "data_source", "reward", "truncated"])
+                                .to_pylist()):
+            rows.append({"split": split, "uid": row["group_id"], "sample": kind, "prompt": prompts[i],
+                         "response": responses[i], "ground_truth": row["ground_truth"],
+                         "data_source": row["data_source"], "reward": row["reward"], "truncated": row["truncated"]})
+    return rows
+
+
+def write_json_lines(rows: list[dict], path: str | Path) -> Path:
+    """Write ``rows`` via a temporary sibling and a rename: no reader sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -12,6 +12,7 @@ import ray
 from pipeline.batch import concat_batches
 from pipeline.config import RunConfig
 from pipeline.data import PromptRecord
+from pipeline.rewards.guard import RewardGuard
 from workers.hf_generate import SamplingParams
 from workers.learner import Learner
 from workers.rollout import RolloutWorker
@@ -40,24 +41,36 @@ def start_ray(config: RunConfig) -> None:
 class Roles:
     """Handles to the learner, the rollout workers and the teacher, with the fan-out logic."""
 
-    def __init__(self, config: RunConfig, model_path: str):
+    def __init__(self, config: RunConfig, model_path: str, learner: bool = True):
+        RewardGuard(config.reward.function).close()  # a broken reward file fails here, in plain words
         threads = os.cpu_count() or 1
         workers = config.rollout.num_workers
-        self.learner = ray.remote(num_cpus=1)(Learner).remote(
-            model_path, config.model.dtype, config.seed, num_threads=threads
-        )
+        self.learner = None  # an eval-only job needs none
+        if learner:
+            self.learner = ray.remote(num_cpus=1)(Learner).remote(
+                model_path, config.model.dtype, config.seed, num_threads=threads
+            )
         self.rollouts = [
             ray.remote(num_cpus=1)(RolloutWorker).remote(
-                model_path, config.rollout.backend, config.model.dtype, num_threads=max(1, threads // workers)
+                model_path,
+                config.rollout.backend,
+                config.model.dtype,
+                num_threads=max(1, threads // workers),
+                max_num_seqs=config.rollout.max_num_seqs,
             )
             for _ in range(workers)
         ]
         self.teacher = ray.remote(num_cpus=0)(TeacherWorker).remote(
-            model_path, config.teacher.reward_function, config.teacher.model_path, num_threads=1
+            model_path,
+            config.reward.function,
+            config.teacher.model_path,
+            num_threads=1,
+            reward_timeout_s=config.reward.timeout_s,
+            reward_workers=config.reward.num_workers,
         )
         # surface a bad model path or reward file now, not at the first step
-        ray.get([self.learner.__ray_ready__.remote(), self.teacher.__ray_ready__.remote()]
-                + [r.__ray_ready__.remote() for r in self.rollouts])
+        actors = [self.teacher, *self.rollouts] + ([self.learner] if learner else [])
+        ray.get([actor.__ray_ready__.remote() for actor in actors])
 
     def load_policy(self, model_path: str, version: int) -> None:
         ray.get([self.learner.load.remote(model_path)] + [r.load.remote(model_path, version) for r in self.rollouts])

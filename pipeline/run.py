@@ -18,12 +18,19 @@ from transformers import AutoTokenizer
 
 from pipeline.config import EMBEDDED, RunConfig, StageConfig, learning_rate
 from pipeline.configio import to_dict
-from pipeline.data import PromptRecord, PromptSampler, load_prompts
+from pipeline.data import PromptSampler, load_prompts
 from pipeline.embedded import build_embedded_assets
-from pipeline.evaluation import format_table
+from pipeline.evaluation import (
+    EvalSet,
+    format_benchmark_table,
+    format_table,
+    generation_rows,
+    load_eval_set,
+    write_json_lines,
+)
 from pipeline.metrics import MetricsLogger
 from pipeline.roles import Roles, start_ray
-from pipeline.stages import evaluate, train_step
+from pipeline.stages import EvalOutcome, evaluate, train_step
 
 
 @dataclass
@@ -58,12 +65,34 @@ def _resolve_inputs(config: RunConfig, run_dir: Path) -> tuple[str, list[str], d
     return str(assets.base_model), train, evals
 
 
+def _load_eval_sets(config: RunConfig, eval_files: dict[str, str], tokenizer) -> dict[str, EvalSet]:
+    return {
+        split: load_eval_set(split, path, tokenizer, config.data.max_prompt_length)
+        for split, path in eval_files.items()
+        if split in config.eval.splits
+    }
+
+
+def _evaluate_sets(roles: Roles, eval_sets: dict[str, EvalSet], config: RunConfig) -> dict[str, EvalOutcome]:
+    outcomes = {}
+    for split, eval_set in eval_sets.items():
+        outcome = evaluate(roles, eval_set.records, config.eval, config.rollout.temperature, config.seed)
+        outcome.metrics["skipped"] = len(eval_set.skipped)
+        outcomes[split] = outcome
+    return outcomes
+
+
+def _save_generations(outcomes: dict[str, EvalOutcome], tokenizer, folder: Path) -> None:
+    for split, outcome in outcomes.items():
+        write_json_lines(generation_rows(split, outcome.greedy, outcome.sampled, tokenizer), folder / f"{split}.jsonl")
+
+
 def _progress_postfix(metrics: dict) -> dict:
     return {"reward": f"{metrics['reward']:.3f}", "loss": f"{metrics['loss']:.4f}"}
 
 
 def _train_stage(stage: StageConfig, roles: Roles, sampler: PromptSampler, config: RunConfig, run_dir: Path,
-                 logger: MetricsLogger, eval_sets: dict[str, list[PromptRecord]], version: int, global_step: int):
+                 logger: MetricsLogger, eval_sets: dict[str, EvalSet], version: int, global_step: int):
     roles.learner.start_stage.remote(stage.lr, stage.weight_decay, stage.max_grad_norm)
     bar = tqdm(range(1, stage.steps + 1), desc=f"{stage.name} ({stage.algorithm})", unit="step", dynamic_ncols=True)
     for step in bar:
@@ -74,9 +103,8 @@ def _train_stage(stage: StageConfig, roles: Roles, sampler: PromptSampler, confi
         version = int(metrics["policy_version"])
         global_step += 1
         if stage.eval_every and step % stage.eval_every == 0 and step < stage.steps:
-            for split, eval_records in eval_sets.items():
-                result = evaluate(roles, eval_records, config.eval, config.rollout.temperature, config.seed)
-                metrics.update({f"eval/{split}/{k}": v for k, v in result.items()})
+            for split, outcome in _evaluate_sets(roles, eval_sets, config).items():
+                metrics.update({f"eval/{split}/{k}": v for k, v in outcome.metrics.items()})
         logger.log(stage.name, step, metrics)
         bar.set_postfix(_progress_postfix(metrics))
     bar.close()
@@ -95,18 +123,13 @@ def run(config: RunConfig) -> RunResult:
     roles = Roles(config, base_model)
     tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
     train_records = [r for path in train_files for r in load_prompts(path, tokenizer, config.data.max_prompt_length)]
-    eval_sets = {
-        split: load_prompts(path, tokenizer, config.data.max_prompt_length, split=split)
-        for split, path in eval_files.items()
-        if split in config.eval.splits
-    }
+    eval_sets = _load_eval_sets(config, eval_files, tokenizer)
     sampler = PromptSampler(train_records, config.seed)
 
     def record_eval(policy: str) -> None:
-        result.evals[policy] = {
-            split: evaluate(roles, records, config.eval, config.rollout.temperature, config.seed)
-            for split, records in eval_sets.items()
-        }
+        outcomes = _evaluate_sets(roles, eval_sets, config)
+        _save_generations(outcomes, tokenizer, run_dir / "generations" / policy)
+        result.evals[policy] = {split: outcome.metrics for split, outcome in outcomes.items()}
         logger.log("eval", len(result.evals), {f"{policy}/{s}/{k}": v for s, m in result.evals[policy].items()
                                                 for k, v in m.items()})
 
@@ -136,3 +159,30 @@ def summary(result: RunResult, k: int) -> str:
     lines += [f"checkpoint {name}: {path}" for name, path in result.checkpoints.items()]
     lines.append(f"wall time: {result.wall_time_s:.0f} s")
     return "\n".join(lines)
+
+
+def evaluate_checkpoint(config: RunConfig, out_dir: Path) -> dict[str, dict]:
+    """Evaluate ``config.model.path`` on ``config.data.eval_files``: metrics per eval set to
+    ``out_dir/eval.json``, generations to ``out_dir/generations/<set>.jsonl``."""
+    started = time.perf_counter()
+    start_ray(config)
+    roles = Roles(config, config.model.path, learner=False)
+    tokenizer = AutoTokenizer.from_pretrained(config.model.path, local_files_only=True)
+    eval_sets = _load_eval_sets(config, config.data.eval_files, tokenizer)
+    outcomes = _evaluate_sets(roles, eval_sets, config)
+    _save_generations(outcomes, tokenizer, out_dir / "generations")
+    results = {split: outcome.metrics for split, outcome in outcomes.items()}
+    report = {
+        "checkpoint": config.model.path,
+        "results": results,
+        "skipped": {split: s.skipped for split, s in eval_sets.items() if s.skipped},
+        "settings": to_dict(config.eval) | {"temperature": config.rollout.temperature, "seed": config.seed},
+        "wall_time_s": time.perf_counter() - started,
+    }
+    (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
+    return results
+
+
+def eval_summary(results: dict[str, dict], k: int, out_dir: Path) -> str:
+    return "\n".join([format_benchmark_table(results, k), "", f"results: {out_dir / 'eval.json'}",
+                      f"generations: {out_dir / 'generations'}"])

@@ -7,6 +7,7 @@ rewards become advantages (here), and which pure loss the learner calls (``pipel
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,15 @@ def train_step(
     return metrics
 
 
-def evaluate(roles: Roles, records: list[PromptRecord], eval_config: EvalConfig, temperature: float, seed: int) -> dict:
+@dataclass
+class EvalOutcome:
+    metrics: dict
+    greedy: pa.RecordBatch  # scored rows, one per prompt
+    sampled: pa.RecordBatch  # scored rows, pass_k per prompt
+
+
+def evaluate(roles: Roles, records: list[PromptRecord], eval_config: EvalConfig, temperature: float,
+             seed: int) -> EvalOutcome:
     """Greedy accuracy and pass@k (k samples at the rollout temperature) on ``records``."""
     records = records[: eval_config.max_prompts]
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=eval_config.max_new_tokens)
@@ -122,4 +131,5 @@ def evaluate(roles: Roles, records: list[PromptRecord], eval_config: EvalConfig,
     greedy_rewards = greedy_batch.column("reward").to_numpy()
     sampled_rewards = sampled_batch.column("reward").to_numpy().reshape(len(records), eval_config.pass_k)
     lengths = np.asarray(greedy_batch.column("response_ids").value_lengths())
-    return summarize(greedy_rewards, sampled_rewards, eval_config.pass_k, lengths)
+    metrics = summarize(greedy_rewards, sampled_rewards, eval_config.pass_k, lengths)
+    return EvalOutcome(metrics, greedy_batch, sampled_batch)

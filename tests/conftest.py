@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pipeline.embedded import (
@@ -39,3 +41,12 @@ def assets(tmp_path_factory, task_config):
     return build_embedded_assets(
         tmp_path_factory.mktemp("embedded"), task_config, n_train=600, n_test=120, n_ood=120
     )
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data nobody here wrote (GSM8K, the paper's benchmarks), beside the checkout."""
+    path = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not path.is_dir():
+        pytest.fail(f"{path} is missing: the real-data tests read ../shared/data beside the checkout")
+    return path

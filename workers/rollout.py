@@ -19,10 +19,11 @@ from workers.hf_generate import Generation, SamplingParams, generate
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, backend: str = "hf", dtype: str = "float32", num_threads: int | None = None):
+    def __init__(self, model_path: str, backend: str = "hf", dtype: str = "float32", num_threads: int | None = None,
+                 max_num_seqs: int = 256):
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.backend, self.dtype = backend, dtype
+        self.backend, self.dtype, self.max_num_seqs = backend, dtype, max_num_seqs
         self.version = 0
         self.load(model_path, version=0)
 
@@ -53,9 +54,15 @@ class RolloutWorker:
         if self.backend == "vllm":
             return self.engine.generate(prompts, params, seed)
         generator = torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)
-        return generate(
-            self.model, prompts, params, [self.tokenizer.eos_token_id], self.tokenizer.pad_token_id, generator
-        )
+        chunk = max(1, self.max_num_seqs // params.n)  # vLLM schedules its own batches; hf needs a bound
+        out = Generation([], [], [])
+        for start in range(0, len(prompts), chunk):
+            part = generate(self.model, prompts[start : start + chunk], params, [self.tokenizer.eos_token_id],
+                            self.tokenizer.pad_token_id, generator)
+            out.response_ids += part.response_ids
+            out.logprobs += part.logprobs
+            out.truncated += part.truncated
+        return out
 
     def rollout(self, records: list[PromptRecord], params: SamplingParams, seed: int) -> tuple[pa.RecordBatch, dict]:
         """``params.n`` self rows per record, with behaviour log-probs and this policy version."""

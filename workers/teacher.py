@@ -3,7 +3,7 @@ has none) and the scoring of every group member, expert, teacher and self alike.
 
 from __future__ import annotations
 
-import math
+import logging
 import time
 
 import pyarrow as pa
@@ -12,8 +12,10 @@ from transformers import AutoTokenizer
 
 from pipeline.batch import with_column
 from pipeline.checkpoint import load_policy
-from pipeline.rewards import load_reward_function
+from pipeline.rewards.guard import RewardGuard
 from workers.hf_generate import SamplingParams, generate
+
+logger = logging.getLogger(__name__)
 
 
 class TeacherWorker:
@@ -23,33 +25,33 @@ class TeacherWorker:
         reward_function: str | None = None,
         teacher_model_path: str | None = None,
         num_threads: int | None = None,
+        reward_timeout_s: float = 10.0,
+        reward_workers: int = 1,
     ):
         if num_threads:
             torch.set_num_threads(num_threads)
         self.tokenizer = AutoTokenizer.from_pretrained(policy_tokenizer_path, local_files_only=True)
-        self.compute_score = load_reward_function(reward_function)
+        self.rewards = RewardGuard(reward_function, reward_timeout_s, reward_workers)
         self.teacher = None
         if teacher_model_path:
             self.teacher, self.teacher_tokenizer = load_policy(teacher_model_path)
             self.teacher.eval()
 
     def score(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict[str, float]]:
-        """Fill ``reward`` for every row. A reward that is not a finite number scores 0 and is counted."""
+        """Fill ``reward`` for every row. A call that raises, returns no finite number or overruns
+        the timeout scores 0 and is counted; it never stops the run."""
         started = time.perf_counter()
         texts = self.tokenizer.batch_decode(batch.column("response_ids").to_pylist(), skip_special_tokens=True)
-        sources = batch.column("data_source").to_pylist()
-        truths = batch.column("ground_truth").to_pylist()
-        rewards, failures = [], 0
-        for text, source, truth in zip(texts, sources, truths):
-            value = self.compute_score(source, text, truth, None)
-            if isinstance(value, dict):  # verl allows {"score": ..., ...}
-                value = value.get("score")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                value, failures = 0.0, failures + 1
-            rewards.append(float(value))
+        calls = zip(batch.column("data_source").to_pylist(), texts, batch.column("ground_truth").to_pylist(),
+                    [None] * batch.num_rows)
+        report = self.rewards.score(list(calls))
+        if report.first_problem:
+            logger.warning("%d reward failures, %d timeouts in %d rows; first: %s",
+                           report.failures, report.timeouts, batch.num_rows, report.first_problem)
         elapsed = time.perf_counter() - started
-        return with_column(batch, "reward", rewards), {
-            "reward_failures": float(failures),
+        return with_column(batch, "reward", report.rewards), {
+            "reward_failures": float(report.failures),
+            "reward_timeouts": float(report.timeouts),
             "scoring_rows_per_s": batch.num_rows / max(elapsed, 1e-9),
         }
 

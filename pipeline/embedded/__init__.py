@@ -1,70 +1,50 @@
 """The embedded default: a miniature but real verifiable task, tokenizer and base model, built locally.
 
-Nothing here downloads anything; `build_embedded_assets` writes all of it from a seed.
+Nothing here downloads anything; `build_embedded_assets` writes all of it from a seed. Names load
+on first use, so the task and its verifier (pure Python) import without torch or transformers,
+which keeps the reward worker processes quick to start.
 """
 
-from .dataset import (
-    ABILITY,
-    DATA_SOURCE,
-    VERL_SCHEMA,
-    EmbeddedAssets,
-    build_embedded_assets,
-    make_rows,
-    read_rows,
-    teacher_for_split,
-    tokenizer_corpus,
-    write_embedded_dataset,
-    write_parquet_atomic,
-)
-from .model import TinyModelConfig, build_tiny_model
-from .task import (
-    SPLITS,
-    Problem,
-    TaskConfig,
-    Teacher,
-    count_solution_paths,
-    distinct_paths,
-    expert_solution,
-    extract_boxed,
-    generate_problems,
-    is_held_out,
-    render_path,
-    stable_seed,
-    verify,
-)
-from .tokenizer import CHAT_TEMPLATE, IM_END, IM_START, PAD_TOKEN, build_tokenizer, save_tokenizer
+from importlib import import_module
 
-__all__ = [
-    "ABILITY",
-    "CHAT_TEMPLATE",
-    "DATA_SOURCE",
-    "IM_END",
-    "IM_START",
-    "PAD_TOKEN",
-    "SPLITS",
-    "VERL_SCHEMA",
-    "EmbeddedAssets",
-    "Problem",
-    "TaskConfig",
-    "Teacher",
-    "TinyModelConfig",
-    "build_embedded_assets",
-    "build_tiny_model",
-    "build_tokenizer",
-    "count_solution_paths",
-    "distinct_paths",
-    "expert_solution",
-    "extract_boxed",
-    "generate_problems",
-    "is_held_out",
-    "make_rows",
-    "read_rows",
-    "render_path",
-    "save_tokenizer",
-    "stable_seed",
-    "teacher_for_split",
-    "tokenizer_corpus",
-    "verify",
-    "write_embedded_dataset",
-    "write_parquet_atomic",
-]
+_HOMES = {
+    "dataset": [
+        "ABILITY",
+        "VERL_SCHEMA",
+        "EmbeddedAssets",
+        "build_embedded_assets",
+        "make_rows",
+        "read_rows",
+        "teacher_for_split",
+        "tokenizer_corpus",
+        "write_embedded_dataset",
+        "write_parquet_atomic",
+    ],
+    "model": ["TinyModelConfig", "build_tiny_model"],
+    "task": [
+        "DATA_SOURCE",
+        "SPLITS",
+        "Problem",
+        "TaskConfig",
+        "Teacher",
+        "count_solution_paths",
+        "distinct_paths",
+        "expert_solution",
+        "extract_boxed",
+        "generate_problems",
+        "is_held_out",
+        "render_path",
+        "stable_seed",
+        "verify",
+    ],
+    "tokenizer": ["CHAT_TEMPLATE", "IM_END", "IM_START", "PAD_TOKEN", "build_tokenizer", "save_tokenizer"],
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -18,10 +18,18 @@ import pyarrow.parquet as pq
 from pipeline.checkpoint import save_policy
 
 from .model import TinyModelConfig, build_tiny_model
-from .task import SPLITS, Problem, TaskConfig, Teacher, expert_solution, generate_problems, stable_seed
+from .task import (
+    DATA_SOURCE,
+    SPLITS,
+    Problem,
+    TaskConfig,
+    Teacher,
+    expert_solution,
+    generate_problems,
+    stable_seed,
+)
 from .tokenizer import build_tokenizer
 
-DATA_SOURCE = "gft_embedded/chain_addition"
 ABILITY = "arithmetic"
 CHAT_ROLES = ("system", "user", "assistant")
 _FILE_MODE = 0o644

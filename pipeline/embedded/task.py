@@ -25,6 +25,7 @@ _MAX_DRAWS_PER_PROBLEM = 10_000
 
 _MAX_SLIP = 3
 
+DATA_SOURCE = "gft_embedded/chain_addition"  # the verl data_source of every embedded row
 
 @dataclass
 class TaskConfig:

@@ -31,3 +31,40 @@ def test_a_bad_override_is_refused_before_any_work_with_a_suggestion(capsys, tmp
 def test_a_missing_recipe_is_named(capsys):
     assert main(["run", "no/such/recipe.yaml"]) == 2
     assert "no/such/recipe.yaml does not exist" in capsys.readouterr().err
+
+
+def test_data_check_lists_every_bad_row_and_exits_1(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = {"data_source": "d", "prompt": [{"role": "user", "content": "1+1?"}], "reward_model": {"ground_truth": "2"}}
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist([good, {**good, "reward_model": {"ground_truth": ""}}, {**good, "data_source": ""}]),
+                   path)
+    assert main(["data", "check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "3 rows" in out and "2 problems" in out
+    assert "row 1: field 'reward_model.ground_truth'" in out and "row 2: field 'data_source'" in out
+
+
+def test_data_convert_of_a_bad_raw_file_names_the_row_and_writes_nothing(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = tmp_path / "raw.parquet"
+    pq.write_table(pa.Table.from_pylist([{"question": "q", "answer": "a\n#### 3"}, {"question": "q", "answer": "no"}]), raw)
+    out = tmp_path / "out.parquet"
+    assert main(["data", "convert", str(raw), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "row 1: field 'answer'" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_eval_refuses_an_unknown_benchmark_before_any_work(tmp_path, capsys):
+    assert main(["eval", str(tmp_path), "--benchmarks", "math_oai,mathh"]) == 2
+    assert "unknown mathh; known: math_oai" in capsys.readouterr().err
+
+
+def test_score_of_a_missing_file_is_named(tmp_path, capsys):
+    assert main(["score", str(tmp_path / "none.jsonl")]) == 2
+    assert "none.jsonl: cannot read" in capsys.readouterr().err

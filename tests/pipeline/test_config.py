@@ -154,6 +154,11 @@ def test_wrong_type_names_the_key(recipe):
         (["stages.1.name=gft"], "stages"),  # duplicate stage names
         (["rollout.backend=sglang"], "rollout.backend"),
         (["model.dtype=float16"], "model.dtype"),
+        (["rollout.max_num_seqs=0"], "rollout.max_num_seqs"),
+        (["reward.timeout_s=0"], "reward.timeout_s"),
+        (["reward.num_workers=0"], "reward.num_workers"),
+        (["reward.function=no/such/reward.py"], "reward.function"),
+        (["eval.max_prompts=0"], "eval.max_prompts"),
     ],
 )
 def test_impossible_values_are_refused_with_the_key_named(recipe, overrides, key):
@@ -187,6 +192,13 @@ def test_train_file_that_does_not_exist(recipe, tmp_path):
     assert message.startswith("data.train_files") and str(missing) in message
     message = _error(recipe, f"data.eval_files.math500={missing}")
     assert message.startswith("data.eval_files.math500")
+
+
+def test_a_jsonl_eval_file_must_be_a_known_benchmark(recipe, tmp_path):
+    mystery = tmp_path / "mystery.jsonl"
+    mystery.write_text("{}\n")
+    message = _error(recipe, f"data.eval_files.mystery={mystery}")
+    assert message.startswith("data.eval_files.mystery") and "math_oai, amc23" in message
 
 
 def test_missing_required_stage_key(recipe):
@@ -295,7 +307,7 @@ def test_qwen_gft_then_grpo_recipe(tmp_path):
         ("final_eval", "eval"),
     ]
     assert config.stage("gft") == gft_only.stage("gft")  # the same GFT stage
-    for section in ("model", "data", "rollout", "teacher", "eval", "ray"):
+    for section in ("model", "data", "rollout", "teacher", "reward", "eval", "ray"):
         assert getattr(config, section) == getattr(gft_only, section), section
     grpo = config.stage("grpo")
     assert grpo.group == GroupConfig(expert=0, teacher=0, self=8)

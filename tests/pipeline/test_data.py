@@ -37,9 +37,10 @@ def test_errors_name_file_row_and_field(tmp_path, tokenizer):
     good = {"data_source": "x", "prompt": [{"role": "user", "content": "Compute 1+2."}],
             "reward_model": {"ground_truth": "3"}}
     path = _write(tmp_path, [good, {**good, "reward_model": {"ground_truth": ""}}])
-    with pytest.raises(DataError, match=r"data.parquet: row 1: field 'reward_model.ground_truth'"):
+    expected = r"data.parquet: 1 problem:\n  row 1: field 'reward_model.ground_truth'"
+    with pytest.raises(DataError, match=expected):
         load_prompts(path, tokenizer, 512)
-    with pytest.raises(DataError, match=r"row 0: prompt has \d+ tokens > data.max_prompt_length=3"):
+    with pytest.raises(DataError, match=r"row 0: field 'prompt': \d+ tokens > max_prompt_length 3"):
         load_prompts(_write(tmp_path, [good]), tokenizer, 3)
     with pytest.raises(DataError, match="cannot read parquet"):
         load_prompts(tmp_path / "missing.parquet", tokenizer, 512)

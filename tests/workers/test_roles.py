@@ -44,3 +44,27 @@ def test_rollout_samples_with_the_learners_new_weights_after_a_sync(roles, asset
     ray.get(roles.learner.update.remote(weighted, objective_for(stage), 1, 512))
     stale = np.concatenate(ray.get(roles.learner.response_log_probs.remote(batch)))
     assert np.abs(stale - behaviour).max() > 1e-3
+
+
+def test_reward_timeouts_work_in_a_threaded_ray_actor(roles, assets, tokenizer, tmp_path):
+    """A Ray actor with max_concurrency > 1 runs methods off the main thread, where math-verify's
+    signal-based timeout cannot work; the reward guard's timeout does."""
+    from pipeline.batch import make_batch
+    from workers.teacher import TeacherWorker
+
+    reward = tmp_path / "reward.py"
+    reward.write_text("import time\n\ndef compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+                      "    if 'slow' in solution_str:\n        time.sleep(3600)\n"
+                      "    return float(solution_str == ground_truth)\n")
+    teacher = ray.remote(num_cpus=0, max_concurrency=2)(TeacherWorker).remote(
+        str(assets.base_model), str(reward), reward_timeout_s=1.0
+    )
+    texts = ["3", "slow", "4"]
+    batch = make_batch(
+        group_id=["g"] * 3, source=["self"] * 3, prompt_ids=[[1]] * 3,
+        response_ids=[tokenizer.encode(t, add_special_tokens=False) for t in texts],
+        ground_truth=["3"] * 3, data_source=["d"] * 3,
+    )
+    scored, metrics = ray.get(teacher.score.remote(batch), timeout=60)
+    assert scored.column("reward").to_pylist() == [1.0, 0.0, 0.0]
+    assert metrics["reward_timeouts"] == 1 and metrics["reward_failures"] == 0

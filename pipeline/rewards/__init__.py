@@ -1,5 +1,6 @@
-"""Reward functions with verl's signature ``compute_score(data_source, solution_str, ground_truth,
-extra_info) -> float``: the built-in verifiers, or a user's function loaded from a file.
+"""Rewards with verl's signature ``compute_score(data_source, solution_str, ground_truth,
+extra_info) -> float``: the built-in verifiers (``verifiers``), or a user's function from a file.
+``guard.RewardGuard`` runs either one under a per-call timeout.
 
 A user reward file is executed as Python code when it is loaded: only load files you trust.
 """
@@ -10,19 +11,11 @@ import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline import embedded
+from pipeline.rewards.verifiers import default_compute_score
 
 ComputeScore = Callable[..., float]
 
-
-def default_compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info=None) -> float:
-    """The built-in verifier for each known data source."""
-    if data_source == embedded.DATA_SOURCE:
-        return embedded.verify(solution_str, ground_truth)
-    raise ValueError(
-        f"no built-in verifier for data_source {data_source!r}; set teacher.reward_function to a file "
-        "defining compute_score(data_source, solution_str, ground_truth, extra_info)"
-    )
+__all__ = ["ComputeScore", "default_compute_score", "load_reward_function"]
 
 
 def load_reward_function(path: str | None) -> ComputeScore:
