@@ -75,7 +75,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from pipeline.evaluation import write_json_lines
+    from pipeline.files import write_json_lines
     from pipeline.rescore import format_summary, rescore
 
     report = rescore(args.file, args.reward_function, args.timeout, args.workers, args.data_source)

@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.files import atomic_path
+
 REQUIRED_COLUMNS = ("data_source", "prompt", "reward_model")
 CHAT_ROLES = ("system", "user", "assistant")
 SHOWN_IN_ERROR = 5
@@ -33,6 +35,28 @@ def problems_error(path: str | Path, problems: list[str]) -> DataError:
     if len(problems) > SHOWN_IN_ERROR:
         lines.append(f"  ... and {len(problems) - SHOWN_IN_ERROR} more")
     return DataError("\n".join(lines))
+
+
+def verl_schema(extra_info: list[tuple[str, pa.DataType]]) -> pa.Schema:
+    """verl's parquet layout (DESIGN §4), with ``extra_info`` holding the given fields."""
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    return pa.schema(
+        [
+            ("data_source", pa.string()),
+            ("prompt", pa.list_(message)),
+            ("ability", pa.string()),
+            ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
+            ("extra_info", pa.struct(extra_info)),
+        ]
+    )
+
+
+def write_parquet_atomic(rows: list[dict], path: str | Path, schema: pa.Schema) -> Path:
+    """``rows`` as a parquet file of ``schema``; a failed write leaves any old file as it was."""
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
 
 
 def read_table(path: str | Path) -> pa.Table:

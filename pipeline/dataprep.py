@@ -14,7 +14,15 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline.benchmarks import MATH_INSTRUCTION
-from pipeline.data import RowChecker, candidates, problems_error, read_table, table_problems
+from pipeline.data import (
+    RowChecker,
+    candidates,
+    problems_error,
+    read_table,
+    table_problems,
+    verl_schema,
+    write_parquet_atomic,
+)
 
 GSM8K_SOURCE = "openai/gsm8k"
 REPORT_LINES = 50
@@ -23,24 +31,13 @@ _FINAL_LINE = re.compile(r"(?:^|\n)####[ \t]*(.*?)\s*\Z")  # the last line, "###
 _NUMBER = re.compile(r"-?(\d+|\d{1,3}(,\d{3})+)(\.\d+)?")  # thousands separators allowed
 _CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator annotations, "<<48/2=24>>"
 
-GSM8K_SCHEMA = pa.schema(
+GSM8K_SCHEMA = verl_schema(
     [
-        ("data_source", pa.string()),
-        ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
-        ("ability", pa.string()),
-        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
-        (
-            "extra_info",
-            pa.struct(
-                [
-                    ("split", pa.string()),
-                    ("index", pa.int64()),
-                    ("question", pa.string()),
-                    ("answer", pa.string()),
-                    ("expert_responses", pa.list_(pa.string())),
-                ]
-            ),
-        ),
+        ("split", pa.string()),
+        ("index", pa.int64()),
+        ("question", pa.string()),
+        ("answer", pa.string()),
+        ("expert_responses", pa.list_(pa.string())),
     ]
 )
 
@@ -92,9 +89,6 @@ def convert_gsm8k(source: str | Path, out: str | Path, split: str | None = None)
         problems += [f"row {index}: {problem}" for problem in row_problems]
     if problems:
         raise problems_error(source, problems)
-    # imported here: its module builds models too and pulls in torch, which checking data never needs
-    from pipeline.embedded.dataset import write_parquet_atomic
-
     write_parquet_atomic(rows, out, schema=GSM8K_SCHEMA)
     return len(rows)
 

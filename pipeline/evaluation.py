@@ -7,9 +7,6 @@ ground truth, reward) that ``gft score`` can re-score without a model.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from math import comb
 from pathlib import Path
@@ -109,18 +106,3 @@ def generation_rows(split: str, greedy: pa.RecordBatch, sampled: pa.RecordBatch,
                          "response": responses[i], "ground_truth": row["ground_truth"],
                          "data_source": row["data_source"], "reward": row["reward"], "truncated": row["truncated"]})
     return rows
-
-
-def write_json_lines(rows: list[dict], path: str | Path) -> Path:
-    """Write ``rows`` via a temporary sibling and a rename: no reader sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

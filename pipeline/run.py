@@ -26,8 +26,8 @@ from pipeline.evaluation import (
     format_table,
     generation_rows,
     load_eval_set,
-    write_json_lines,
 )
+from pipeline.files import write_json_lines
 from pipeline.metrics import MetricsLogger
 from pipeline.roles import Roles, start_ray
 from pipeline.stages import EvalOutcome, evaluate, train_step

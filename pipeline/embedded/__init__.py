@@ -18,7 +18,6 @@ _HOMES = {
         "teacher_for_split",
         "tokenizer_corpus",
         "write_embedded_dataset",
-        "write_parquet_atomic",
     ],
     "model": ["TinyModelConfig", "build_tiny_model"],
     "task": [

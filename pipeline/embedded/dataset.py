@@ -6,8 +6,6 @@ Assets: train/test/ood parquet files, a tokenizer trained on the train texts, th
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
@@ -16,6 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.checkpoint import save_policy
+from pipeline.data import CHAT_ROLES, verl_schema, write_parquet_atomic
+from pipeline.files import atomic_path
 
 from .model import TinyModelConfig, build_tiny_model
 from .task import (
@@ -31,28 +31,14 @@ from .task import (
 from .tokenizer import build_tokenizer
 
 ABILITY = "arithmetic"
-CHAT_ROLES = ("system", "user", "assistant")
-_FILE_MODE = 0o644
 
-_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-VERL_SCHEMA = pa.schema(
+VERL_SCHEMA = verl_schema(
     [
-        ("data_source", pa.string()),
-        ("prompt", pa.list_(_MESSAGE)),
-        ("ability", pa.string()),
-        ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
-        (
-            "extra_info",
-            pa.struct(
-                [
-                    ("split", pa.string()),
-                    ("index", pa.int64()),
-                    ("num_terms", pa.int64()),
-                    ("expert_responses", pa.list_(pa.string())),
-                    ("teacher_responses", pa.list_(pa.string())),
-                ]
-            ),
-        ),
+        ("split", pa.string()),
+        ("index", pa.int64()),
+        ("num_terms", pa.int64()),
+        ("expert_responses", pa.list_(pa.string())),
+        ("teacher_responses", pa.list_(pa.string())),
     ]
 )
 
@@ -86,25 +72,6 @@ def make_rows(problems: list[Problem], split: str, teacher: Teacher, n_teacher: 
     return rows
 
 
-def write_parquet_atomic(
-    rows: list[dict], path: str | PathLike[str], schema: pa.Schema = VERL_SCHEMA
-) -> Path:
-    """Write `rows` to `path` via a temporary sibling and a rename, so no reader sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(rows, schema=schema)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files; readers may be other users' workers
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_embedded_dataset(
     folder: str | PathLike[str],
     task_config: TaskConfig | None = None,
@@ -121,7 +88,7 @@ def write_embedded_dataset(
     for split in SPLITS:
         problems = generate_problems(task_config, split, sizes[split])
         rows = make_rows(problems, split, teacher_for_split(task_config, split), n_teacher)
-        paths[split] = write_parquet_atomic(rows, folder / f"{split}.parquet")
+        paths[split] = write_parquet_atomic(rows, folder / f"{split}.parquet", VERL_SCHEMA)
     return paths
 
 
@@ -203,13 +170,5 @@ def build_embedded_assets(
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -10,9 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import pipeline.embedded.dataset as dataset_module
+import pipeline.data as data_module
+from pipeline.data import write_parquet_atomic
 from pipeline.embedded import (
     DATA_SOURCE,
+    VERL_SCHEMA,
     Problem,
     TaskConfig,
     build_embedded_assets,
@@ -21,7 +23,6 @@ from pipeline.embedded import (
     read_rows,
     verify,
     write_embedded_dataset,
-    write_parquet_atomic,
 )
 
 
@@ -145,7 +146,7 @@ def test_write_dataset_sizes_and_teacher_count(tmp_path):
 def test_atomic_parquet_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "x.parquet"
     row = read_rows(write_embedded_dataset(tmp_path / "src", TaskConfig(), 1, 0, 0)["train"])
-    write_parquet_atomic([], path)
+    write_parquet_atomic([], path, VERL_SCHEMA)
     before = path.read_bytes()
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)
 
@@ -154,13 +155,13 @@ def test_atomic_parquet_write_keeps_the_old_file_on_failure(tmp_path, monkeypatc
             handle.write(b"PAR1 half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(dataset_module.pq, "write_table", crash_midway)
+    monkeypatch.setattr(data_module.pq, "write_table", crash_midway)
     with pytest.raises(OSError, match="disk full"):
-        write_parquet_atomic(row, path)
+        write_parquet_atomic(row, path, VERL_SCHEMA)
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["src", "x.parquet"]
     with pytest.raises(pa.ArrowTypeError):
-        write_parquet_atomic([{"data_source": 1, "prompt": "not a list"}], path)
+        write_parquet_atomic([{"data_source": 1, "prompt": "not a list"}], path, VERL_SCHEMA)
     assert path.read_bytes() == before
 
 

@@ -1,0 +1,23 @@
+"""Atomic writes: the old file survives a failed write, and no temporary file is left."""
+
+import json
+import os
+
+import pytest
+
+from pipeline.files import atomic_path, write_json_lines
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = write_json_lines([{"a": 1}], tmp_path / "rows.jsonl")
+    with pytest.raises(RuntimeError, match="crash"), atomic_path(path) as tmp:
+        tmp.write_text("half a fi")
+        raise RuntimeError("crash")
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"a": 1}]
+    assert os.listdir(tmp_path) == ["rows.jsonl"]
+
+
+def test_a_new_file_is_readable_by_others(tmp_path):
+    path = write_json_lines([{"text": "é"}, {"n": 2}], tmp_path / "sub" / "rows.jsonl")
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)
+    assert path.read_text(encoding="utf-8") == '{"text": "é"}\n{"n": 2}\n'
