@@ -109,6 +109,45 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import shlex
+
+    from pipeline.compare import execute, plan
+    from pipeline.config import load_recipe
+    from pipeline.report import Run, write_report
+    from pipeline.run import run
+
+    overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
+    recipe = load_recipe(args.recipe, overrides)
+    seeds = [recipe.seed + i for i in range(args.seeds)]
+    cache = args.out / "runs"
+    experiment = plan(recipe, args.pipelines.split(","), seeds, args.eval_every, cache)
+    folders = execute(experiment, cache, run)
+    runs = [Run.load(pipeline, seed, folder) for (pipeline, seed), folder in folders.items()]
+    split = args.split or recipe.eval.splits[0]
+    report = write_report(runs, args.out / "report", split, recipe.eval.pass_k, "gft " + shlex.join(args.argv))
+    print(report.read_text().split("## The paper's direction")[0].strip())
+    print(f"\nreport: {report} (and report.html beside it)")
+    return 0
+
+
+def _add_compare_parser(commands) -> None:
+    from pipeline.compare import DEFAULT_PIPELINES, PIPELINES
+
+    parser = commands.add_parser("compare", help="RL compatibility: GRPO from several initialisations, over seeds")
+    parser.add_argument("recipe", nargs="?", help="recipe ending in stage 1 then grpo (default: the embedded default)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides of the recipe")
+    parser.add_argument("--pipelines", default=",".join(DEFAULT_PIPELINES),
+                        help=f"comma-separated, of {', '.join(PIPELINES)} (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per pipeline (default: %(default)s)")
+    parser.add_argument("--eval-every", type=int, default=25, help="held-out eval every N steps of each stage")
+    parser.add_argument("--split", help="eval split the report is about (default: the first of eval.splits)")
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"),
+                        help="cache of finished runs (OUT/runs) and the report (OUT/report)")
+    parser.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    parser.set_defaults(handler=_cmd_compare)
+
+
 def _add_eval_parser(commands) -> None:
     parser = commands.add_parser("eval", help="greedy accuracy and pass@k of a checkpoint on math benchmarks")
     parser.add_argument("checkpoint", type=Path, help="a Hugging Face model folder (e.g. RUN/checkpoints/gft)")
@@ -177,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--out", type=Path, default=Path("runs/embedded"), help="output folder")
     build.set_defaults(handler=_cmd_build_default)
+    _add_compare_parser(commands)
     _add_eval_parser(commands)
     _add_score_parser(commands)
     _add_data_parser(commands)
@@ -190,9 +230,10 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     # a recipe path and key=value overrides share the positional slots
-    if argv[:1] == ["run"] and len(argv) > 1 and "=" in argv[1]:
+    if argv[:1] in (["run"], ["compare"]) and len(argv) > 1 and "=" in argv[1]:
         argv.insert(1, "")
     args = build_parser().parse_args(argv)
+    args.argv = [a for a in argv if a]
     if getattr(args, "recipe", None) == "":
         args.recipe = None
     try:

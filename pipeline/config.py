@@ -154,7 +154,7 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _validate_stages(config: RunConfig) -> None:
+def validate_stages(config: RunConfig) -> None:
     _check(bool(config.stages), "stages: the recipe has no stage")
     names = [s.name for s in config.stages]
     _check(len(set(names)) == len(names), f"stages: stage names repeat: {names}")
@@ -195,7 +195,7 @@ def validate(config: RunConfig, training: bool = True) -> None:
     """Refuse impossible settings before anything starts; each message names the key. Paths are
     relative to the working directory. ``training=False`` checks an eval-only job (no stages)."""
     if training:
-        _validate_stages(config)
+        validate_stages(config)
     rollout = config.rollout
     _check(rollout.backend in ("hf", "vllm"), f"rollout.backend: {rollout.backend!r} is not 'hf' or 'vllm'")
     _check(rollout.num_workers >= 1, "rollout.num_workers must be >= 1")

@@ -49,20 +49,26 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def summarize(greedy_rewards: np.ndarray, sampled_rewards: np.ndarray, k: int, greedy_lengths: np.ndarray) -> dict:
-    """Metrics of one eval split.
+def pass_curve_ks(n: int) -> list[int]:
+    """The k of a pass@k curve from n samples: powers of two below n, and n."""
+    return sorted({2**i for i in range(n.bit_length()) if 2**i < n} | {n})
 
-    Args: greedy_rewards ``[P]``; sampled_rewards ``[P, n]`` with n >= k; greedy_lengths ``[P]``.
+
+def summarize(greedy_rewards: np.ndarray, sampled_rewards: np.ndarray, k: int, greedy_lengths: np.ndarray) -> dict:
+    """Metrics of one eval split: greedy accuracy, and pass@j for j in ``pass_curve_ks(k)``.
+
+    Args: greedy_rewards ``[P]``; sampled_rewards ``[P, k]``; greedy_lengths ``[P]``.
     """
-    n = sampled_rewards.shape[1]
     correct = (sampled_rewards > 0.5).sum(axis=1)
-    return {
-        "accuracy": float((greedy_rewards > 0.5).mean()),
-        f"pass@{k}": float(np.mean([pass_at_k(n, int(c), k) for c in correct])),
-        "mean_sample_reward": float(sampled_rewards.mean()),
-        "response_length": float(greedy_lengths.mean()),
-        "prompts": len(greedy_rewards),
-    }
+    metrics = {"accuracy": float((greedy_rewards > 0.5).mean())}
+    for j in pass_curve_ks(k):
+        metrics[f"pass@{j}"] = float(np.mean([pass_at_k(k, int(c), j) for c in correct]))
+    metrics.update(
+        mean_sample_reward=float(sampled_rewards.mean()),
+        response_length=float(greedy_lengths.mean()),
+        prompts=len(greedy_rewards),
+    )
+    return metrics
 
 
 def _render(headers: list[str], rows: list[list]) -> str:

@@ -38,6 +38,15 @@ def start_ray(config: RunConfig) -> None:
     )
 
 
+def _merge_rollout_metrics(per_worker: list[dict]) -> dict:
+    """Throughput adds up across workers; entropy is the mean over all their sampled tokens."""
+    tokens = sum(m["rollout_tokens"] for m in per_worker)
+    merged = {"rollout_tokens_per_s": sum(m["rollout_tokens_per_s"] for m in per_worker)}
+    if tokens and all("rollout_entropy" in m for m in per_worker):
+        merged["rollout_entropy"] = sum(m["rollout_entropy"] * m["rollout_tokens"] for m in per_worker) / tokens
+    return merged
+
+
 class Roles:
     """Handles to the learner, the rollout workers and the teacher, with the fan-out logic."""
 
@@ -89,8 +98,7 @@ class Roles:
         ]
         results = ray.get(futures)
         batch = concat_batches([b for b, _ in results])
-        tokens_per_s = sum(m["rollout_tokens_per_s"] for _, m in results)
-        return batch, {"rollout_tokens_per_s": tokens_per_s}
+        return batch, _merge_rollout_metrics([m for _, m in results])
 
     def score(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict]:
         return ray.get(self.teacher.score.remote(batch))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from pipeline.evaluation import (
     generation_rows,
     load_eval_set,
 )
-from pipeline.files import write_json_lines
+from pipeline.files import atomic_path, write_json_lines
 from pipeline.metrics import MetricsLogger
 from pipeline.roles import Roles, start_ray
 from pipeline.stages import EvalOutcome, evaluate, train_step
@@ -92,9 +93,11 @@ def _progress_postfix(metrics: dict) -> dict:
 
 
 def _train_stage(stage: StageConfig, roles: Roles, sampler: PromptSampler, config: RunConfig, run_dir: Path,
-                 logger: MetricsLogger, eval_sets: dict[str, EvalSet], version: int, global_step: int):
+                 logger: MetricsLogger, eval_sets: dict[str, EvalSet], version: int, global_step: int,
+                 on_step: Callable[[], None] | None):
     roles.learner.start_stage.remote(stage.lr, stage.weight_decay, stage.max_grad_norm)
-    bar = tqdm(range(1, stage.steps + 1), desc=f"{stage.name} ({stage.algorithm})", unit="step", dynamic_ncols=True)
+    bar = tqdm(range(1, stage.steps + 1), desc=f"{stage.name} ({stage.algorithm})", unit="step", dynamic_ncols=True,
+               disable=on_step is not None)
     for step in bar:
         roles.learner.set_lr.remote(learning_rate(stage, step))
         records = sampler.next(stage.prompts_per_step)
@@ -107,14 +110,22 @@ def _train_stage(stage: StageConfig, roles: Roles, sampler: PromptSampler, confi
                 metrics.update({f"eval/{split}/{k}": v for k, v in outcome.metrics.items()})
         logger.log(stage.name, step, metrics)
         bar.set_postfix(_progress_postfix(metrics))
+        if on_step is not None:
+            on_step()
     bar.close()
     return version, global_step
 
 
-def run(config: RunConfig) -> RunResult:
-    """Run every stage of ``config`` and return where things went and the eval table."""
+def run(config: RunConfig, run_dir: Path | None = None, on_step: Callable[[], None] | None = None) -> RunResult:
+    """Run every stage of ``config`` and return where things went and the eval table.
+
+    ``run_dir``: an empty folder to use (default: a new ``output_dir/<name>-<time>``).
+    ``on_step``: called after every training step, in place of the per-stage progress bars.
+    """
     started = time.perf_counter()
-    run_dir = _new_run_dir(config)
+    if run_dir is None:
+        run_dir = _new_run_dir(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     result = RunResult(run_dir)
     base_model, train_files, eval_files = _resolve_inputs(config, run_dir)
@@ -130,8 +141,8 @@ def run(config: RunConfig) -> RunResult:
         outcomes = _evaluate_sets(roles, eval_sets, config)
         _save_generations(outcomes, tokenizer, run_dir / "generations" / policy)
         result.evals[policy] = {split: outcome.metrics for split, outcome in outcomes.items()}
-        logger.log("eval", len(result.evals), {f"{policy}/{s}/{k}": v for s, m in result.evals[policy].items()
-                                                for k, v in m.items()})
+        logger.log("eval", len(result.evals), {"after_steps": global_step} | {
+            f"{policy}/{s}/{k}": v for s, m in result.evals[policy].items() for k, v in m.items()})
 
     policy_path, version, global_step = base_model, 0, 0
     with MetricsLogger(run_dir) as logger:
@@ -142,7 +153,7 @@ def run(config: RunConfig) -> RunResult:
                 continue
             roles.load_policy(policy_path, version)
             version, global_step = _train_stage(
-                stage, roles, sampler, config, run_dir, logger, eval_sets, version, global_step
+                stage, roles, sampler, config, run_dir, logger, eval_sets, version, global_step, on_step
             )
             checkpoint = Path(ray.get(roles.learner.save.remote(str(run_dir / "checkpoints" / stage.name))))
             result.checkpoints[stage.name] = checkpoint
@@ -150,7 +161,9 @@ def run(config: RunConfig) -> RunResult:
             record_eval(stage.name)
 
     result.wall_time_s = time.perf_counter() - started
-    (run_dir / "eval.json").write_text(json.dumps({"evals": result.evals, "wall_time_s": result.wall_time_s}, indent=2))
+    # written last and atomically: its presence says the run finished (``gft compare`` relies on it)
+    with atomic_path(run_dir / "eval.json") as tmp:
+        tmp.write_text(json.dumps({"evals": result.evals, "wall_time_s": result.wall_time_s}, indent=2))
     return result
 
 

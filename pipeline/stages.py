@@ -127,9 +127,12 @@ def evaluate(roles: Roles, records: list[PromptRecord], eval_config: EvalConfig,
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=eval_config.max_new_tokens)
     sampled = SamplingParams(n=eval_config.pass_k, temperature=temperature, max_new_tokens=eval_config.max_new_tokens)
     greedy_batch, _ = roles.score(roles.rollout(records, greedy, seed)[0])
-    sampled_batch, _ = roles.score(roles.rollout(records, sampled, seed + 1)[0])
+    sampled_rows, rollout_metrics = roles.rollout(records, sampled, seed + 1)
+    sampled_batch, _ = roles.score(sampled_rows)
     greedy_rewards = greedy_batch.column("reward").to_numpy()
     sampled_rewards = sampled_batch.column("reward").to_numpy().reshape(len(records), eval_config.pass_k)
     lengths = np.asarray(greedy_batch.column("response_ids").value_lengths())
     metrics = summarize(greedy_rewards, sampled_rewards, eval_config.pass_k, lengths)
+    if "rollout_entropy" in rollout_metrics:  # the policy's entropy on its own samples
+        metrics["entropy"] = rollout_metrics["rollout_entropy"]
     return EvalOutcome(metrics, greedy_batch, sampled_batch)

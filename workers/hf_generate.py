@@ -29,6 +29,9 @@ class Generation:
     response_ids: list[list[int]]
     logprobs: list[list[float]]
     truncated: list[bool]
+    # per row, the mean over its tokens of the policy's (temperature-1) predictive entropy; None
+    # from backends that do not see the full distribution
+    entropy: list[float] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -45,9 +48,14 @@ def _left_pad(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor
     return ids, mask
 
 
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy ``[A]`` of the temperature-1 distributions of ``[A, V]`` logits."""
+    log_probs = torch.log_softmax(logits, -1)
+    return -(log_probs.exp() * log_probs).sum(-1)
+
+
 def _choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
     """Next tokens ``[A]`` and their log-probs ``[A]`` from last-position logits ``[A, V]``."""
-    logits = logits.float()
     if params.temperature == 0:
         tokens = logits.argmax(-1)
         return tokens, torch.log_softmax(logits, -1).gather(-1, tokens[:, None])[:, 0]
@@ -74,7 +82,7 @@ def generate(
 ) -> Generation:
     """Sample ``params.n`` responses for each prompt (token ids, no padding). See module doc."""
     if not prompts:
-        return Generation([], [], [])
+        return Generation([], [], [], [])
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = _left_pad(prompts, pad_token_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
@@ -97,11 +105,17 @@ def generate(
     next_position = positions[:, -1] + 1
     eos = torch.tensor(eos_token_ids, device=device)
 
+    entropy_sums = [0.0] * num_rows
+
     for step in range(params.max_new_tokens):
+        last_logits = last_logits.float()
         tokens, token_logprobs = _choose(last_logits, params, generator)
-        for row, token, logprob in zip(active.tolist(), tokens.tolist(), token_logprobs.tolist()):
+        for row, token, logprob, entropy in zip(
+            active.tolist(), tokens.tolist(), token_logprobs.tolist(), _entropy(last_logits).tolist()
+        ):
             responses[row].append(token)
             logprobs[row].append(logprob)
+            entropy_sums[row] += entropy
         finished = torch.isin(tokens, eos)
         if step == params.max_new_tokens - 1:
             for row, done in zip(active.tolist(), finished.tolist()):
@@ -124,4 +138,5 @@ def generate(
         )
         cache, last_logits = out.past_key_values, out.logits[:, -1]
         next_position = next_position + 1
-    return Generation(responses, logprobs, truncated)
+    entropy = [total / len(ids) for total, ids in zip(entropy_sums, responses)]
+    return Generation(responses, logprobs, truncated, entropy)

@@ -55,13 +55,14 @@ class RolloutWorker:
             return self.engine.generate(prompts, params, seed)
         generator = torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)
         chunk = max(1, self.max_num_seqs // params.n)  # vLLM schedules its own batches; hf needs a bound
-        out = Generation([], [], [])
+        out = Generation([], [], [], [])
         for start in range(0, len(prompts), chunk):
             part = generate(self.model, prompts[start : start + chunk], params, [self.tokenizer.eos_token_id],
                             self.tokenizer.pad_token_id, generator)
             out.response_ids += part.response_ids
             out.logprobs += part.logprobs
             out.truncated += part.truncated
+            out.entropy += part.entropy
         return out
 
     def rollout(self, records: list[PromptRecord], params: SamplingParams, seed: int) -> tuple[pa.RecordBatch, dict]:
@@ -81,4 +82,8 @@ class RolloutWorker:
             policy_version=[self.version] * len(repeat),
             truncated=out.truncated,
         )
-        return batch, {"rollout_tokens_per_s": out.num_tokens / max(elapsed, 1e-9)}
+        metrics = {"rollout_tokens_per_s": out.num_tokens / max(elapsed, 1e-9), "rollout_tokens": out.num_tokens}
+        if out.entropy is not None and out.num_tokens:
+            lengths = [len(ids) for ids in out.response_ids]
+            metrics["rollout_entropy"] = sum(e * n for e, n in zip(out.entropy, lengths)) / out.num_tokens
+        return batch, metrics

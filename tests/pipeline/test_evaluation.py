@@ -25,3 +25,14 @@ def test_summary_and_table():
     assert metrics["response_length"] == 6.0
     table = format_table({"base": {"test": metrics}}, k=2)
     assert "test acc" in table and "50.0" in table
+
+
+def test_pass_curve_from_n_samples():
+    from pipeline.evaluation import pass_curve_ks
+
+    assert pass_curve_ks(1) == [1] and pass_curve_ks(4) == [1, 2, 4] and pass_curve_ks(6) == [1, 2, 4, 6]
+    sampled = np.array([[1, 0, 0, 0], [0, 0, 0, 0]], dtype=float)
+    metrics = summarize(np.zeros(2), sampled, k=4, greedy_lengths=np.ones(2))
+    assert metrics["pass@1"] == pytest.approx(0.125)  # the mean sample accuracy
+    assert metrics["pass@2"] == pytest.approx((1 - 3 / 6) / 2)  # 1 - C(3,2)/C(4,2) for the first prompt
+    assert metrics["pass@4"] == 0.5

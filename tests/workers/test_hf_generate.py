@@ -71,3 +71,15 @@ def test_top_p_keeps_only_the_nucleus(model):
     sampled = generate(model, [PROMPTS[0]], params, [39], PAD, generator=torch.Generator().manual_seed(0))
     greedy = generate(model, [PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=3), [39], PAD)
     assert all(r == greedy.response_ids[0] for r in sampled.response_ids)
+
+
+def test_entropy_is_the_mean_predictive_entropy_of_a_full_forward(model):
+    params = SamplingParams(n=2, temperature=0.7, max_new_tokens=6)
+    out = generate(model, PROMPTS, params, [39], PAD, generator=torch.Generator().manual_seed(1))
+    for row, response in enumerate(out.response_ids):
+        prompt = PROMPTS[row // 2]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + response])).logits[0].float()
+        log_probs = torch.log_softmax(logits[len(prompt) - 1 : -1], -1)  # temperature 1: the policy itself
+        expected = -(log_probs.exp() * log_probs).sum(-1).mean().item()
+        assert out.entropy[row] == pytest.approx(expected, abs=1e-4)
