@@ -120,7 +120,8 @@ def plan(recipe: RunConfig, pipelines: list[str], seeds: list[int], eval_every: 
             config.name, config.seed = f"{name}-seed{seed}", seed
             make_stage_one = PIPELINES[name]
             stages = [] if make_stage_one is None else [replace(make_stage_one(stage_one), name="stage1")]
-            config.stages = [replace(s, eval_every=eval_every) for s in [*stages, grpo]]
+            # fixed stage names: the report reads "stage1" and "grpo" whatever the recipe calls them
+            config.stages = [replace(s, eval_every=eval_every) for s in [*stages, replace(grpo, name="grpo")]]
             experiment.runs[(name, seed)] = config
     if experiment.base is not None:
         validate(experiment.base)
