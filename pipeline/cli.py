@@ -120,7 +120,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
     recipe = load_recipe(args.recipe, overrides)
     seeds = [recipe.seed + i for i in range(args.seeds)]
-    cache = args.out / "runs"
+    cache = args.out.resolve() / "runs"  # absolute, so the cache keys do not depend on the working directory
     experiment = plan(recipe, args.pipelines.split(","), seeds, args.eval_every, cache)
     folders = execute(experiment, cache, run)
     runs = [Run.load(pipeline, seed, folder) for (pipeline, seed), folder in folders.items()]

@@ -162,6 +162,11 @@ def _mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.n
     return np.array(common), stats[:, 0], np.nan_to_num(stats[:, 1])
 
 
+def _pipeline_colors(runs: list[Run]) -> list[tuple[str, str]]:
+    """One fixed colour per pipeline, so a pipeline missing from a panel shifts no other."""
+    return [(f"C{i}", pipeline) for i, pipeline in enumerate(dict.fromkeys(r.pipeline for r in runs))]
+
+
 def _plot_stages(runs: list[Run], curve, ylabel: str, path: Path, smooth: int = 1) -> Path:
     import matplotlib
 
@@ -170,7 +175,7 @@ def _plot_stages(runs: list[Run], curve, ylabel: str, path: Path, smooth: int = 
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for axis, stage in zip(axes, STAGES):
-        for pipeline in dict.fromkeys(r.pipeline for r in runs):
+        for color, pipeline in _pipeline_colors(runs):
             curves = [c for r in runs if r.pipeline == pipeline and (c := curve(r, stage))]
             if not curves:
                 continue
@@ -178,8 +183,8 @@ def _plot_stages(runs: list[Run], curve, ylabel: str, path: Path, smooth: int = 
             if smooth > 1 and len(mean) >= smooth:
                 kernel = np.ones(smooth) / smooth
                 x, mean, ci = x[smooth - 1 :], np.convolve(mean, kernel, "valid"), np.convolve(ci, kernel, "valid")
-            axis.plot(x, mean, label=pipeline)
-            axis.fill_between(x, mean - ci, mean + ci, alpha=0.2)
+            axis.plot(x, mean, label=pipeline, color=color)
+            axis.fill_between(x, mean - ci, mean + ci, alpha=0.2, color=color)
         axis.set_title("stage 1" if stage == "stage1" else "GRPO")
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
@@ -199,13 +204,13 @@ def _plot_pass_at_k(runs: list[Run], split: str, path: Path) -> Path:
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for axis, (title, policy) in zip(axes, [("after stage 1", None), ("after GRPO", "grpo")]):
-        for pipeline in dict.fromkeys(r.pipeline for r in runs):
+        for color, pipeline in _pipeline_colors(runs):
             mine = [r for r in runs if r.pipeline == pipeline]
             metrics = [r.evals[policy or r.before_grpo()][split] for r in mine]
             ks = sorted(int(key[5:]) for key in metrics[0] if key.startswith("pass@"))
             means = [mean_ci95([m[f"pass@{k}"] for m in metrics]) for k in ks]
             axis.errorbar(ks, [100 * m for m, _ in means], yerr=[100 * np.nan_to_num(c) for _, c in means],
-                          marker="o", capsize=3, label=pipeline)
+                          marker="o", capsize=3, label=pipeline, color=color)
         axis.set_xscale("log", base=2)
         axis.set_title(title)
         axis.set_xlabel("k")
