@@ -61,7 +61,8 @@ class Experiment:
 def config_hash(config: RunConfig) -> str:
     """What the run computes: the config without where it is written or what it is called."""
     tree = to_dict(config)
-    tree.pop("output_dir"), tree.pop("name")
+    for where_and_what in ("output_dir", "name"):
+        del tree[where_and_what]
     payload = json.dumps({"cache_version": CACHE_VERSION, "config": tree}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
