@@ -93,10 +93,10 @@ def summarize_runs(runs: list[Run], split: str, k: int) -> dict[str, dict]:
             "stage1_max_grad_norm": [max((v for _, v in r.step_curve("stage1", "grad_norm")), default=math.nan)
                                      for r in mine],
         }
-        table[pipeline] = {"seeds": [r.seed for r in mine]} | {
-            name: {"values": values, "mean": mean_ci95(values)[0], "ci95": mean_ci95(values)[1]}
-            for name, values in per_seed.items()
-        }
+        table[pipeline] = {"seeds": [r.seed for r in mine]}
+        for name, values in per_seed.items():
+            mean, ci95 = mean_ci95(values)
+            table[pipeline][name] = {"values": values, "mean": mean, "ci95": ci95}
     return table
 
 
@@ -167,13 +167,32 @@ def _pipeline_colors(runs: list[Run]) -> list[tuple[str, str]]:
     return [(f"C{i}", pipeline) for i, pipeline in enumerate(dict.fromkeys(r.pipeline for r in runs))]
 
 
-def _plot_stages(runs: list[Run], curve, ylabel: str, path: Path, smooth: int = 1) -> Path:
+def _two_panels():
+    """A figure of two panels side by side sharing the y axis (matplotlib without a display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    return plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+
+
+def _save(figure, axes, xlabel: str, ylabel: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    for axis in axes:
+        axis.set_xlabel(xlabel)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel(ylabel)
+    axes[1].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _plot_stages(runs: list[Run], curve, ylabel: str, path: Path, smooth: int = 1) -> Path:
+    figure, axes = _two_panels()
     for axis, stage in zip(axes, STAGES):
         for color, pipeline in _pipeline_colors(runs):
             curves = [c for r in runs if r.pipeline == pipeline and (c := curve(r, stage))]
@@ -186,23 +205,11 @@ def _plot_stages(runs: list[Run], curve, ylabel: str, path: Path, smooth: int = 
             axis.plot(x, mean, label=pipeline, color=color)
             axis.fill_between(x, mean - ci, mean + ci, alpha=0.2, color=color)
         axis.set_title("stage 1" if stage == "stage1" else "GRPO")
-        axis.set_xlabel("step")
-        axis.grid(alpha=0.3)
-    axes[0].set_ylabel(ylabel)
-    axes[1].legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, axes, "step", ylabel, path)
 
 
 def _plot_pass_at_k(runs: list[Run], split: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    figure, axes = _two_panels()
     for axis, (title, policy) in zip(axes, [("after stage 1", None), ("after GRPO", "grpo")]):
         for color, pipeline in _pipeline_colors(runs):
             mine = [r for r in runs if r.pipeline == pipeline]
@@ -213,14 +220,7 @@ def _plot_pass_at_k(runs: list[Run], split: str, path: Path) -> Path:
                           marker="o", capsize=3, label=pipeline, color=color)
         axis.set_xscale("log", base=2)
         axis.set_title(title)
-        axis.set_xlabel("k")
-        axis.grid(alpha=0.3)
-    axes[0].set_ylabel(f"{split} pass@k (%)")
-    axes[1].legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, axes, "k", f"{split} pass@k (%)", path)
 
 
 def write_report(runs: list[Run], out: Path, split: str, k: int, command: str) -> Path:

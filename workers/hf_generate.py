@@ -48,18 +48,15 @@ def _left_pad(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor
     return ids, mask
 
 
-def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy ``[A]`` of the temperature-1 distributions of ``[A, V]`` logits."""
-    log_probs = torch.log_softmax(logits, -1)
-    return -(log_probs.exp() * log_probs).sum(-1)
-
-
 def _choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
-    """Next tokens ``[A]`` and their log-probs ``[A]`` from last-position logits ``[A, V]``."""
+    """Next tokens ``[A]``, their log-probs ``[A]`` and the policy's (temperature-1) entropy
+    ``[A]`` from last-position logits ``[A, V]``."""
+    policy_log_probs = torch.log_softmax(logits, -1)  # one softmax serves all three at temperature 0 or 1
+    entropy = -(policy_log_probs.exp() * policy_log_probs).sum(-1)
     if params.temperature == 0:
         tokens = logits.argmax(-1)
-        return tokens, torch.log_softmax(logits, -1).gather(-1, tokens[:, None])[:, 0]
-    log_probs = torch.log_softmax(logits / params.temperature, -1)
+        return tokens, policy_log_probs.gather(-1, tokens[:, None])[:, 0], entropy
+    log_probs = policy_log_probs if params.temperature == 1 else torch.log_softmax(logits / params.temperature, -1)
     probs = log_probs.exp()
     if params.top_p < 1.0:
         sorted_probs, order = probs.sort(-1, descending=True)
@@ -68,7 +65,7 @@ def _choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Gener
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
-    return tokens, log_probs.gather(-1, tokens[:, None])[:, 0]
+    return tokens, log_probs.gather(-1, tokens[:, None])[:, 0], entropy
 
 
 @torch.no_grad()
@@ -108,11 +105,9 @@ def generate(
     entropy_sums = [0.0] * num_rows
 
     for step in range(params.max_new_tokens):
-        last_logits = last_logits.float()
-        tokens, token_logprobs = _choose(last_logits, params, generator)
-        for row, token, logprob, entropy in zip(
-            active.tolist(), tokens.tolist(), token_logprobs.tolist(), _entropy(last_logits).tolist()
-        ):
+        tokens, token_logprobs, entropies = _choose(last_logits.float(), params, generator)
+        for row, token, logprob, entropy in zip(active.tolist(), tokens.tolist(), token_logprobs.tolist(),
+                                                entropies.tolist()):
             responses[row].append(token)
             logprobs[row].append(logprob)
             entropy_sums[row] += entropy
