@@ -19,15 +19,46 @@ def _cmd_build_default(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import load_recipe
+    from pipeline.configio import ConfigError
     from pipeline.run import run, summary
 
     overrides = list(args.overrides)
     if args.address:
         overrides.append(f"ray.address={args.address}")
-    config = load_recipe(args.recipe, overrides)
-    result = run(config)
+    if args.resume is None:
+        config = load_recipe(args.recipe, overrides)
+        result = run(config)
+    else:
+        from pipeline.resume import is_point, run_dir_of
+
+        point = args.resume if is_point(args.resume) else None
+        run_dir = run_dir_of(point) if point else args.resume
+        if args.recipe:
+            raise ConfigError(f"--resume continues the recipe saved in {run_dir}; give no recipe file")
+        config = _resumed_config(run_dir, overrides)
+        if (run_dir / "eval.json").exists() and point is None:
+            print(f"{run_dir} has finished (eval.json is there); nothing to resume")
+            return 0
+        (run_dir / "eval.json").unlink(missing_ok=True)  # resumed from an earlier point: not finished any more
+        result = run(config, run_dir=run_dir, resume=True, resume_point=point)
     print(summary(result, config.eval.pass_k))
     return 0
+
+
+def _resumed_config(run_dir: Path, overrides: list[str]):
+    """The recipe a run was started with (``RUN_DIR/config.yaml``), plus ``overrides`` (say, a
+    lower learning rate after a stop). The stages must stay the same ones, in the same order."""
+    from pipeline.config import load_recipe
+    from pipeline.configio import ConfigError
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a run folder?")
+    before = load_recipe(saved)
+    config = load_recipe(saved, overrides)
+    if [(s.name, s.algorithm) for s in config.stages] != [(s.name, s.algorithm) for s in before.stages]:
+        raise ConfigError("--resume: overrides may not add, remove or reorder stages")
+    return config
 
 
 def _eval_config(args: argparse.Namespace):
@@ -209,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", nargs="?", help="recipe YAML; omitted: the embedded default")
     run.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. stages.gft.lr=1e-6")
     run.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="continue a killed or stopped run from its latest resume point, or from the "
+                          "point RUN_DIR/checkpoints/resume/step-... given instead")
     run.set_defaults(handler=_cmd_run)
 
     build = commands.add_parser(
@@ -226,21 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pipeline.configio import ConfigError
     from pipeline.data import DataError
+    from pipeline.errors import RoleFailed, TrainingStopped
     from pipeline.rewards.guard import RewardFunctionError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    # a recipe path and key=value overrides share the positional slots
-    if argv[:1] in (["run"], ["compare"]) and len(argv) > 1 and "=" in argv[1]:
-        argv.insert(1, "")
     args = build_parser().parse_args(argv)
-    args.argv = [a for a in argv if a]
-    if getattr(args, "recipe", None) == "":
-        args.recipe = None
+    args.argv = argv
+    # a recipe path and key=value overrides share the positional slots
+    recipe = getattr(args, "recipe", None)
+    if recipe and "=" in recipe and not Path(recipe).is_file():
+        args.recipe, args.overrides = None, [recipe, *args.overrides]
     try:
         return args.handler(args)
-    except (ConfigError, DataError, RewardFunctionError) as err:
+    except (ConfigError, DataError, RewardFunctionError) as err:  # the user's input: fix and rerun
         print(f"gft: error: {err}", file=sys.stderr)
         return 2
+    except (TrainingStopped, RoleFailed) as err:  # the run stopped; its last resume point is kept
+        print(f"gft: stopped: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

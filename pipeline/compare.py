@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
@@ -140,7 +139,7 @@ def execute(experiment: Experiment, cache: Path, run: Callable[..., object]) -> 
     with tqdm(total=total, unit="step", desc="gft compare", dynamic_ncols=True) as bar:
         for config in pending:
             folder = run_folder(cache, config)
-            shutil.rmtree(folder, ignore_errors=True)  # an unfinished attempt
             bar.set_postfix_str(config.name)
-            run(config, run_dir=folder, on_step=lambda: bar.update(1))
+            # an attempt that was interrupted goes on from its last resume point
+            run(config, run_dir=folder, on_step=lambda: bar.update(1), resume=folder.exists())
     return {key: run_folder(cache, config) for key, config in experiment.runs.items()}

@@ -12,12 +12,14 @@ from pathlib import Path
 
 from pipeline.benchmarks import BENCHMARKS
 from pipeline.configio import ConfigError, apply_override, build, read_yaml
+from pipeline.data import BAD_ROWS
 from pipeline.embedded import TaskConfig, TinyModelConfig
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 DEFAULT_RECIPE = RECIPES_DIR / "default.yaml"
 ALGORITHMS = ("sft", "dft", "gft", "grpo", "eval")
 EMBEDDED = "embedded"
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")  # torch.load would run code a file carries
 
 
 @dataclass
@@ -46,6 +48,7 @@ class DataConfig:
     train_files: list[str] = field(default_factory=list)
     eval_files: dict[str, str] = field(default_factory=dict)  # split name -> parquet
     max_prompt_length: int = 512
+    bad_rows: str = "error"  # error: refuse a file with a bad row | skip: leave bad rows out, and report them
 
 
 @dataclass
@@ -118,6 +121,18 @@ class RayConfig:
     num_cpus: int | None = None
     dashboard: bool = False
     dashboard_host: str = "127.0.0.1"
+    # a rollout or teacher actor whose process dies is restarted this many times; the step it
+    # was serving is retried on the new one
+    max_actor_restarts: int = 3
+
+
+@dataclass
+class CheckpointConfig:
+    """Resume checkpoints (``RUN_DIR/checkpoints/resume/step-N``): weights, optimizer, RNG and
+    data position, written atomically. One is always written at the end of each stage."""
+
+    every: int = 50  # also every N steps within a stage; 0: only at stage ends
+    keep_last: int = 2  # older ones are deleted; more than 1 survives a torn latest one
 
 
 @dataclass
@@ -126,6 +141,10 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs"
     save_batches: bool = False  # write every step's learner batch to RUN_DIR/batches/*.arrow
+    # a step whose update is skipped (non-finite loss or grad-norm) keeps the weights; this many
+    # skipped steps in a row stop the run, with a resume checkpoint of the last good weights
+    max_consecutive_skips: int = 3
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -191,6 +210,26 @@ def validate_stages(config: RunConfig) -> None:
             _check(stage.kl_coef >= 0, f"{where}.kl_coef must be >= 0")
 
 
+def validate_model_folder(key: str, path: str) -> None:
+    """``path`` must be a Hugging Face model folder with safetensors weights: loading pickle
+    weights can run code hidden in them, so they are refused, not loaded."""
+    folder = Path(path)
+    _check(folder.is_dir(), f"{key}: {path} is not a folder")
+    _check(
+        (folder / "config.json").is_file(), f"{key}: {path} has no config.json; it is not a Hugging Face model folder"
+    )
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_WEIGHTS)
+    if pickles:
+        raise ConfigError(
+            f"{key}: {path} holds only pickle weights ({', '.join(pickles)}); this tool loads safetensors "
+            "only, convert them first (load the model once with transformers where you trust the file, "
+            "then save_pretrained(folder, safe_serialization=True))"
+        )
+    raise ConfigError(f"{key}: {path} holds no weights (no *.safetensors file)")
+
+
 def validate(config: RunConfig, training: bool = True) -> None:
     """Refuse impossible settings before anything starts; each message names the key. Paths are
     relative to the working directory. ``training=False`` checks an eval-only job (no stages)."""
@@ -206,8 +245,10 @@ def validate(config: RunConfig, training: bool = True) -> None:
     _check(config.model.dtype in ("float32", "bfloat16"), "model.dtype must be float32 or bfloat16")
     _check(config.eval.pass_k >= 1, "eval.pass_k must be >= 1")
     _check(config.eval.max_prompts is None or config.eval.max_prompts >= 1, "eval.max_prompts must be >= 1 or null")
+    bad_rows = config.data.bad_rows
+    _check(bad_rows in BAD_ROWS, f"data.bad_rows: {bad_rows!r} is not one of {', '.join(BAD_ROWS)}")
     if config.model.path != EMBEDDED:
-        _check(Path(config.model.path).is_dir(), f"model.path: {config.model.path} is not a folder")
+        validate_model_folder("model.path", config.model.path)
         _check(not training or bool(config.data.train_files), "data.train_files: a real model needs training data")
     for key, path in [("data.train_files", p) for p in config.data.train_files] + [
         (f"data.eval_files.{k}", p) for k, p in config.data.eval_files.items()
@@ -215,10 +256,18 @@ def validate(config: RunConfig, training: bool = True) -> None:
         _check(Path(path).is_file(), f"{key}: {path} does not exist")
         _check(Path(path).suffix != ".jsonl" or Path(path).stem in BENCHMARKS,
                f"{key}: {path}: a .jsonl eval file must be one of the benchmarks {', '.join(BENCHMARKS)}")
-    for key, value in (("teacher.model_path", config.teacher.model_path), ("reward.function", config.reward.function)):
-        _check(value is None or Path(value).exists(), f"{key}: {value} does not exist")
+    if config.teacher.model_path is not None:
+        validate_model_folder("teacher.model_path", config.teacher.model_path)
+    function = config.reward.function
+    _check(function is None or Path(function).exists(), f"reward.function: {function} does not exist")
     _check(config.reward.timeout_s > 0, f"reward.timeout_s must be > 0, got {config.reward.timeout_s}")
     _check(config.reward.num_workers >= 1, f"reward.num_workers must be >= 1, got {config.reward.num_workers}")
+    _check(config.checkpoint.every >= 0, f"checkpoint.every must be >= 0, got {config.checkpoint.every}")
+    _check(config.checkpoint.keep_last >= 1, f"checkpoint.keep_last must be >= 1, got {config.checkpoint.keep_last}")
+    _check(config.max_consecutive_skips >= 1,
+           f"max_consecutive_skips must be >= 1, got {config.max_consecutive_skips}")
+    _check(config.ray.max_actor_restarts >= 0,
+           f"ray.max_actor_restarts must be >= 0, got {config.ray.max_actor_restarts}")
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -4,14 +4,18 @@ A row gives the chat prompt, the ground truth and, in ``extra_info``, candidate 
 ``expert_responses`` / ``teacher_responses`` as text, or the GFT reference's
 ``model_answer_id`` (token ids of the candidates, expert first).
 
-The row checks here (:class:`RowChecker`) are the one definition of a valid row: ``load_prompts``
-refuses a file they find fault with, and ``pipeline.dataprep.check_dataset`` reports all they find.
+Text may come as strings or as bytes (a binary column); bytes are decoded as UTF-8.
+
+The row checks here (:class:`RowChecker`) are the one definition of a valid row:
+``read_prompt_file`` refuses a file they find fault with, or skips the bad rows, and
+``pipeline.dataprep.check_dataset`` reports all they find.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -22,15 +26,17 @@ from pipeline.files import atomic_path
 REQUIRED_COLUMNS = ("data_source", "prompt", "reward_model")
 CHAT_ROLES = ("system", "user", "assistant")
 SHOWN_IN_ERROR = 5
+BAD_ROWS = ("error", "skip")  # what reading a prompt file does with bad rows: refuse the file, or drop them
 
 
 class DataError(ValueError):
     """A dataset problem a user has to fix; the message names file, row and field."""
 
 
-def problems_error(path: str | Path, problems: list[str]) -> DataError:
-    """One error for a file's problems: the path, the first few problems and how many in all."""
-    lines = [f"{path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}:"]
+def problems_error(path: str | Path, problems: list[str], note: str = "") -> DataError:
+    """One error for a file's problems: the path, the first few problems and how many in all;
+    ``note`` goes after the count."""
+    lines = [f"{path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}{note}:"]
     lines += [f"  {problem}" for problem in problems[:SHOWN_IN_ERROR]]
     if len(problems) > SHOWN_IN_ERROR:
         lines.append(f"  ... and {len(problems) - SHOWN_IN_ERROR} more")
@@ -62,8 +68,58 @@ def write_parquet_atomic(rows: list[dict], path: str | Path, schema: pa.Schema) 
 def read_table(path: str | Path) -> pa.Table:
     try:
         return pq.read_table(path)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, pa.ArrowException) as err:
         raise DataError(f"{path}: cannot read parquet: {err}") from None
+
+
+def _text_as_bytes(dtype: pa.DataType) -> pa.DataType:
+    """``dtype`` with each string type in it, nested ones too, turned into its binary twin."""
+    if pa.types.is_string(dtype):
+        return pa.binary()
+    if pa.types.is_large_string(dtype):
+        return pa.large_binary()
+    if pa.types.is_string_view(dtype):
+        return pa.binary_view()
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+        make = pa.list_ if pa.types.is_list(dtype) else pa.large_list
+        return make(dtype.value_field.with_type(_text_as_bytes(dtype.value_type)))
+    if pa.types.is_struct(dtype):
+        return pa.struct([f.with_type(_text_as_bytes(f.type)) for f in dtype])
+    return dtype
+
+
+def _column_values(path: str | Path, name: str, column: pa.ChunkedArray) -> list:
+    """The column as Python values. pyarrow reads a string column holding bytes that are not
+    UTF-8 without a word and fails only here, naming no row: such a column comes back as bytes,
+    for :func:`decode_text` to name the row and field."""
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        try:
+            return column.cast(_text_as_bytes(column.type)).to_pylist()
+        except (UnicodeDecodeError, pa.ArrowException) as err:  # text nested in a type kept as is
+            raise DataError(f"{path}: column {name!r} holds text that is not valid UTF-8: {err}") from None
+
+
+def table_rows(path: str | Path, table: pa.Table) -> list[dict]:
+    """The rows of ``table`` (read from ``path``) as dicts; see :func:`decode_text` for text."""
+    columns = [_column_values(path, name, table.column(name)) for name in table.column_names]
+    return [dict(zip(table.column_names, values)) for values in zip(*columns)]
+
+
+def decode_text(value, where: str, problems: list[str]):
+    """``value`` as text when it is bytes holding UTF-8. Other bytes add a problem naming the field
+    and the first bad byte, and come back decoded with U+FFFD in its place, so the field still
+    counts as present and is not reported twice."""
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as err:
+        problems.append(
+            f"field '{where}' is not valid UTF-8 (byte 0x{value[err.start]:02x} at offset {err.start})"
+        )
+        return value.decode("utf-8", errors="replace")
 
 
 def table_problems(table: pa.Table) -> list[str]:
@@ -99,9 +155,40 @@ def _is_token_id(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+class CheckedRow(NamedTuple):
+    row: dict  # with the text fields the pipeline reads decoded from bytes
+    problems: list[str]  # each "field '...' ..."
+    prompt_ids: list[int] | None  # the chat-templated prompt, when a tokenizer was given and it is sound
+
+
+def _decode_row(row: dict) -> tuple[dict, list[str]]:
+    """A copy of ``row`` with the text fields the pipeline reads decoded (:func:`decode_text`),
+    and their problems. Other fields are left as they are: a binary column nobody reads (an
+    image, say) is no problem."""
+    problems: list[str] = []
+    row = dict(row)
+    if "data_source" in row:
+        row["data_source"] = decode_text(row["data_source"], "data_source", problems)
+    if isinstance(row.get("prompt"), list):
+        row["prompt"] = [
+            {k: decode_text(v, f"prompt[{i}].{k}", problems) if k in ("role", "content") else v
+             for k, v in message.items()} if isinstance(message, dict) else message
+            for i, message in enumerate(row["prompt"])
+        ]
+    if isinstance(row.get("reward_model"), dict) and "ground_truth" in row["reward_model"]:
+        truth = decode_text(row["reward_model"]["ground_truth"], "reward_model.ground_truth", problems)
+        row["reward_model"] = {**row["reward_model"], "ground_truth": truth}
+    if isinstance(row.get("extra_info"), dict):
+        extra = row["extra_info"] = dict(row["extra_info"])
+        for name in ("expert_responses", "teacher_responses"):
+            if isinstance(extra.get(name), list):
+                extra[name] = [decode_text(t, f"extra_info.{name}[{i}]", problems) for i, t in enumerate(extra[name])]
+    return row, problems
+
+
 class RowChecker:
     """Finds what is wrong with a row; with a tokenizer it also tokenizes the prompt (the checks
-    need its length, ``load_prompts`` needs the ids), so no prompt is tokenized twice.
+    need its length, ``read_prompt_file`` needs the ids), so no prompt is tokenized twice.
 
     A field whose column is absent is skipped: ``table_problems`` reports the column once.
     """
@@ -112,9 +199,10 @@ class RowChecker:
         self.tokenizer, self.max_prompt_length = tokenizer, max_prompt_length
         self.vocab_size = len(tokenizer) if tokenizer is not None else None
 
-    def __call__(self, row: dict) -> tuple[list[str], list[int] | None]:
-        """(problems, each "field '...' ...", and the prompt's token ids when they were computed)."""
-        problems, prompt_ids = [], None
+    def __call__(self, row: dict) -> CheckedRow:
+        """The row with its text decoded, what is wrong with it, and its prompt's token ids."""
+        row, problems = _decode_row(row)
+        prompt_ids = None
         if "data_source" in row and not _is_text(row["data_source"]):
             problems.append("field 'data_source' is missing or empty")
         if "prompt" in row:
@@ -132,7 +220,7 @@ class RowChecker:
                 problems.append("field 'reward_model.ground_truth' is missing or empty")
         if "extra_info" in row:
             problems += self._candidate_problems(row["extra_info"])
-        return problems, prompt_ids
+        return CheckedRow(row, problems, prompt_ids)
 
     @staticmethod
     def _prompt_problems(messages) -> list[str]:
@@ -196,11 +284,38 @@ def _response_ids(candidate, tokenizer) -> list[int]:
     return ids
 
 
-def load_prompts(
-    path: str | Path, tokenizer, max_prompt_length: int, split: str | None = None
-) -> list[PromptRecord]:
-    """Every row of a verl-layout parquet file as a tokenized :class:`PromptRecord`; any problem
-    in the file is a :class:`DataError` naming the first few (row and field) and their count."""
+@dataclass
+class PromptFile:
+    records: list[PromptRecord]
+    skipped: list[str] = field(default_factory=list)  # one per row left out: "row N: field '...' ..."
+
+
+def _record(row: dict, index: int, prompt_ids: list[int], name: str, tokenizer) -> PromptRecord:
+    extra = row.get("extra_info") or {}
+    expert, teacher = candidates(extra)
+    return PromptRecord(
+        uid=f"{name}/{extra.get('index', index)}",
+        prompt_ids=prompt_ids,
+        ground_truth=str(row["reward_model"]["ground_truth"]),
+        data_source=str(row["data_source"]),
+        expert=[_response_ids(c, tokenizer) for c in expert],
+        teacher=[_response_ids(c, tokenizer) for c in teacher],
+    )
+
+
+def read_prompt_file(
+    path: str | Path, tokenizer, max_prompt_length: int, split: str | None = None, bad_rows: str = "error"
+) -> PromptFile:
+    """Every good row of a verl-layout parquet file as a tokenized :class:`PromptRecord`.
+
+    A bad row (a problem naming its row and field) makes the whole file a :class:`DataError`
+    naming the first few problems and their count with ``bad_rows="error"``; with ``"skip"`` the
+    row is left out and listed in ``skipped``. File-level problems (unreadable, a missing column,
+    no rows) and a file with no good row are errors either way. ``split`` names the records'
+    uids (default: the file's stem).
+    """
+    if bad_rows not in BAD_ROWS:
+        raise ValueError(f"bad_rows must be one of {BAD_ROWS}, got {bad_rows!r}")
     path = Path(path)
     table = read_table(path)
     problems = table_problems(table)
@@ -208,27 +323,26 @@ def load_prompts(
         raise problems_error(path, problems)
     check = RowChecker(tokenizer, max_prompt_length)
     name = split or path.stem
-    records = []
-    for index, row in enumerate(table.to_pylist()):
-        row_problems, prompt_ids = check(row)
-        problems += [f"row {index}: {problem}" for problem in row_problems]
-        if problems:  # keep checking to count them all, but build no more records
-            continue
-        extra = row.get("extra_info") or {}
-        expert, teacher = candidates(extra)
-        records.append(
-            PromptRecord(
-                uid=f"{name}/{extra.get('index', index)}",
-                prompt_ids=prompt_ids,
-                ground_truth=str(row["reward_model"]["ground_truth"]),
-                data_source=str(row["data_source"]),
-                expert=[_response_ids(c, tokenizer) for c in expert],
-                teacher=[_response_ids(c, tokenizer) for c in teacher],
-            )
-        )
-    if problems:
+    records, skipped = [], []
+    for index, raw in enumerate(table_rows(path, table)):
+        row, row_problems, prompt_ids = check(raw)
+        if row_problems:
+            problems += [f"row {index}: {problem}" for problem in row_problems]
+            skipped.append(f"row {index}: {'; '.join(row_problems)}")
+        elif not (problems and bad_rows == "error"):  # a refused file needs no more records
+            records.append(_record(row, index, prompt_ids, name, tokenizer))
+    if problems and bad_rows == "error":
         raise problems_error(path, problems)
-    return records
+    if not records:
+        raise problems_error(path, problems, note=", in every row, so skipping bad rows leaves none")
+    return PromptFile(records, skipped)
+
+
+def load_prompts(
+    path: str | Path, tokenizer, max_prompt_length: int, split: str | None = None
+) -> list[PromptRecord]:
+    """The records of :func:`read_prompt_file`, refusing any file with a bad row."""
+    return read_prompt_file(path, tokenizer, max_prompt_length, split).records
 
 
 class PromptSampler:
@@ -241,6 +355,15 @@ class PromptSampler:
 
     def _permutation(self) -> np.ndarray:
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.records))
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.epoch, self.offset
+
+    def seek(self, epoch: int, offset: int) -> None:
+        """Continue from ``position`` (a resume): the same prompts follow as would have."""
+        self.epoch, self.offset = epoch, offset
+        self._order = self._permutation()
 
     def next(self, n: int) -> list[PromptRecord]:
         picked = []

@@ -17,9 +17,11 @@ from pipeline.benchmarks import MATH_INSTRUCTION
 from pipeline.data import (
     RowChecker,
     candidates,
+    decode_text,
     problems_error,
     read_table,
     table_problems,
+    table_rows,
     verl_schema,
     write_parquet_atomic,
 )
@@ -45,6 +47,7 @@ GSM8K_SCHEMA = verl_schema(
 def _gsm8k_row(question, answer, split: str, index: int) -> tuple[dict | None, list[str]]:
     """(the verl row, None when there are problems, and the problems)."""
     problems = []
+    question, answer = decode_text(question, "question", problems), decode_text(answer, "answer", problems)
     if not isinstance(question, str) or not question.strip():
         problems.append("field 'question' is missing or empty")
     final = _FINAL_LINE.search(answer) if isinstance(answer, str) else None
@@ -82,9 +85,8 @@ def convert_gsm8k(source: str | Path, out: str | Path, split: str | None = None)
         raise problems_error(source, [f"missing column {name!r}" for name in missing] or ["no rows"])
     split = split or source.stem
     rows, problems = [], []
-    questions, answers = table.column("question").to_pylist(), table.column("answer").to_pylist()
-    for index, (question, answer) in enumerate(zip(questions, answers)):
-        row, row_problems = _gsm8k_row(question, answer, split, index)
+    for index, raw in enumerate(table_rows(source, table.select(["question", "answer"]))):
+        row, row_problems = _gsm8k_row(raw["question"], raw["answer"], split, index)
         rows.append(row)
         problems += [f"row {index}: {problem}" for problem in row_problems]
     if problems:
@@ -104,12 +106,12 @@ class DatasetReport:
 
 def check_dataset(path: str | Path, tokenizer=None, max_prompt_length: int | None = None) -> DatasetReport:
     """Every problem in a verl-layout parquet file, each naming its row and field, by the same
-    checks ``load_prompts`` applies. An unreadable file is a DataError."""
+    checks ``read_prompt_file`` applies. An unreadable file is a DataError."""
     table = read_table(path)
     report = DatasetReport(rows=table.num_rows, problems=table_problems(table))
     check = RowChecker(tokenizer, max_prompt_length)
-    for index, row in enumerate(table.to_pylist()):
-        row_problems, prompt_ids = check(row)
+    for index, raw in enumerate(table_rows(path, table)):
+        row, row_problems, prompt_ids = check(raw)
         report.problems += [f"row {index}: {problem}" for problem in row_problems]
         expert, teacher = candidates(row.get("extra_info"))
         report.rows_with_expert += bool(expert)

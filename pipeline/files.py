@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 FILE_MODE = 0o644  # mkstemp makes 0600 files; readers may be other users' workers
+DIR_MODE = 0o755  # and mkdtemp 0700 folders
 
 
 @contextmanager
@@ -27,6 +29,36 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary sibling folder to fill; it replaces the folder ``path`` only when the block
+    ends without an error, and is removed otherwise. A reader (or a resume after a kill) sees
+    the old folder or the complete new one, never a partial write."""
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, DIR_MODE)
+        replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``, replacing a folder that is there."""
+    # os.replace cannot overwrite a non-empty folder: move the old one aside first, rename the
+    # new one in, and delete the old copy only after the new one is in place.
+    old = None
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        os.replace(dst, old / dst.name)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json_lines(rows: list[dict], path: str | os.PathLike[str]) -> Path:

@@ -7,6 +7,8 @@ GFT policy hands off to GRPO exactly as a user's model would (a Hugging Face fol
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,13 +16,15 @@ from pathlib import Path
 
 import ray
 import yaml
+from ray.exceptions import RayActorError
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from pipeline.config import EMBEDDED, RunConfig, StageConfig, learning_rate
-from pipeline.configio import to_dict
-from pipeline.data import PromptSampler, load_prompts
+from pipeline.configio import ConfigError, to_dict
+from pipeline.data import PromptRecord, PromptSampler, read_prompt_file
 from pipeline.embedded import build_embedded_assets
+from pipeline.errors import RoleFailed, TrainingStopped
 from pipeline.evaluation import (
     EvalSet,
     format_benchmark_table,
@@ -30,9 +34,11 @@ from pipeline.evaluation import (
 )
 from pipeline.files import atomic_path, write_json_lines
 from pipeline.metrics import MetricsLogger
+from pipeline.resume import Progress, ResumePoint, chosen_point, latest_point, prune, write_point
 from pipeline.roles import Roles, start_ray
 from pipeline.stages import EvalOutcome, evaluate, train_step
 
+logger = logging.getLogger(__name__)
 
 @dataclass
 class RunResult:
@@ -40,6 +46,7 @@ class RunResult:
     checkpoints: dict[str, Path] = field(default_factory=dict)
     evals: dict[str, dict[str, dict]] = field(default_factory=dict)  # policy -> split -> metrics
     wall_time_s: float = 0.0
+    skipped_rows: int = 0  # bad training rows left out (data.bad_rows=skip)
 
 
 def _new_run_dir(config: RunConfig) -> Path:
@@ -49,21 +56,43 @@ def _new_run_dir(config: RunConfig) -> Path:
     suffix = 1
     while run_dir.exists():
         run_dir, suffix = root / f"{config.name}-{stamp}-{suffix}", suffix + 1
-    run_dir.mkdir(parents=True)
     return run_dir
 
 
-def _resolve_inputs(config: RunConfig, run_dir: Path) -> tuple[str, list[str], dict[str, str]]:
-    """(base model folder, train files, eval files); builds the embedded task when asked."""
-    if config.model.path != EMBEDDED:
-        return config.model.path, config.data.train_files, config.data.eval_files
-    e = config.embedded
-    assets = build_embedded_assets(
-        run_dir / "embedded", e.task, e.model, n_train=e.n_train, n_test=e.n_test, n_ood=e.n_ood, n_teacher=e.n_teacher
-    )
-    train = config.data.train_files or [str(assets.train)]
-    evals = config.data.eval_files or {"test": str(assets.test), "ood": str(assets.ood)}
-    return str(assets.base_model), train, evals
+@dataclass
+class Inputs:
+    base_model: str
+    tokenizer: object
+    train_records: list[PromptRecord]
+    eval_sets: dict[str, EvalSet]
+    skipped_rows: dict[str, list[str]]  # train file -> its bad rows left out, each with its problems
+
+
+def _load_inputs(config: RunConfig, run_dir: Path) -> Inputs:
+    """The base model folder, tokenized training prompts and eval sets; builds the embedded task
+    when asked. Every data problem surfaces here, before Ray starts."""
+    base_model, train_files, eval_files = config.model.path, config.data.train_files, config.data.eval_files
+    if config.model.path == EMBEDDED:
+        e = config.embedded
+        assets = build_embedded_assets(run_dir / "embedded", e.task, e.model, n_train=e.n_train, n_test=e.n_test,
+                                       n_ood=e.n_ood, n_teacher=e.n_teacher)
+        base_model = str(assets.base_model)
+        train_files = train_files or [str(assets.train)]
+        eval_files = eval_files or {"test": str(assets.test), "ood": str(assets.ood)}
+    tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
+    records, skipped = [], {}
+    for path in train_files:
+        prompt_file = read_prompt_file(path, tokenizer, config.data.max_prompt_length, bad_rows=config.data.bad_rows)
+        records += prompt_file.records
+        if prompt_file.skipped:
+            skipped[str(path)] = prompt_file.skipped
+            logger.warning("%s: %d bad rows skipped (data.bad_rows=skip); the first: %s",
+                           path, len(prompt_file.skipped), prompt_file.skipped[0])
+    for stage in config.stages:
+        if stage.algorithm != "eval" and stage.prompts_per_step > len(records):
+            raise ConfigError(f"stages.{stage.name}.prompts_per_step: {stage.prompts_per_step} prompts per step, "
+                              f"but the training data holds {len(records)}")
+    return Inputs(base_model, tokenizer, records, _load_eval_sets(config, eval_files, tokenizer), skipped)
 
 
 def _load_eval_sets(config: RunConfig, eval_files: dict[str, str], tokenizer) -> dict[str, EvalSet]:
@@ -88,78 +117,155 @@ def _save_generations(outcomes: dict[str, EvalOutcome], tokenizer, folder: Path)
         write_json_lines(generation_rows(split, outcome.greedy, outcome.sampled, tokenizer), folder / f"{split}.jsonl")
 
 
-def _progress_postfix(metrics: dict) -> dict:
-    return {"reward": f"{metrics['reward']:.3f}", "loss": f"{metrics['loss']:.4f}"}
+class _Driver:
+    """The stages of one run, step by step, keeping :class:`Progress` so that every resume point
+    (``pipeline.resume``) says exactly where to pick the run back up."""
 
+    def __init__(self, config: RunConfig, run_dir: Path, inputs: Inputs, roles: Roles, logger: MetricsLogger,
+                 start: ResumePoint | None, on_step: Callable[[], None] | None):
+        self.config, self.run_dir, self.inputs, self.roles, self.logger = config, run_dir, inputs, roles, logger
+        self.start, self.on_step = start, on_step
+        self.progress = start.progress if start else Progress(stage_start=inputs.base_model)
+        self.sampler = PromptSampler(inputs.train_records, config.seed)
+        self.sampler.seek(*self.progress.sampler)
+        self.skips = 0  # updates skipped in a row
 
-def _train_stage(stage: StageConfig, roles: Roles, sampler: PromptSampler, config: RunConfig, run_dir: Path,
-                 logger: MetricsLogger, eval_sets: dict[str, EvalSet], version: int, global_step: int,
-                 on_step: Callable[[], None] | None):
-    roles.learner.start_stage.remote(stage.lr, stage.weight_decay, stage.max_grad_norm)
-    bar = tqdm(range(1, stage.steps + 1), desc=f"{stage.name} ({stage.algorithm})", unit="step", dynamic_ncols=True,
-               disable=on_step is not None)
-    for step in bar:
-        roles.learner.set_lr.remote(learning_rate(stage, step))
-        records = sampler.next(stage.prompts_per_step)
-        dump = run_dir / "batches" / f"{stage.name}-{step:05d}.arrow" if config.save_batches else None
-        metrics = train_step(roles, stage, records, config, seed=config.seed * 1_000_003 + global_step, batch_dump=dump)
-        version = int(metrics["policy_version"])
-        global_step += 1
+    def run(self) -> None:
+        if "base" not in self.progress.evals:
+            self.record_eval("base")
+        for index, stage in enumerate(self.config.stages):
+            if index < self.progress.stage_index:
+                continue
+            if stage.algorithm == "eval":
+                self.record_eval(stage.name)
+            else:
+                self.train(stage)
+            self.progress.stage_index, self.progress.step = index + 1, 0
+            self.save_point(learner=False)
+
+    def record_eval(self, policy: str) -> None:
+        outcomes = _evaluate_sets(self.roles, self.inputs.eval_sets, self.config)
+        _save_generations(outcomes, self.inputs.tokenizer, self.run_dir / "generations" / policy)
+        evals = self.progress.evals
+        evals[policy] = {split: outcome.metrics for split, outcome in outcomes.items()}
+        g = self.progress.global_step
+        self.logger.log("eval", len(evals), {"after_steps": g} | {
+            f"{policy}/{s}/{k}": v for s, m in evals[policy].items() for k, v in m.items()}, global_step=g)
+
+    def train(self, stage: StageConfig) -> None:
+        p, learner, mid_stage = self.progress, self.roles.learner, self.progress.step > 0
+        if mid_stage:  # resumed: weights, optimizer and RNG from the point; the reference from the stage start
+            folder = str(self.start.folder)
+            self.roles.load_policy(folder, p.policy_version)
+            ray.get(learner.start_stage.remote(stage.lr, stage.weight_decay, stage.max_grad_norm, p.stage_start))
+            ray.get(learner.restore.remote(folder))
+        else:
+            self.roles.load_policy(p.stage_start, p.policy_version)
+            ray.get(learner.start_stage.remote(stage.lr, stage.weight_decay, stage.max_grad_norm))
+        bar = tqdm(total=stage.steps, initial=p.step, desc=f"{stage.name} ({stage.algorithm})", unit="step",
+                   dynamic_ncols=True, disable=self.on_step is not None)
+        for step in range(p.step + 1, stage.steps + 1):
+            metrics = self.step(stage, step)
+            bar.update(1)
+            bar.set_postfix({"reward": f"{metrics['reward']:.3f}", "loss": f"{metrics['loss']:.4f}"})
+            every = self.config.checkpoint.every
+            if every and step % every == 0 and step < stage.steps:
+                self.save_point(learner=True)
+        bar.close()
+        checkpoint = ray.get(learner.save.remote(str(self.run_dir / "checkpoints" / stage.name)))
+        p.checkpoints[stage.name] = p.stage_start = checkpoint
+        self.record_eval(stage.name)
+
+    def step(self, stage: StageConfig, step: int) -> dict:
+        p, config = self.progress, self.config
+        self.roles.learner.set_lr.remote(learning_rate(stage, step))
+        records = self.sampler.next(stage.prompts_per_step)
+        dump = self.run_dir / "batches" / f"{stage.name}-{step:05d}.arrow" if config.save_batches else None
+        metrics = train_step(self.roles, stage, records, config, seed=config.seed * 1_000_003 + p.global_step,
+                             batch_dump=dump)
+        p.step, p.global_step, p.policy_version = step, p.global_step + 1, int(metrics["policy_version"])
+        p.sampler = self.sampler.position
         if stage.eval_every and step % stage.eval_every == 0 and step < stage.steps:
-            for split, outcome in _evaluate_sets(roles, eval_sets, config).items():
+            for split, outcome in _evaluate_sets(self.roles, self.inputs.eval_sets, config).items():
                 metrics.update({f"eval/{split}/{k}": v for k, v in outcome.metrics.items()})
-        logger.log(stage.name, step, metrics)
-        bar.set_postfix(_progress_postfix(metrics))
-        if on_step is not None:
-            on_step()
-    bar.close()
-    return version, global_step
+        self.logger.log(stage.name, step, metrics, global_step=p.global_step)
+        if self.on_step is not None:
+            self.on_step()
+        self.check_skips(stage, step, metrics)
+        return metrics
+
+    def check_skips(self, stage: StageConfig, step: int, metrics: dict) -> None:
+        """Count updates skipped in a row (a non-finite loss or grad-norm leaves the weights as
+        they were); too many stop the run with a resume point of the last good weights."""
+        if not metrics["skipped_updates"]:
+            self.skips = 0
+            return
+        self.skips += 1
+        limit = self.config.max_consecutive_skips
+        logger.warning("stage %s step %d: update skipped, loss %s, grad-norm %s (%d in a row, limit %d)",
+                       stage.name, step, metrics["loss"], metrics["grad_norm"], self.skips, limit)
+        if self.skips >= limit:
+            point = self.save_point(learner=True)
+            raise TrainingStopped(
+                f"stage {stage.name}, step {step}: {self.skips} updates in a row were skipped because the loss or "
+                f"the grad-norm was not finite (max_consecutive_skips={limit}). The weights of the last good update "
+                f"are in {point}. Look at the learning rate (stages.{stage.name}.lr), the rewards and the data, then "
+                f"continue with: gft run --resume {self.run_dir} [key=value ...]")
+
+    def save_point(self, learner: bool) -> Path:
+        self.progress.metrics_bytes = self.logger.tell()
+        if learner:
+            point = Path(ray.get(self.roles.learner.save_resume_point.remote(str(self.run_dir), self.progress)))
+        else:  # between stages the next stage starts from a stage checkpoint: no weights needed
+            point = write_point(self.run_dir, self.progress)
+        prune(self.run_dir, self.config.checkpoint.keep_last)
+        return point
 
 
-def run(config: RunConfig, run_dir: Path | None = None, on_step: Callable[[], None] | None = None) -> RunResult:
+def run(config: RunConfig, run_dir: Path | None = None, on_step: Callable[[], None] | None = None,
+        resume: bool = False, resume_point: Path | None = None) -> RunResult:
     """Run every stage of ``config`` and return where things went and the eval table.
 
-    ``run_dir``: an empty folder to use (default: a new ``output_dir/<name>-<time>``).
+    ``run_dir``: the folder to use (default: a new ``output_dir/<name>-<time>``).
     ``on_step``: called after every training step, in place of the per-stage progress bars.
+    ``resume``: continue the run in ``run_dir`` from its latest intact resume point (from the
+    start when it has none), redoing nothing that point covers and skipping nothing after it;
+    or from ``resume_point``, one of its points, discarding those after it.
     """
     started = time.perf_counter()
-    if run_dir is None:
-        run_dir = _new_run_dir(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    result = RunResult(run_dir)
-    base_model, train_files, eval_files = _resolve_inputs(config, run_dir)
+    run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(config)
+    fresh = not run_dir.exists()
+    try:
+        inputs = _load_inputs(config, run_dir)
+    except BaseException:
+        if fresh:  # a refused recipe or dataset leaves nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    with atomic_path(run_dir / "config.yaml") as tmp:  # on a resume, with its overrides
+        tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    if inputs.skipped_rows:
+        write_json_lines([{"file": f, "row": r} for f, rows in inputs.skipped_rows.items() for r in rows],
+                         run_dir / "skipped_rows.jsonl")
+    start = None
+    if resume:
+        start = chosen_point(resume_point) if resume_point else latest_point(run_dir)
+    if start is not None:
+        logger.warning("resuming %s at stage %d step %d (global step %d) from %s", run_dir,
+                       start.progress.stage_index, start.progress.step, start.progress.global_step, start.folder)
 
     start_ray(config)
-    roles = Roles(config, base_model)
-    tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
-    train_records = [r for path in train_files for r in load_prompts(path, tokenizer, config.data.max_prompt_length)]
-    eval_sets = _load_eval_sets(config, eval_files, tokenizer)
-    sampler = PromptSampler(train_records, config.seed)
+    try:
+        roles = Roles(config, inputs.base_model)
+        keep_bytes = start.progress.metrics_bytes if start else (0 if resume else None)
+        with MetricsLogger(run_dir, keep_bytes=keep_bytes) as metrics_logger:
+            driver = _Driver(config, run_dir, inputs, roles, metrics_logger, start, on_step)
+            driver.run()
+    except (RayActorError, RoleFailed) as err:
+        raise RoleFailed(f"{err}\nThe run can continue from its last resume point: gft run --resume {run_dir}") from err
 
-    def record_eval(policy: str) -> None:
-        outcomes = _evaluate_sets(roles, eval_sets, config)
-        _save_generations(outcomes, tokenizer, run_dir / "generations" / policy)
-        result.evals[policy] = {split: outcome.metrics for split, outcome in outcomes.items()}
-        logger.log("eval", len(result.evals), {"after_steps": global_step} | {
-            f"{policy}/{s}/{k}": v for s, m in result.evals[policy].items() for k, v in m.items()})
-
-    policy_path, version, global_step = base_model, 0, 0
-    with MetricsLogger(run_dir) as logger:
-        record_eval("base")
-        for stage in config.stages:
-            if stage.algorithm == "eval":
-                record_eval(stage.name)
-                continue
-            roles.load_policy(policy_path, version)
-            version, global_step = _train_stage(
-                stage, roles, sampler, config, run_dir, logger, eval_sets, version, global_step, on_step
-            )
-            checkpoint = Path(ray.get(roles.learner.save.remote(str(run_dir / "checkpoints" / stage.name))))
-            result.checkpoints[stage.name] = checkpoint
-            policy_path = str(checkpoint)
-            record_eval(stage.name)
-
+    progress = driver.progress
+    result = RunResult(run_dir, {k: Path(v) for k, v in progress.checkpoints.items()}, progress.evals,
+                       skipped_rows=sum(len(rows) for rows in inputs.skipped_rows.values()))
     result.wall_time_s = time.perf_counter() - started
     # written last and atomically: its presence says the run finished (``gft compare`` relies on it)
     with atomic_path(run_dir / "eval.json") as tmp:
@@ -170,6 +276,8 @@ def run(config: RunConfig, run_dir: Path | None = None, on_step: Callable[[], No
 def summary(result: RunResult, k: int) -> str:
     lines = [format_table(result.evals, k), "", f"run folder: {result.run_dir}"]
     lines += [f"checkpoint {name}: {path}" for name, path in result.checkpoints.items()]
+    if result.skipped_rows:
+        lines.append(f"bad training rows skipped: {result.skipped_rows} (listed in {result.run_dir / 'skipped_rows.jsonl'})")
     lines.append(f"wall time: {result.wall_time_s:.0f} s")
     return "\n".join(lines)
 

@@ -77,7 +77,7 @@ def train_step(
     batch_dump: Path | None = None,
 ) -> dict[str, float]:
     """One step: group -> rewards -> advantages -> learner update -> weights to the rollout."""
-    started = time.perf_counter()
+    started, restarts = time.perf_counter(), roles.restarts
     parts, metrics = [], {}
     for source in ("expert", "teacher"):
         part = off_policy_rows(records, source, getattr(stage.group, source), roles, config, seed)
@@ -109,6 +109,7 @@ def train_step(
     )
     metrics.update(ray.get(update))
     roles.sync_weights(int(metrics["policy_version"]))
+    metrics["actor_restarts"] = roles.restarts - restarts
     metrics["step_time_s"] = time.perf_counter() - started
     return metrics
 

@@ -13,13 +13,15 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from pipeline.batch import PackedBatch, to_packed
-from pipeline.checkpoint import load_policy, save_policy
+from pipeline.checkpoint import load_policy, save_policy, write_policy_files
+from pipeline.resume import LEARNER_STATE_FILE, Progress, load_learner_state, save_learner_state, write_point
 
 
 @dataclass
@@ -101,17 +103,34 @@ class Learner:
         self.optimizer = None
         self.version = 0
 
-    def load(self, model_path: str) -> None:
-        """Start from a checkpoint folder (the previous stage's)."""
+    def load(self, model_path: str, version: int) -> None:
+        """Start from a checkpoint folder (the previous stage's) as policy ``version``."""
         self.model, self.tokenizer = load_policy(model_path, self.dtype)
         self.optimizer = None
+        self.version = version
 
-    def start_stage(self, lr: float, weight_decay: float = 0.0, max_grad_norm: float = 1.0) -> None:
-        """Fresh optimizer, and a frozen copy of the current weights as the stage's reference."""
+    def start_stage(self, lr: float, weight_decay: float = 0.0, max_grad_norm: float = 1.0,
+                    reference_path: str | None = None) -> None:
+        """Fresh optimizer, and the stage's frozen reference: the current weights, or those in
+        ``reference_path`` when a resumed stage is not at its start any more."""
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         self.max_grad_norm = max_grad_norm
-        self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        reference = load_policy(reference_path, self.dtype)[0] if reference_path else copy.deepcopy(self.model)
+        self.reference = reference.eval().requires_grad_(False)
+
+    def save_resume_point(self, run_dir: str, progress: Progress) -> str:
+        """A resume point with the policy, the optimizer state and the RNG (``pipeline.resume``)."""
+
+        def write(folder):
+            write_policy_files(self.model, self.tokenizer, folder)
+            save_learner_state(self.optimizer, folder / LEARNER_STATE_FILE)
+
+        return str(write_point(Path(run_dir), progress, write))
+
+    def restore(self, folder: str) -> None:
+        """After ``load(folder)`` and ``start_stage``: the optimizer state and RNG of the point."""
+        load_learner_state(self.optimizer, Path(folder) / LEARNER_STATE_FILE)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:

@@ -159,6 +159,7 @@ def test_wrong_type_names_the_key(recipe):
         (["reward.num_workers=0"], "reward.num_workers"),
         (["reward.function=no/such/reward.py"], "reward.function"),
         (["eval.max_prompts=0"], "eval.max_prompts"),
+        (["data.bad_rows=drop"], "data.bad_rows"),
     ],
 )
 def test_impossible_values_are_refused_with_the_key_named(recipe, overrides, key):
@@ -182,8 +183,41 @@ def test_model_folder_that_does_not_exist(recipe, tmp_path):
     assert message.startswith("model.path") and str(missing) in message
 
 
+def _model_folder(folder, *files):
+    folder.mkdir()
+    for name in files:
+        (folder / name).write_bytes(b"{}")  # validation looks at names only
+    return folder
+
+
 def test_real_model_needs_training_data(recipe, tmp_path):
-    assert _error(recipe, f"model.path={tmp_path}").startswith("data.train_files")
+    model = _model_folder(tmp_path / "model", "config.json", "model.safetensors")
+    assert _error(recipe, f"model.path={model}").startswith("data.train_files")
+
+
+@pytest.mark.parametrize("key", ["model.path", "teacher.model_path"])
+def test_a_model_folder_needs_a_config_and_safetensors_weights(recipe, tmp_path, key):
+    train = tmp_path / "train.parquet"
+    train.write_bytes(b"")
+
+    def message(folder):
+        return _error(recipe, f"{key}={folder}", f"data.train_files=[{train}]")
+
+    bare = _model_folder(tmp_path / "bare", "model.safetensors")
+    assert message(bare) == f"{key}: {bare} has no config.json; it is not a Hugging Face model folder"
+    pickled = _model_folder(tmp_path / "pickled", "config.json", "pytorch_model.bin", "training_args.bin")
+    assert message(pickled).startswith(
+        f"{key}: {pickled} holds only pickle weights (pytorch_model.bin, training_args.bin); this tool loads "
+        "safetensors only, convert them first"
+    )
+    assert "save_pretrained(folder, safe_serialization=True)" in message(pickled)
+    empty = _model_folder(tmp_path / "empty", "config.json")
+    assert message(empty) == f"{key}: {empty} holds no weights (no *.safetensors file)"
+    assert message(tmp_path / "absent") == f"{key}: {tmp_path / 'absent'} is not a folder"
+
+    sharded = _model_folder(tmp_path / "sharded", "config.json", "model-00001-of-00002.safetensors",
+                            "model-00002-of-00002.safetensors", "model.safetensors.index.json", "optimizer.pt")
+    load_recipe(recipe, [f"{key}={sharded}", f"data.train_files=[{train}]"])  # a stray pickle beside is fine
 
 
 def test_train_file_that_does_not_exist(recipe, tmp_path):
@@ -267,6 +301,8 @@ def _placeholders_filled(path, tmp_path) -> RunConfig:
     tree = read_yaml(path)
     model = tmp_path / "model"
     model.mkdir(exist_ok=True)
+    for name in ("config.json", "model.safetensors"):  # what validation looks for in a model folder
+        (model / name).write_bytes(b"{}")
     apply_override(tree, f"model.path={model}")
     files = []
     for i, _ in enumerate(tree["data"]["train_files"]):

@@ -95,6 +95,23 @@ def test_bad_raw_rows_are_named_and_nothing_is_written(tmp_path):
         convert_gsm8k(tmp_path / "absent.parquet", out)
 
 
+def test_raw_text_as_bytes_converts_when_utf8_and_is_named_when_not(tmp_path):
+    source, out = tmp_path / "raw.parquet", tmp_path / "train.parquet"
+    question = "Ana a 3 pommes et en mange 1 ; combien en reste-t-il ?"
+    answers = [b"3 - 1 = 2\n#### 2", b"3 \x96 1 = 2\n#### 2"]  # cp1252's en dash, not UTF-8
+    pq.write_table(pa.table({"question": pa.array([question.encode()] * 2, pa.binary()),
+                             "answer": pa.array(answers, pa.binary())}), source)
+    with pytest.raises(DataError) as err:
+        convert_gsm8k(source, out)
+    assert str(err.value).splitlines()[1:] == [
+        "  row 1: field 'answer' is not valid UTF-8 (byte 0x96 at offset 2)"
+    ]
+    pq.write_table(pq.read_table(source).slice(0, 1), source)
+    assert convert_gsm8k(source, out) == 1
+    row = pq.read_table(out).to_pylist()[0]
+    assert row["extra_info"]["question"] == question and row["reward_model"]["ground_truth"] == "2"
+
+
 def test_check_dataset_finds_nothing_wrong_with_the_converted_file(converted):
     report = check_dataset(converted)
     assert report == DatasetReport(rows=7473, problems=[], rows_with_expert=7473, rows_with_teacher=0)

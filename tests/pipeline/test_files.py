@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from pipeline.files import atomic_path, write_json_lines
+from pipeline.files import atomic_dir, atomic_path, replace_dir, write_json_lines
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -21,3 +21,21 @@ def test_a_new_file_is_readable_by_others(tmp_path):
     path = write_json_lines([{"text": "é"}, {"n": 2}], tmp_path / "sub" / "rows.jsonl")
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)
     assert path.read_text(encoding="utf-8") == '{"text": "é"}\n{"n": 2}\n'
+
+
+def test_replace_dir_into_a_missing_target(tmp_path):
+    src = tmp_path / "new"
+    src.mkdir()
+    (src / "f").write_text("x")
+    replace_dir(src, tmp_path / "dst")
+    assert (tmp_path / "dst" / "f").read_text() == "x" and not src.exists()
+
+
+def test_a_failed_folder_write_keeps_the_old_folder(tmp_path):
+    target = tmp_path / "ckpt"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("v1")
+    with pytest.raises(RuntimeError, match="killed"), atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("v2, half")
+        raise RuntimeError("killed")
+    assert os.listdir(tmp_path) == ["ckpt"] and (target / "weights").read_text() == "v1"

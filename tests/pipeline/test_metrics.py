@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pipeline.metrics import MetricsLogger
@@ -67,3 +68,27 @@ def test_tensorboard_scalars(tmp_path):
     assert {"gft/loss", "grpo/reward"} <= set(acc.Tags()["scalars"])
     assert [(e.step, e.value) for e in acc.Scalars("gft/loss")] == [(0, 0.5), (1, 0.25)]
     assert [(e.step, e.value) for e in acc.Scalars("grpo/reward")] == [(2, 0.75)]
+
+
+def test_a_resume_cuts_back_to_its_point_and_hides_later_tensorboard_events(tmp_path):
+    with MetricsLogger(tmp_path) as logger:
+        logger.log("gft", 1, {"loss": 1.0})
+        logger.log("gft", 2, {"loss": 0.9})
+        point = logger.tell()  # a resume point is written here
+        logger.log("gft", 3, {"loss": 0.8})  # then the run is killed
+    with MetricsLogger(tmp_path, keep_bytes=point) as logger:
+        logger.log("gft", 3, {"loss": 0.7})  # the resumed run redoes step 3
+        logger.log("gft", 4, {"loss": 0.6})
+    rows = _lines(tmp_path)
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (2, 0.9), (3, 0.7), (4, 0.6)]
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    events = [(e.step, e.value) for e in acc.Scalars("gft/loss")]
+    assert events == [(1, 1.0), (2, pytest.approx(0.9)), (3, pytest.approx(0.7)), (4, pytest.approx(0.6))]
+
+
+def test_a_caller_may_give_the_global_step(tmp_path):
+    with MetricsLogger(tmp_path) as logger:
+        logger.log("gft", 5, {"loss": 1.0})
+        assert logger.log("eval", 2, {"accuracy": 0.5}, global_step=5) == 5
+    assert [r["global_step"] for r in _lines(tmp_path)] == [5, 5]

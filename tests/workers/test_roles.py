@@ -1,4 +1,10 @@
-"""The Ray roles together on a real local cluster: a GFT step, then the weight sync."""
+"""The Ray roles together on a real local cluster: a GFT step, the weight sync, and actors
+whose processes are killed mid-call."""
+
+import os
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -68,3 +74,67 @@ def test_reward_timeouts_work_in_a_threaded_ray_actor(roles, assets, tokenizer, 
     scored, metrics = ray.get(teacher.score.remote(batch), timeout=60)
     assert scored.column("reward").to_pylist() == [1.0, 0.0, 0.0]
     assert metrics["reward_timeouts"] == 1 and metrics["reward_failures"] == 0
+
+
+def _pid(actor) -> int:
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+
+
+def _kill_soon(pid: int, delay_s: float) -> threading.Timer:
+    timer = threading.Timer(delay_s, os.kill, (pid, signal.SIGKILL))
+    timer.start()
+    return timer
+
+
+def test_a_rollout_worker_killed_mid_call_is_restarted_and_the_call_retried(roles, assets, tokenizer):
+    roles, config = roles
+    records = load_prompts(assets.train, tokenizer, 512)[:48]
+    # move the policy off the base weights, which is what a restarted worker loads first
+    stage = StageConfig(name="gft", algorithm="gft", lr=1e-2, prompts_per_step=6)
+    ray.get(roles.learner.start_stage.remote(stage.lr))
+    train_step(roles, stage, records[:6], config, seed=1)
+    params = SamplingParams(n=8, temperature=1.0, max_new_tokens=48)
+    expected, _ = roles.rollout(records, params, seed=11)
+
+    worker, restarts = roles.rollouts[0], roles.restarts
+    pid = _pid(worker)
+    started = time.perf_counter()
+    killer = _kill_soon(pid, 1.0)
+    got, _ = roles.rollout(records, params, seed=11)
+    killer.join()
+    assert time.perf_counter() - started > 1.0 and roles.restarts == restarts + 1
+    assert _pid(worker) != pid
+    # the same rows as without the kill: sampled once, by the current policy, none lost
+    assert got.equals(expected)
+
+
+def test_a_teacher_killed_mid_scoring_is_restarted_and_the_rows_scored_once(roles, assets, tokenizer, tmp_path):
+    from pipeline.batch import make_batch
+    from pipeline.errors import RoleFailed
+    from workers.teacher import TeacherWorker
+
+    roles, _ = roles
+    reward = tmp_path / "slow_reward.py"
+    reward.write_text("import time\n\ndef compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+                      "    time.sleep(0.5)\n    return float(solution_str == ground_truth)\n")
+    texts = ["3", "4", "3", "5"]
+    batch = make_batch(group_id=["g"] * 4, source=["self"] * 4, prompt_ids=[[1]] * 4,
+                       response_ids=[tokenizer.encode(t, add_special_tokens=False) for t in texts],
+                       ground_truth=["3"] * 4, data_source=["d"] * 4)
+    own_teacher = roles.teacher
+    try:
+        for max_restarts in (1, 0):
+            roles.teacher = ray.remote(num_cpus=0, max_restarts=max_restarts, max_task_retries=0)(
+                TeacherWorker).remote(str(assets.base_model), str(reward))
+            restarts = roles.restarts
+            killer = _kill_soon(_pid(roles.teacher), 0.7)  # while the 2 s of scoring run
+            if max_restarts:
+                scored, metrics = roles.score(batch)
+                assert scored.column("reward").to_pylist() == [1.0, 0.0, 1.0, 0.0]
+                assert metrics["reward_failures"] == 0 and roles.restarts == restarts + 1
+            else:  # no restart allowed: a clear failure, not a hang
+                with pytest.raises(RoleFailed, match="did not restart it"):
+                    roles.score(batch)
+            killer.join()
+    finally:
+        roles.teacher = own_teacher
