@@ -160,6 +160,10 @@ def test_wrong_type_names_the_key(recipe):
         (["reward.function=no/such/reward.py"], "reward.function"),
         (["eval.max_prompts=0"], "eval.max_prompts"),
         (["data.bad_rows=drop"], "data.bad_rows"),
+        (["checkpoint.every=-1"], "checkpoint.every"),
+        (["checkpoint.keep_last=0"], "checkpoint.keep_last"),
+        (["max_consecutive_skips=0"], "max_consecutive_skips"),
+        (["ray.max_actor_restarts=-1"], "ray.max_actor_restarts"),
     ],
 )
 def test_impossible_values_are_refused_with_the_key_named(recipe, overrides, key):
