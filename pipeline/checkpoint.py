@@ -19,12 +19,19 @@ from pipeline.files import atomic_dir
 transformers.utils.logging.disable_progress_bar()
 
 
+def torch_dtype(name: str) -> torch.dtype:
+    """``auto``: bfloat16 where a GPU computes, float32 on CPU (where bf16 matmuls are slow)."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, name)
+
+
 def load_policy(path: str | PathLike[str], dtype: str = "float32"):
     """(model, tokenizer) from a local Hugging Face folder; nothing is downloaded. Weights are
     read from safetensors only: a pickle (``pytorch_model.bin``) can run code as it loads, so a
     folder holding no safetensors is an error even where ``config.validate`` did not run."""
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=getattr(torch, dtype), local_files_only=True, use_safetensors=True
+        str(path), dtype=torch_dtype(dtype), local_files_only=True, use_safetensors=True
     )
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     return model, tokenizer

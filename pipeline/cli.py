@@ -162,6 +162,58 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from pipeline.config import load_recipe
+    from pipeline.submit import follow, submit, submitted_recipe
+
+    config = load_recipe(args.recipe, args.overrides)  # a bad recipe is refused here, before any upload
+    job_id = submit(config, args.address, args.job_id, args.python)
+    output_dir = submitted_recipe(config)["output_dir"]
+    print(f"gft: note: the job writes its run folder under {output_dir} on the cluster; that must be storage "
+          "the cluster keeps and you can read (its working dir is deleted when the job ends)", file=sys.stderr)
+    where = f"--address {args.address}"
+    print(f"submitted job {job_id} to {args.address}\n"
+          f"  status: gft status {job_id} {where}\n"
+          f"  logs:   gft logs {job_id} {where} --follow\n"
+          f"  stop:   gft stop {job_id} {where}")
+    if args.no_wait:
+        return 0
+    print("following its logs; Ctrl-C stops following, not the job", flush=True)
+    try:
+        state, message = follow(args.address, job_id, sys.stdout)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; job {job_id} goes on", file=sys.stderr)
+        return 130
+    print(f"job {job_id}: {state}" + (f" ({message})" if message else ""))
+    return 0 if state == "SUCCEEDED" else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.submit import status
+
+    state, message = status(args.address, args.job)
+    print(f"{args.job}: {state}" + (f"\n{message}" if message else ""))
+    return 0
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from pipeline.submit import follow, logs
+
+    if args.follow:
+        follow(args.address, args.job, sys.stdout)
+    else:
+        print(logs(args.address, args.job), end="")
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from pipeline.submit import stop
+
+    state, message = stop(args.address, args.job)
+    print(f"{args.job}: {state}" + (f"\n{message}" if message else ""))
+    return 0
+
+
 def _add_compare_parser(commands) -> None:
     from pipeline.compare import DEFAULT_PIPELINES, PIPELINES
 
@@ -179,6 +231,33 @@ def _add_compare_parser(commands) -> None:
     parser.set_defaults(handler=_cmd_compare)
 
 
+def _add_job_parsers(commands) -> None:
+    from pipeline.submit import default_address
+
+    address = {"default": default_address(),
+               "help": "the Ray head's dashboard, http://HEAD:8265 (default: $RAY_ADDRESS, else %(default)s)"}
+    submit = commands.add_parser("submit", help="run a recipe on a Ray cluster as a job (Ray's Jobs API)")
+    submit.add_argument("recipe", nargs="?", help="recipe YAML; omitted: the embedded default")
+    submit.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. output_dir=/shared/runs")
+    submit.add_argument("--address", **address)
+    submit.add_argument("--job-id", help="the job's id (default: one Ray makes up); ids cannot be reused")
+    submit.add_argument("--no-wait", action="store_true",
+                        help="return once submitted; otherwise follow its logs and exit 0 only if it succeeds")
+    submit.add_argument("--python", default="python",
+                        help="the cluster's interpreter with this project's dependencies (default: python on "
+                             "the PATH the head's `ray start` ran with); an absolute path where that is another")
+    submit.set_defaults(handler=_cmd_submit)
+    for name, text, handler in [("status", "a submitted job's status and message", _cmd_status),
+                                ("logs", "a submitted job's output", _cmd_logs),
+                                ("stop", "stop a submitted job and print its new status", _cmd_stop)]:
+        parser = commands.add_parser(name, help=text)
+        parser.add_argument("job", help="the job id gft submit printed")
+        parser.add_argument("--address", **address)
+        if name == "logs":
+            parser.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+        parser.set_defaults(handler=handler)
+
+
 def _add_eval_parser(commands) -> None:
     parser = commands.add_parser("eval", help="greedy accuracy and pass@k of a checkpoint on math benchmarks")
     parser.add_argument("checkpoint", type=Path, help="a Hugging Face model folder (e.g. RUN/checkpoints/gft)")
@@ -194,7 +273,8 @@ def _add_eval_parser(commands) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="for the pass@k samples")
     parser.add_argument("--backend", choices=["hf", "vllm"], default="hf")
     parser.add_argument("--num-workers", type=int, default=1, help="rollout workers")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="auto: bfloat16 on a GPU, float32 on CPU")
     parser.add_argument("--reward-function", help="a .py file with verl's compute_score (default: built-in)")
     parser.add_argument("--reward-timeout", type=float, default=10.0, help="seconds per reward call")
     parser.add_argument("--seed", type=int, default=0)
@@ -254,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(commands)
     _add_score_parser(commands)
     _add_data_parser(commands)
+    _add_job_parsers(commands)
     return parser
 
 
@@ -262,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.data import DataError
     from pipeline.errors import RoleFailed, TrainingStopped
     from pipeline.rewards.guard import RewardFunctionError
+    from pipeline.submit import JobError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -272,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         args.recipe, args.overrides = None, [recipe, *args.overrides]
     try:
         return args.handler(args)
-    except (ConfigError, DataError, RewardFunctionError) as err:  # the user's input: fix and rerun
+    except (ConfigError, DataError, RewardFunctionError, JobError) as err:  # the user's input: fix and rerun
         print(f"gft: error: {err}", file=sys.stderr)
         return 2
     except (TrainingStopped, RoleFailed) as err:  # the run stopped; its last resume point is kept

@@ -38,7 +38,17 @@ class EmbeddedConfig:
 @dataclass
 class ModelConfig:
     path: str = EMBEDDED  # a local Hugging Face folder, or "embedded" to build the tiny model
-    dtype: str = "float32"  # float32 | bfloat16
+    dtype: str = "auto"  # auto (bfloat16 on a GPU, float32 on CPU) | float32 | bfloat16
+
+
+@dataclass
+class LearnerConfig:
+    """The learner role: ``num_workers`` data-parallel actors joined by torch.distributed (gloo
+    on CPU, nccl on GPU), each asking Ray for these resources."""
+
+    num_workers: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
 
 
 @dataclass
@@ -59,12 +69,16 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 64
     max_num_seqs: int = 256  # hf backend: sequences decoded at once (prompts x n), bounds memory
+    num_cpus: float = 1.0  # per worker
+    num_gpus: float = 0.0
 
 
 @dataclass
 class TeacherConfig:
     model_path: str | None = None  # sample teacher responses live from this local model
     temperature: float = 1.0
+    num_cpus: float = 0.0  # scoring waits on its reward worker processes, which Ray does not count
+    num_gpus: float = 0.0
 
 
 @dataclass
@@ -124,6 +138,9 @@ class RayConfig:
     # a rollout or teacher actor whose process dies is restarted this many times; the step it
     # was serving is retried on the new one
     max_actor_restarts: int = 3
+    # rollout workers share the learners' placement-group bundles (and GPUs: the learner and the
+    # rollout never compute at once); false gives each rollout worker a bundle of its own
+    colocate: bool = True
 
 
 @dataclass
@@ -146,6 +163,7 @@ class RunConfig:
     max_consecutive_skips: int = 3
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -242,7 +260,14 @@ def validate(config: RunConfig, training: bool = True) -> None:
     _check(0 < rollout.top_p <= 1, "rollout.top_p must be in (0, 1]")
     _check(rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
     _check(rollout.max_num_seqs >= 1, "rollout.max_num_seqs must be >= 1")
-    _check(config.model.dtype in ("float32", "bfloat16"), "model.dtype must be float32 or bfloat16")
+    _check(config.model.dtype in ("auto", "float32", "bfloat16"), "model.dtype must be auto, float32 or bfloat16")
+    _check(config.learner.num_workers >= 1, "learner.num_workers must be >= 1")
+    for role in ("learner", "rollout", "teacher"):
+        section = getattr(config, role)
+        _check(section.num_cpus >= 0 and section.num_gpus >= 0, f"{role}: num_cpus and num_gpus must be >= 0")
+    for role in ("learner", "rollout"):  # each has a placement-group bundle, which cannot be empty
+        section = getattr(config, role)
+        _check(section.num_cpus + section.num_gpus > 0, f"{role}: num_cpus or num_gpus must be > 0")
     _check(config.eval.pass_k >= 1, "eval.pass_k must be >= 1")
     _check(config.eval.max_prompts is None or config.eval.max_prompts >= 1, "eval.max_prompts must be >= 1 or null")
     bad_rows = config.data.bad_rows

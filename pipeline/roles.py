@@ -12,11 +12,14 @@ import pyarrow as pa
 import ray
 from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from pipeline.batch import concat_batches
 from pipeline.config import RunConfig
 from pipeline.data import PromptRecord
 from pipeline.errors import RoleFailed
+from pipeline.placement import Seat, plan_placement
 from pipeline.rewards.guard import RewardGuard
 from workers.hf_generate import SamplingParams
 from workers.learner import Learner
@@ -28,17 +31,21 @@ RESTART_TIMEOUT_S = 600  # a restarted actor reloads its model; a large one take
 
 
 def start_ray(config: RunConfig) -> None:
-    """Join ``ray.address`` or start a local cluster bound to loopback."""
+    """Join ``ray.address``, else the cluster named by RAY_ADDRESS, else start a local cluster
+    bound to loopback. Ray sets RAY_ADDRESS for the driver of a job (``gft submit``), whose run
+    must use the cluster the job was submitted to."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return
-    if config.ray.address:
-        ray.init(address=config.ray.address, logging_level=logging.WARNING)
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
         return
     from ray._private import ray_constants  # Ray's private module: imported beside its one use
 
-    # Learner and rollout never compute at the same time, so the roles may share the cores.
-    needed = 1 + config.rollout.num_workers
+    # The machine's cores, or what the recipe's placement asks if that is more: the roles share
+    # the cores well, since the learner and the rollout never compute at once.
+    needed = plan_placement(config).num_cpus + config.teacher.num_cpus
     # On Linux Ray swaps even a loopback node address for the machine's outward one, and its
     # servers (GCS, raylet, object manager, workers, agents, metrics) then listen on every
     # interface. Its switch for single-machine clusters keeps the node on 127.0.0.1, so all of
@@ -66,48 +73,63 @@ def _merge_rollout_metrics(per_worker: list[dict]) -> dict:
 
 
 class Roles:
-    """Handles to the learner, the rollout workers and the teacher, with the fan-out logic."""
+    """Handles to the learners, the rollout workers and the teacher, with the fan-out logic.
+    ``learner`` is rank 0 of the data-parallel learners: it alone saves and serves weights."""
 
     def __init__(self, config: RunConfig, model_path: str, learner: bool = True):
         RewardGuard(config.reward.function).close()  # a broken reward file fails here, in plain words
-        threads = os.cpu_count() or 1
-        workers = config.rollout.num_workers
         self.max_restarts = config.ray.max_actor_restarts
         self.restarts = 0  # actor processes that died and were restarted
         self.version = 0  # the policy version the rollout workers serve
-        self.learner = None  # an eval-only job needs none
-        if learner:
-            self.learner = ray.remote(num_cpus=1)(Learner).remote(
-                model_path, config.model.dtype, config.seed, num_threads=threads
-            )
+        placement = plan_placement(config, with_learners=learner)
+        self.group = placement_group(placement.bundles, strategy="PACK")
+        ray.get(self.group.ready())
+
+        def seated(seat: Seat, **options):
+            strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=seat.bundle)
+            return ray.remote(num_cpus=seat.num_cpus, num_gpus=seat.num_gpus, scheduling_strategy=strategy, **options)
+
+        threads = os.cpu_count() or 1
+        self.learners = [  # an eval-only job has none
+            seated(seat)(Learner).remote(model_path, config.model.dtype, config.seed,
+                                         num_threads=max(1, threads // len(placement.learners)))
+            for seat in placement.learners
+        ]
+        self.learner = self.learners[0] if self.learners else None
         # Ray restarts a dead rollout or teacher actor from its constructor; ``_call`` then
         # brings it back to the current policy and asks again. No task is retried by Ray itself:
         # a retry on a restarted rollout worker would sample with the base weights.
-        restartable = ray.remote(num_cpus=1, max_restarts=self.max_restarts, max_task_retries=0)
         self.rollouts = [
-            restartable(RolloutWorker).remote(
-                model_path,
-                config.rollout.backend,
-                config.model.dtype,
-                num_threads=max(1, threads // workers),
-                max_num_seqs=config.rollout.max_num_seqs,
-            )
-            for _ in range(workers)
+            seated(seat, max_restarts=self.max_restarts, max_task_retries=0)(RolloutWorker).remote(
+                model_path, config.rollout.backend, config.model.dtype,
+                num_threads=max(1, threads // len(placement.rollouts)), max_num_seqs=config.rollout.max_num_seqs,
+                colocated=config.ray.colocate and bool(self.learners) and config.rollout.num_gpus > 0)
+            for seat in placement.rollouts
         ]
-        self.teacher = ray.remote(num_cpus=0, max_restarts=self.max_restarts, max_task_retries=0)(TeacherWorker).remote(
-            model_path,
-            config.reward.function,
-            config.teacher.model_path,
-            num_threads=1,
-            reward_timeout_s=config.reward.timeout_s,
-            reward_workers=config.reward.num_workers,
-        )
+        teacher = config.teacher
+        self.teacher = ray.remote(num_cpus=teacher.num_cpus, num_gpus=teacher.num_gpus, max_restarts=self.max_restarts,
+                                  max_task_retries=0)(TeacherWorker).remote(
+            model_path, config.reward.function, teacher.model_path, num_threads=1,
+            reward_timeout_s=config.reward.timeout_s, reward_workers=config.reward.num_workers)
         # surface a bad model path or reward file now, not at the first step
-        actors = [self.teacher, *self.rollouts] + ([self.learner] if learner else [])
-        ray.get([actor.__ray_ready__.remote() for actor in actors])
+        ray.get([actor.__ray_ready__.remote() for actor in [self.teacher, *self.rollouts, *self.learners]])
+        if len(self.learners) > 1:
+            address, port = ray.get(self.learner.rendezvous.remote())
+            world = len(self.learners)
+            ray.get([rank.join_group.remote(i, world, address, port) for i, rank in enumerate(self.learners)])
+
+    def close(self) -> None:
+        """End the actors and free their placement group (Ray keeps a group until it is removed)."""
+        for actor in [self.teacher, *self.rollouts, *self.learners]:
+            ray.kill(actor)
+        remove_placement_group(self.group)
+
+    def on_learners(self, method: str, *args):
+        """Call ``method`` on every learner rank at once; rank 0's answer."""
+        return ray.get([getattr(rank, method).remote(*args) for rank in self.learners])[0]
 
     def load_policy(self, model_path: str, version: int) -> None:
-        ray.get(self.learner.load.remote(model_path, version))
+        self.on_learners("load", model_path, version)
         self._call([(r, lambda w: w.load.remote(model_path, version)) for r in self.rollouts])
         self.version = version
 

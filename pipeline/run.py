@@ -157,11 +157,11 @@ class _Driver:
         if mid_stage:  # resumed: weights, optimizer and RNG from the point; the reference from the stage start
             folder = str(self.start.folder)
             self.roles.load_policy(folder, p.policy_version)
-            ray.get(learner.start_stage.remote(stage.lr, stage.weight_decay, stage.max_grad_norm, p.stage_start))
-            ray.get(learner.restore.remote(folder))
+            self.roles.on_learners("start_stage", stage.lr, stage.weight_decay, stage.max_grad_norm, p.stage_start)
+            self.roles.on_learners("restore", folder)
         else:
             self.roles.load_policy(p.stage_start, p.policy_version)
-            ray.get(learner.start_stage.remote(stage.lr, stage.weight_decay, stage.max_grad_norm))
+            self.roles.on_learners("start_stage", stage.lr, stage.weight_decay, stage.max_grad_norm)
         bar = tqdm(total=stage.steps, initial=p.step, desc=f"{stage.name} ({stage.algorithm})", unit="step",
                    dynamic_ncols=True, disable=self.on_step is not None)
         for step in range(p.step + 1, stage.steps + 1):
@@ -178,7 +178,7 @@ class _Driver:
 
     def step(self, stage: StageConfig, step: int) -> dict:
         p, config = self.progress, self.config
-        self.roles.learner.set_lr.remote(learning_rate(stage, step))
+        self.roles.on_learners("set_lr", learning_rate(stage, step))
         records = self.sampler.next(stage.prompts_per_step)
         dump = self.run_dir / "batches" / f"{stage.name}-{step:05d}.arrow" if config.save_batches else None
         metrics = train_step(self.roles, stage, records, config, seed=config.seed * 1_000_003 + p.global_step,
@@ -254,14 +254,16 @@ def run(config: RunConfig, run_dir: Path | None = None, on_step: Callable[[], No
                        start.progress.stage_index, start.progress.step, start.progress.global_step, start.folder)
 
     start_ray(config)
+    roles = Roles(config, inputs.base_model)
     try:
-        roles = Roles(config, inputs.base_model)
         keep_bytes = start.progress.metrics_bytes if start else (0 if resume else None)
         with MetricsLogger(run_dir, keep_bytes=keep_bytes) as metrics_logger:
             driver = _Driver(config, run_dir, inputs, roles, metrics_logger, start, on_step)
             driver.run()
     except (RayActorError, RoleFailed) as err:
         raise RoleFailed(f"{err}\nThe run can continue from its last resume point: gft run --resume {run_dir}") from err
+    finally:
+        roles.close()
 
     progress = driver.progress
     result = RunResult(run_dir, {k: Path(v) for k, v in progress.checkpoints.items()}, progress.evals,
@@ -290,7 +292,10 @@ def evaluate_checkpoint(config: RunConfig, out_dir: Path) -> dict[str, dict]:
     roles = Roles(config, config.model.path, learner=False)
     tokenizer = AutoTokenizer.from_pretrained(config.model.path, local_files_only=True)
     eval_sets = _load_eval_sets(config, config.data.eval_files, tokenizer)
-    outcomes = _evaluate_sets(roles, eval_sets, config)
+    try:
+        outcomes = _evaluate_sets(roles, eval_sets, config)
+    finally:
+        roles.close()
     _save_generations(outcomes, tokenizer, out_dir / "generations")
     results = {split: outcome.metrics for split, outcome in outcomes.items()}
     report = {

@@ -104,10 +104,8 @@ def train_step(
     if batch_dump is not None:
         write_batch(batch, batch_dump)
 
-    update = roles.learner.update.remote(
-        ray.put(batch), objective_for(stage), stage.updates_per_batch, stage.micro_batch_tokens
-    )
-    metrics.update(ray.get(update))
+    metrics.update(roles.on_learners(
+        "update", ray.put(batch), objective_for(stage), stage.updates_per_batch, stage.micro_batch_tokens))
     roles.sync_weights(int(metrics["policy_version"]))
     metrics["actor_restarts"] = roles.restarts - restarts
     metrics["step_time_s"] = time.perf_counter() - started

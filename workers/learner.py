@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.distributed as dist
 
 from pipeline.batch import PackedBatch, to_packed
 from pipeline.checkpoint import load_policy, save_policy, write_policy_files
@@ -97,15 +99,37 @@ class Learner:
         if num_threads:
             torch.set_num_threads(num_threads)
         torch.manual_seed(seed)
+        # Ray hands each GPU actor its own device as cuda:0 (CUDA_VISIBLE_DEVICES)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype
-        self.model, self.tokenizer = load_policy(model_path, dtype)
+        self.rank, self.world_size = 0, 1
+        self.model, self.tokenizer = self._load(model_path)
         self.reference = None
         self.optimizer = None
         self.version = 0
 
+    def _load(self, model_path: str):
+        model, tokenizer = load_policy(model_path, self.dtype)
+        return model.to(self.device), tokenizer
+
+    def rendezvous(self) -> tuple[str, int]:
+        """An address and free port on this actor's node, for rank 0 to host the process group."""
+        import ray
+
+        address = ray.util.get_node_ip_address()
+        with socket.socket() as probe:
+            probe.bind((address, 0))
+            return address, probe.getsockname()[1]
+
+    def join_group(self, rank: int, world_size: int, address: str, port: int) -> None:
+        """Become rank ``rank`` of ``world_size`` data-parallel learners (gloo on CPU, nccl on GPU)."""
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world_size)
+        self.rank, self.world_size = rank, world_size
+
     def load(self, model_path: str, version: int) -> None:
         """Start from a checkpoint folder (the previous stage's) as policy ``version``."""
-        self.model, self.tokenizer = load_policy(model_path, self.dtype)
+        self.model, self.tokenizer = self._load(model_path)
         self.optimizer = None
         self.version = version
 
@@ -116,7 +140,7 @@ class Learner:
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         self.max_grad_norm = max_grad_norm
-        reference = load_policy(reference_path, self.dtype)[0] if reference_path else copy.deepcopy(self.model)
+        reference = self._load(reference_path)[0] if reference_path else copy.deepcopy(self.model)
         self.reference = reference.eval().requires_grad_(False)
 
     def save_resume_point(self, run_dir: str, progress: Progress) -> str:
@@ -147,14 +171,18 @@ class Learner:
 
         The batch's rows are split into ``updates_per_batch`` mini-batches (one optimizer step
         each) and each mini-batch into micro-batches of at most ``micro_batch_tokens`` tokens whose
-        losses are weighted by their share of response tokens, so the step sees one token mean.
-        A non-finite loss or grad-norm skips the step and is counted.
+        losses are weighted by their share of the mini-batch's response tokens, so the step sees
+        one token mean. With several learners every rank makes the same split and takes micro-
+        batches ``rank, rank + world_size, ...``; gradients and metric sums are summed over the
+        ranks before the clip and the step, so each rank steps exactly as a single learner would.
+        A non-finite loss or grad-norm skips the step (on every rank alike) and is counted.
         """
         started = time.perf_counter()
         self.model.train()
         mini_size = math.ceil(batch.num_rows / updates_per_batch)
         minis = [batch.slice(i, mini_size) for i in range(0, batch.num_rows, mini_size)]
-        packed_minis = [[to_packed(m) for m in _micro_batches(mini, micro_batch_tokens)] for mini in minis]
+        mine = [_micro_batches(mini, micro_batch_tokens)[self.rank :: self.world_size] for mini in minis]
+        packed_minis = [[to_packed(m) for m in micro] for micro in mine]
         # With one update per batch the pre-update log-probs are the live ones, detached: no
         # extra forward. With several, they must be frozen before the first step.
         old = [self._detached_log_probs(self.model, micro) for micro in packed_minis] if len(minis) > 1 else None
@@ -162,38 +190,52 @@ class Learner:
 
         sums: dict[str, float] = {}
         skipped = 0
-        for mini_index, micro in enumerate(packed_minis):
-            total_tokens = sum(float(p.response_mask.sum()) for p in micro)
+        for mini_index, (mini, micro) in enumerate(zip(minis, packed_minis)):
+            total_tokens = float(np.asarray(mini.column("response_ids").value_lengths()).sum())
             self.optimizer.zero_grad(set_to_none=True)
-            mini_loss = 0.0
+            local: dict[str, float] = {"loss": 0.0}
             for micro_index, (packed, ref_lp) in enumerate(zip(micro, ref[mini_index])):
                 log_probs, entropy = packed_token_stats(self.model, packed, with_entropy=True)
+                mask = packed.response_mask.to(self.device)
                 old_lp = old[mini_index][micro_index] if old else log_probs.detach()
-                tokens = TokenBatch(packed.response_mask, packed.advantages, old_lp, ref_lp)
+                tokens = TokenBatch(mask, packed.advantages.to(self.device), old_lp, ref_lp)
                 loss, metrics = objective(log_probs, tokens)
-                share = float(packed.response_mask.sum()) / max(total_tokens, 1.0)
+                share = float(mask.sum()) / max(total_tokens, 1.0)
                 (loss * share).backward()
-                mini_loss += loss.item() * share
                 k3 = torch.exp(ref_lp - log_probs.detach()) - (ref_lp - log_probs.detach()) - 1
-                metrics = {
-                    **metrics,
-                    "entropy": _masked_mean(entropy, packed.response_mask),
-                    "kl_to_start": _masked_mean(k3, packed.response_mask),
-                }
+                metrics = {**metrics, "loss": loss.item(), "entropy": _masked_mean(entropy, mask),
+                           "kl_to_start": _masked_mean(k3, mask)}
                 for key, value in metrics.items():
-                    sums[key] = sums.get(key, 0.0) + value * share / len(packed_minis)
+                    local[key] = local.get(key, 0.0) + value * share
+            if self.world_size > 1:
+                local = self._sum_over_ranks(local)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm))
-            if math.isfinite(mini_loss) and math.isfinite(grad_norm):
+            if math.isfinite(local["loss"]) and math.isfinite(grad_norm):
                 self.optimizer.step()
             else:
                 skipped += 1
-            sums["loss"] = sums.get("loss", 0.0) + mini_loss / len(packed_minis)
+            for key, value in local.items():
+                sums[key] = sums.get(key, 0.0) + value / len(minis)
             sums["grad_norm"] = max(sums.get("grad_norm", 0.0), grad_norm)
         self.version += 1
-        tokens = sum(float(p.input_ids.numel()) for micro in packed_minis for p in micro)
+        tokens = sum(np.asarray(batch.column(c).value_lengths()).sum() for c in ("prompt_ids", "response_ids"))
         elapsed = time.perf_counter() - started
-        sums.update(skipped_updates=float(skipped), learner_tokens_per_s=tokens / elapsed, policy_version=self.version)
+        sums.update(skipped_updates=float(skipped), learner_tokens_per_s=float(tokens) / elapsed,
+                    policy_version=self.version)
         return sums
+
+    def _sum_over_ranks(self, local: dict[str, float]) -> dict[str, float]:
+        """All-reduce the gradients (a rank without a micro-batch adds zeros) and sum the metric
+        sums; an all-gather because a rank that computed nothing has no metric keys."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        for param, chunk in zip(params, flat.split([g.numel() for g in grads])):
+            param.grad = chunk.view_as(param)
+        gathered: list[dict[str, float]] = [{} for _ in range(self.world_size)]
+        dist.all_gather_object(gathered, local)
+        return {key: sum(g.get(key, 0.0) for g in gathered) for key in set().union(*gathered)}
 
     @torch.no_grad()
     def response_log_probs(self, batch: pa.RecordBatch) -> list[np.ndarray]:

@@ -20,10 +20,11 @@ from workers.hf_generate import Generation, SamplingParams, generate
 
 class RolloutWorker:
     def __init__(self, model_path: str, backend: str = "hf", dtype: str = "float32", num_threads: int | None = None,
-                 max_num_seqs: int = 256):
+                 max_num_seqs: int = 256, colocated: bool = False):
         if num_threads:
             torch.set_num_threads(num_threads)
         self.backend, self.dtype, self.max_num_seqs = backend, dtype, max_num_seqs
+        self.colocated = colocated  # sharing a GPU with a learner: vLLM sleeps between calls
         self.version = 0
         self.load(model_path, version=0)
 
@@ -32,7 +33,7 @@ class RolloutWorker:
         if self.backend == "vllm":
             from workers.vllm_engine import VllmEngine
 
-            self.engine = VllmEngine(model_path, self.dtype)
+            self.engine = VllmEngine(model_path, self.dtype, sleep_when_idle=self.colocated)
             self.tokenizer = self.engine.tokenizer
         else:
             self.model, self.tokenizer = load_policy(model_path, self.dtype)

@@ -1,7 +1,11 @@
 """The rollout's ``vllm`` backend: ``vllm.LLM`` behind the hf backend's interface. GPU only.
 
-vLLM is an optional extra (``pip install gft-pipeline[vllm]``) imported only here. This path is
-not exercised by this project's CI, which has no GPU.
+vLLM is an optional extra (``pip install gft-pipeline[vllm]``, vLLM 0.24.0) imported only here.
+This path is not exercised by this project's CI, which has no GPU.
+
+Colocated with the learner on one GPU, the engine sleeps between calls (level 1: weights to CPU
+memory, KV cache freed), so the learner has the GPU's memory while it trains, and wakes for the
+next rollout or weight update.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ class WeightLoaderExtension:
 
 
 class VllmEngine:
-    def __init__(self, model_path: str, dtype: str = "bfloat16", gpu_memory_utilization: float = 0.5):
+    def __init__(self, model_path: str, dtype: str = "auto", gpu_memory_utilization: float = 0.5,
+                 sleep_when_idle: bool = False):
         try:
             import vllm
         except ImportError as err:
@@ -31,10 +36,30 @@ class VllmEngine:
             dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
             worker_extension_cls=f"{__name__}.WeightLoaderExtension",
+            enable_sleep_mode=sleep_when_idle,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.sleep_when_idle, self.asleep = sleep_when_idle, False
+        self._rest()
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def _rest(self) -> None:
+        if self.sleep_when_idle:
+            self.llm.sleep(level=1)
+            self.asleep = True
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> Generation:
+        self._wake()
+        try:
+            return self._generate(prompts, params, seed)
+        finally:
+            self._rest()
+
+    def _generate(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> Generation:
         sampling = self._vllm.SamplingParams(
             n=params.n,
             temperature=params.temperature,
@@ -54,4 +79,8 @@ class VllmEngine:
         return Generation(responses, logprobs, truncated)
 
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self.llm.collective_rpc("load_named_weights", args=(list(state_dict.items()),))
+        self._wake()
+        try:
+            self.llm.collective_rpc("load_named_weights", args=(list(state_dict.items()),))
+        finally:
+            self._rest()
