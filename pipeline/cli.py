@@ -232,10 +232,10 @@ def _add_compare_parser(commands) -> None:
 
 
 def _add_job_parsers(commands) -> None:
-    from pipeline.submit import default_address
+    from pipeline.submit import DEFAULT_ADDRESS, default_address
 
     address = {"default": default_address(),
-               "help": "the Ray head's dashboard, http://HEAD:8265 (default: $RAY_ADDRESS, else %(default)s)"}
+               "help": f"the Ray head's dashboard, http://HEAD:8265 (default: $RAY_ADDRESS, else {DEFAULT_ADDRESS})"}
     submit = commands.add_parser("submit", help="run a recipe on a Ray cluster as a job (Ray's Jobs API)")
     submit.add_argument("recipe", nargs="?", help="recipe YAML; omitted: the embedded default")
     submit.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. output_dir=/shared/runs")

@@ -169,7 +169,16 @@ def _cluster(address: str, job_id: str | None = None) -> Iterator[JobSubmissionC
     except RuntimeError as err:  # Ray's client reports every other refusal so
         if job_id is not None and "status code 404" in str(err):
             raise JobError(f"no job {job_id!r} on the Ray cluster at {url}") from None
-        raise JobError(f"the Ray cluster at {url} refused the request: {err}") from None
+        raise JobError(f"the Ray cluster at {url} refused the request: {_reason(err)}") from None
+
+
+def _reason(err: RuntimeError) -> str:
+    """Ray's message, less the server's traceback that the dashboard sends with some refusals
+    (a reused job id, say): its last line with words in it says what was wrong."""
+    text = str(err).strip()
+    if "Traceback (most recent call last)" not in text:
+        return text
+    return [line.strip() for line in text.splitlines() if line.strip(" .")][-1]
 
 
 @contextlib.contextmanager

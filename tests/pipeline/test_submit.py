@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import ray.job_submission
@@ -22,7 +23,7 @@ class FakeClient:
     """Stands in for Ray's JobSubmissionClient; records what it was given, and what the staged
     working dir held when it was submitted (it is deleted right after)."""
 
-    created: list[FakeClient] = []
+    created: ClassVar[list[FakeClient]] = []
 
     def __init__(self, address: str):
         self.address, self.submitted, self.staged = address, {}, set()

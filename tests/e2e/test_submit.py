@@ -1,0 +1,168 @@
+"""``gft submit``, ``status``, ``logs`` and ``stop`` against a real Ray head, started here with
+``ray start --head`` as on a cluster, on loopback. Every gft command runs in its own process,
+as a user runs it, so nothing here shares Ray state with the other tests."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.slow
+
+RAY = Path(sys.executable).with_name("ray")
+SMALL = [
+    "embedded.n_train=256", "embedded.n_test=32", "embedded.n_ood=32",
+    "eval.splits=[test]", "eval.max_prompts=16", "eval.pass_k=2",
+    "stages.warmup.steps=3", "stages.warmup.prompts_per_step=8",
+    "stages.gft.steps=3", "stages.gft.prompts_per_step=4",
+    "stages.grpo.steps=2", "stages.grpo.prompts_per_step=4",
+    "output_dir=runs",  # relative, as users write it: the job must still write here
+]
+
+
+@dataclass
+class Head:
+    address: str
+    env: dict[str, str]  # what a user's shell needs to talk to this head
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def head():
+    import ray
+
+    if ray.is_initialized():  # a cluster an earlier test left in this process is not the one under test
+        ray.shutdown()
+    folder = Path(tempfile.mkdtemp(prefix="gft-head-"))  # short: Ray's socket paths must fit in 107 bytes
+    token = folder / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    env.update(
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # keeps every server of the head on 127.0.0.1
+        # token auth, Ray's default for a head when ~/.ray/auth_token exists; this head has a
+        # token of its own, so the test neither needs nor touches the user's
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token),
+    )
+    gcs, dashboard, client, agent = _free_ports(4)
+    # --block: the head's processes end with this one, so the teardown stops this head only
+    # (`ray stop` would stop every Ray cluster on the machine)
+    command = [str(RAY), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--include-dashboard", "true",
+               "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
+               "--num-cpus", "2", "--temp-dir", str(folder / "ray")]
+    log = (folder / "head.log").open("w")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        _wait_for_dashboard(address, token.read_text(), process, folder / "head.log")
+        yield Head(address, env)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_for_dashboard(address: str, token: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"ray start failed:\n{log.read_text()}"
+        try:
+            if requests.get(f"{address}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=5).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"the Ray head's dashboard did not answer at {address}:\n{log.read_text()}")
+
+
+def gft(head: Head, *args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args, "--address", head.address], env=head.env,
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _wait_for_status(head: Head, job: str, wanted: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = gft(head, "status", job)
+        assert done.returncode == 0, done.stderr
+        if wanted in done.stdout or any(s in done.stdout for s in ("FAILED", "STOPPED", "SUCCEEDED")):
+            return done.stdout
+        time.sleep(1)
+    return done.stdout
+
+
+def test_a_submitted_recipe_runs_on_the_cluster_to_the_end(head, tmp_path):
+    # The head's `python` is not this venv's (ray was started without activating it): --python
+    # names the interpreter, as a user does when the cluster's PATH leads elsewhere.
+    done = gft(head, "submit", *SMALL, "--job-id", "gft-e2e-run", "--python", sys.executable, cwd=tmp_path,
+               timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "submitted job gft-e2e-run" in done.stdout and "job gft-e2e-run: SUCCEEDED" in done.stdout
+    assert "run folder:" in done.stdout  # followed: the driver's summary came through
+    checkpoints = list(tmp_path.glob("runs/*/checkpoints/grpo/model.safetensors"))
+    assert len(checkpoints) == 1  # in the submitter's runs/, not in the job's deleted working dir
+
+    status = gft(head, "status", "gft-e2e-run")
+    assert status.returncode == 0 and status.stdout.startswith("gft-e2e-run: SUCCEEDED")
+    logs = gft(head, "logs", "gft-e2e-run")
+    assert logs.returncode == 0
+    assert f"run folder: {checkpoints[0].parents[2]}" in logs.stdout
+    assert f"checkpoint grpo: {checkpoints[0].parent}" in logs.stdout
+
+
+def test_stop_ends_a_running_job(head, tmp_path):
+    done = gft(head, "submit", *SMALL, "--job-id", "gft-e2e-stop", "--python", sys.executable, "--no-wait",
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "gft stop gft-e2e-stop" in done.stdout
+    assert "gft-e2e-stop: RUNNING" in _wait_for_status(head, "gft-e2e-stop", "RUNNING", timeout=120)
+    stopped = gft(head, "stop", "gft-e2e-stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.startswith("gft-e2e-stop: STOPPED")
+    assert gft(head, "status", "gft-e2e-stop").stdout.startswith("gft-e2e-stop: STOPPED")
+
+
+def test_an_unknown_job_is_named_without_a_traceback(head):
+    for command in (["status"], ["logs"], ["logs", "--follow"], ["stop"]):
+        done = gft(head, *command, "no-such-job")
+        assert done.returncode == 2, done.stderr
+        assert f"no job 'no-such-job' on the Ray cluster at {head.address}" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_a_reused_job_id_is_refused(head, tmp_path):
+    # `true` ignores its arguments: a job that ends at once, since only its id matters here
+    first = gft(head, "submit", *SMALL, "--job-id", "gft-e2e-twice", "--python", "true", "--no-wait", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = gft(head, "submit", *SMALL, "--job-id", "gft-e2e-twice", "--no-wait", cwd=tmp_path)
+    assert again.returncode == 2
+    assert "refused the request" in again.stderr and "already exists" in again.stderr
+    assert "Traceback" not in again.stderr, again.stderr
