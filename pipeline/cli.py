@@ -39,7 +39,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if (run_dir / "eval.json").exists() and point is None:
             print(f"{run_dir} has finished (eval.json is there); nothing to resume")
             return 0
-        (run_dir / "eval.json").unlink(missing_ok=True)  # resumed from an earlier point: not finished any more
         result = run(config, run_dir=run_dir, resume=True, resume_point=point)
     print(summary(result, config.eval.pass_k))
     return 0

@@ -53,6 +53,12 @@ class ResumePoint:
     progress: Progress
 
     @property
+    def order(self) -> tuple[int, int]:
+        """Later points sort higher: by global step, then stage (a stage's end and the next
+        stage's start share a global step)."""
+        return self.progress.global_step, self.progress.stage_index
+
+    @property
     def has_learner_state(self) -> bool:
         return (self.folder / LEARNER_STATE_FILE).exists()
 
@@ -99,7 +105,7 @@ def points(run_dir: Path) -> list[ResumePoint]:
             logger.warning("resume point %s is torn (%s); passing over it", folder, problem)
         else:
             found.append(point)
-    return sorted(found, key=lambda p: (p.progress.global_step, p.progress.stage_index))
+    return sorted(found, key=lambda p: p.order)
 
 
 def latest_point(run_dir: Path) -> ResumePoint | None:
@@ -114,8 +120,7 @@ def chosen_point(folder: Path) -> ResumePoint:
     if point is None:
         raise ConfigError(f"--resume {folder}: this resume point is torn ({problem}); choose another")
     for later in points(run_dir_of(folder)):
-        if (later.progress.global_step, later.progress.stage_index) > (point.progress.global_step,
-                                                                        point.progress.stage_index):
+        if later.order > point.order:
             shutil.rmtree(later.folder)
     return point
 

@@ -249,6 +249,7 @@ def run(config: RunConfig, run_dir: Path | None = None, on_step: Callable[[], No
     start = None
     if resume:
         start = chosen_point(resume_point) if resume_point else latest_point(run_dir)
+        (run_dir / "eval.json").unlink(missing_ok=True)  # from an earlier point: not finished any more
     if start is not None:
         logger.warning("resuming %s at stage %d step %d (global step %d) from %s", run_dir,
                        start.progress.stage_index, start.progress.step, start.progress.global_step, start.folder)
