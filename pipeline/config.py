@@ -44,11 +44,14 @@ class ModelConfig:
 @dataclass
 class LearnerConfig:
     """The learner role: ``num_workers`` data-parallel actors joined by torch.distributed (gloo
-    on CPU, nccl on GPU), each asking Ray for these resources."""
+    on CPU, nccl on GPU), each asking Ray for these resources. ``fsdp``: shard the weights,
+    gradients and optimizer state across them (torch's ``fully_shard``), for a model whose
+    training state does not fit one device; otherwise each holds a whole replica."""
 
     num_workers: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    fsdp: bool = False
 
 
 @dataclass
@@ -262,6 +265,8 @@ def validate(config: RunConfig, training: bool = True) -> None:
     _check(rollout.max_num_seqs >= 1, "rollout.max_num_seqs must be >= 1")
     _check(config.model.dtype in ("auto", "float32", "bfloat16"), "model.dtype must be auto, float32 or bfloat16")
     _check(config.learner.num_workers >= 1, "learner.num_workers must be >= 1")
+    _check(not config.learner.fsdp or config.learner.num_workers >= 2,
+           "learner.fsdp shards the model across learner ranks: set learner.num_workers >= 2, or learner.fsdp=false")
     for role in ("learner", "rollout", "teacher"):
         section = getattr(config, role)
         _check(section.num_cpus >= 0 and section.num_gpus >= 0, f"{role}: num_cpus and num_gpus must be >= 0")

@@ -141,11 +141,11 @@ def prune(run_dir: Path, keep_last: int) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def save_learner_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """The optimizer's per-parameter state and the RNG states, as safetensors."""
+def save_learner_state(optimizer_state: dict[str, dict[str, torch.Tensor]], path: Path) -> None:
+    """The optimizer's per-parameter state (by parameter name) and the RNG states, as safetensors."""
     tensors = {
-        f"optimizer.{index}.{key}": value.detach().cpu().contiguous()
-        for index, state in optimizer.state_dict()["state"].items()
+        f"optimizer.{name}.{key}": torch.as_tensor(value).detach().cpu().contiguous()
+        for name, state in optimizer_state.items()
         for key, value in state.items()
     }
     tensors["rng.cpu"] = torch.get_rng_state()
@@ -154,17 +154,17 @@ def save_learner_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
     save_file(tensors, str(path))
 
 
-def load_learner_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """Restore what :func:`save_learner_state` wrote into an optimizer over the same parameters."""
+def load_learner_state(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Restore the RNG states :func:`save_learner_state` wrote, and return its optimizer state."""
     tensors = load_file(str(path))
-    state: dict[int, dict[str, torch.Tensor]] = {}
+    state: dict[str, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         if name.startswith("optimizer."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+            parameter, key = name.removeprefix("optimizer.").rsplit(".", 1)
+            state.setdefault(parameter, {})[key] = value
     torch.set_rng_state(tensors["rng.cpu"])
     cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
     cuda_states = [tensors[k] for k in cuda_keys]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
+    return state

@@ -74,7 +74,8 @@ def _merge_rollout_metrics(per_worker: list[dict]) -> dict:
 
 class Roles:
     """Handles to the learners, the rollout workers and the teacher, with the fan-out logic.
-    ``learner`` is rank 0 of the data-parallel learners: it alone saves and serves weights."""
+    ``learner`` is rank 0 of the data-parallel learners: it alone writes and serves weights, but
+    every call reaches every rank (``on_learners``), since sharded ranks gather them together."""
 
     def __init__(self, config: RunConfig, model_path: str, learner: bool = True):
         RewardGuard(config.reward.function).close()  # a broken reward file fails here, in plain words
@@ -116,7 +117,8 @@ class Roles:
         if len(self.learners) > 1:
             address, port = ray.get(self.learner.rendezvous.remote())
             world = len(self.learners)
-            ray.get([rank.join_group.remote(i, world, address, port) for i, rank in enumerate(self.learners)])
+            ray.get([rank.join_group.remote(i, world, address, port, config.learner.fsdp)
+                     for i, rank in enumerate(self.learners)])
 
     def close(self) -> None:
         """End the actors and free their placement group (Ray keeps a group until it is removed)."""
@@ -133,9 +135,16 @@ class Roles:
         self._call([(r, lambda w: w.load.remote(model_path, version)) for r in self.rollouts])
         self.version = version
 
+    def _learner_weights(self) -> ray.ObjectRef:
+        """Rank 0's full weights, put once in the object store for every reader. Every rank is
+        asked, since sharded learners gather them together; the others answer nothing."""
+        weights, *others = [rank.state_dict.remote() for rank in self.learners]
+        ray.get(others)
+        return weights
+
     def sync_weights(self, version: int) -> None:
-        """Learner weights into every rollout worker: put once in the object store, read by all."""
-        weights = self.learner.state_dict.remote()
+        """Learner weights into every rollout worker."""
+        weights = self._learner_weights()
         self._call([(r, lambda w: w.set_weights.remote(weights, version)) for r in self.rollouts])
         self.version = version
 
@@ -175,7 +184,7 @@ class Roles:
         if any(actor is r for r in self.rollouts) and self.learner is not None:
             # restarted from the base model: take the policy the learner holds, which is the one
             # the rollout workers served (they are synced after every update)
-            ray.get(actor.set_weights.remote(self.learner.state_dict.remote(), self.version))
+            ray.get(actor.set_weights.remote(self._learner_weights(), self.version))
 
     def rollout(self, records: list[PromptRecord], params: SamplingParams, seed: int) -> tuple[pa.RecordBatch, dict]:
         """Self rows for ``records``, the prompts split evenly across the rollout workers."""

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ray
 import yaml
 from ray.exceptions import RayActorError
 from tqdm import tqdm
@@ -153,15 +152,15 @@ class _Driver:
             f"{policy}/{s}/{k}": v for s, m in evals[policy].items() for k, v in m.items()}, global_step=g)
 
     def train(self, stage: StageConfig) -> None:
-        p, learner, mid_stage = self.progress, self.roles.learner, self.progress.step > 0
+        p, mid_stage = self.progress, self.progress.step > 0
         if mid_stage:  # resumed: weights, optimizer and RNG from the point; the reference from the stage start
             folder = str(self.start.folder)
             self.roles.load_policy(folder, p.policy_version)
-            self.roles.on_learners("start_stage", stage.lr, stage.weight_decay, stage.max_grad_norm, p.stage_start)
+            self.roles.on_learners("start_stage", p.stage_start, stage.lr, stage.weight_decay, stage.max_grad_norm)
             self.roles.on_learners("restore", folder)
         else:
             self.roles.load_policy(p.stage_start, p.policy_version)
-            self.roles.on_learners("start_stage", stage.lr, stage.weight_decay, stage.max_grad_norm)
+            self.roles.on_learners("start_stage", p.stage_start, stage.lr, stage.weight_decay, stage.max_grad_norm)
         bar = tqdm(total=stage.steps, initial=p.step, desc=f"{stage.name} ({stage.algorithm})", unit="step",
                    dynamic_ncols=True, disable=self.on_step is not None)
         for step in range(p.step + 1, stage.steps + 1):
@@ -172,7 +171,7 @@ class _Driver:
             if every and step % every == 0 and step < stage.steps:
                 self.save_point(learner=True)
         bar.close()
-        checkpoint = ray.get(learner.save.remote(str(self.run_dir / "checkpoints" / stage.name)))
+        checkpoint = self.roles.on_learners("save", str(self.run_dir / "checkpoints" / stage.name))
         p.checkpoints[stage.name] = p.stage_start = checkpoint
         self.record_eval(stage.name)
 
@@ -215,7 +214,7 @@ class _Driver:
     def save_point(self, learner: bool) -> Path:
         self.progress.metrics_bytes = self.logger.tell()
         if learner:
-            point = Path(ray.get(self.roles.learner.save_resume_point.remote(str(self.run_dir), self.progress)))
+            point = Path(self.roles.on_learners("save_resume_point", str(self.run_dir), self.progress))
         else:  # between stages the next stage starts from a stage checkpoint: no weights needed
             point = write_point(self.run_dir, self.progress)
         prune(self.run_dir, self.config.checkpoint.keep_last)

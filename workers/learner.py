@@ -8,7 +8,7 @@ the pre-clip grad-norm are measured here because they need the logits and the we
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
 import socket
 import time
@@ -20,10 +20,21 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from pipeline.batch import PackedBatch, to_packed
-from pipeline.checkpoint import load_policy, save_policy, write_policy_files
+from pipeline.checkpoint import load_policy, save_policy, torch_dtype, write_policy_files
 from pipeline.resume import LEARNER_STATE_FILE, Progress, load_learner_state, save_learner_state, write_point
+
+# the whole state on rank 0's CPU, nothing on the other ranks: what a checkpoint writer needs
+GATHER_TO_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 @dataclass
@@ -93,7 +104,14 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 class Learner:
-    """Runs in its own Ray actor (``ray.remote(Learner)``); plain Python for unit tests."""
+    """Runs in its own Ray actor (``ray.remote(Learner)``); plain Python for unit tests.
+
+    Weights and optimizer state are float32 (the master copy); ``dtype`` is the compute dtype
+    (``auto``: bfloat16 on a GPU), applied by autocast or, when sharded, by FSDP's mixed
+    precision. A bf16 master copy would round away updates of lr 1e-6 on weights of 1e-2.
+    With several ranks, calls that read or write the whole state (``state_dict``, ``save``,
+    ``save_resume_point``) must reach every rank: with FSDP they gather the shards.
+    """
 
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, num_threads: int | None = None):
         if num_threads:
@@ -101,16 +119,39 @@ class Learner:
         torch.manual_seed(seed)
         # Ray hands each GPU actor its own device as cuda:0 (CUDA_VISIBLE_DEVICES)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = dtype
-        self.rank, self.world_size = 0, 1
+        self.compute_dtype = torch_dtype(dtype)
+        self.rank, self.world_size, self.sharded = 0, 1, False
         self.model, self.tokenizer = self._load(model_path)
         self.reference = None
         self.optimizer = None
         self.version = 0
 
-    def _load(self, model_path: str):
-        model, tokenizer = load_policy(model_path, self.dtype)
-        return model.to(self.device), tokenizer
+    def _load(self, model_path: str, dtype: torch.dtype = torch.float32):
+        model, tokenizer = load_policy(model_path, dtype)
+        model = model.to(self.device)
+        if self.sharded:
+            self._shard(model)
+        return model, tokenizer
+
+    def _shard(self, model) -> None:
+        """FSDP2 over the learner ranks: each decoder layer (the model's ``_no_split_modules``) is
+        a unit whose weights are gathered just for its forward and backward, then the rest."""
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        policy = MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32)
+        layer_types = set(model._no_split_modules or ())
+        for module in model.modules():
+            if type(module).__name__ in layer_types:
+                fully_shard(module, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+
+    def _autocast(self):
+        if self.sharded or self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+
+    def _token_stats(self, model, packed: PackedBatch, with_entropy: bool):
+        with self._autocast():
+            return packed_token_stats(model, packed, with_entropy)
 
     def rendezvous(self) -> tuple[str, int]:
         """An address and free port on this actor's node, for rank 0 to host the process group."""
@@ -121,11 +162,14 @@ class Learner:
             probe.bind((address, 0))
             return address, probe.getsockname()[1]
 
-    def join_group(self, rank: int, world_size: int, address: str, port: int) -> None:
-        """Become rank ``rank`` of ``world_size`` data-parallel learners (gloo on CPU, nccl on GPU)."""
+    def join_group(self, rank: int, world_size: int, address: str, port: int, shard: bool = False) -> None:
+        """Become rank ``rank`` of ``world_size`` data-parallel learners (gloo on CPU, nccl on GPU):
+        each holding the whole model, or with ``shard`` a 1/world_size shard of it (FSDP)."""
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world_size)
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.sharded = rank, world_size, shard
+        if shard:
+            self._shard(self.model)
 
     def load(self, model_path: str, version: int) -> None:
         """Start from a checkpoint folder (the previous stage's) as policy ``version``."""
@@ -133,28 +177,60 @@ class Learner:
         self.optimizer = None
         self.version = version
 
-    def start_stage(self, lr: float, weight_decay: float = 0.0, max_grad_norm: float = 1.0,
-                    reference_path: str | None = None) -> None:
-        """Fresh optimizer, and the stage's frozen reference: the current weights, or those in
-        ``reference_path`` when a resumed stage is not at its start any more."""
+    def start_stage(self, reference_path: str, lr: float, weight_decay: float = 0.0, max_grad_norm: float = 1.0) -> None:
+        """Fresh optimizer, and the stage's frozen reference (for the KL): the policy the stage
+        started from, read from its folder so that a resumed stage gets the same one."""
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         self.max_grad_norm = max_grad_norm
-        reference = self._load(reference_path)[0] if reference_path else copy.deepcopy(self.model)
+        reference = self._load(reference_path, self.compute_dtype)[0]  # frozen: no master copy needed
         self.reference = reference.eval().requires_grad_(False)
 
-    def save_resume_point(self, run_dir: str, progress: Progress) -> str:
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The full weights on CPU on rank 0, nothing on the other ranks."""
+        if self.sharded:
+            return get_model_state_dict(self.model, options=GATHER_TO_RANK0)
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if self.rank == 0 else {}
+
+    def _optimizer_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per-parameter optimizer state by parameter name, whole, on rank 0."""
+        if self.sharded:
+            return get_optimizer_state_dict(self.model, self.optimizer, options=GATHER_TO_RANK0).get("state", {})
+        names = [name for name, _ in self.model.named_parameters()]
+        return {names[i]: state for i, state in self.optimizer.state_dict()["state"].items()}
+
+    def save(self, folder: str) -> str | None:
+        """Write a Hugging Face folder (atomically, by rank 0) and return its path."""
+        weights = self.state_dict()
+        if self.rank == 0:
+            return str(save_policy(self.model, self.tokenizer, folder, weights))
+        return None
+
+    def save_resume_point(self, run_dir: str, progress: Progress) -> str | None:
         """A resume point with the policy, the optimizer state and the RNG (``pipeline.resume``)."""
+        weights, optimizer_state = self.state_dict(), self._optimizer_state()
+        if self.rank != 0:
+            return None
 
         def write(folder):
-            write_policy_files(self.model, self.tokenizer, folder)
-            save_learner_state(self.optimizer, folder / LEARNER_STATE_FILE)
+            write_policy_files(self.model, self.tokenizer, folder, weights)
+            save_learner_state(optimizer_state, folder / LEARNER_STATE_FILE)
 
         return str(write_point(Path(run_dir), progress, write))
 
     def restore(self, folder: str) -> None:
-        """After ``load(folder)`` and ``start_stage``: the optimizer state and RNG of the point."""
-        load_learner_state(self.optimizer, Path(folder) / LEARNER_STATE_FILE)
+        """After ``load(folder)`` and ``start_stage``: the optimizer state and RNG of the point.
+        Every rank reads the whole file and keeps its own shard."""
+        state = load_learner_state(Path(folder) / LEARNER_STATE_FILE)
+        if self.sharded:
+            groups = [{**group, "params": [name for name, _ in self.model.named_parameters()]}
+                      for group in self.optimizer.state_dict()["param_groups"]]
+            set_optimizer_state_dict(self.model, self.optimizer, {"state": state, "param_groups": groups},
+                                     options=StateDictOptions(full_state_dict=True))
+            return
+        index = {name: i for i, (name, _) in enumerate(self.model.named_parameters())}
+        self.optimizer.load_state_dict({"state": {index[name]: s for name, s in state.items()},
+                                        "param_groups": self.optimizer.state_dict()["param_groups"]})
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -162,7 +238,17 @@ class Learner:
 
     @torch.no_grad()
     def _detached_log_probs(self, model, micro: list[PackedBatch]) -> list[torch.Tensor]:
-        return [packed_token_stats(model, packed, with_entropy=False)[0] for packed in micro]
+        return [self._token_stats(model, packed, with_entropy=False)[0] for packed in micro]
+
+    def _my_micro_batches(self, mini: pa.RecordBatch, max_tokens: int) -> list[PackedBatch | None]:
+        """This rank's micro-batches of ``mini``: ``rank, rank + world_size, ...``. Sharded ranks
+        must all run as many forwards and backwards (each gathers the weights layer by layer), so
+        a rank with fewer gets ``None``s, to compute with zero weight."""
+        micro = _micro_batches(mini, max_tokens)
+        mine: list[PackedBatch | None] = [to_packed(m) for m in micro[self.rank :: self.world_size]]
+        if self.sharded:
+            mine += [None] * (math.ceil(len(micro) / self.world_size) - len(mine))
+        return mine
 
     def update(
         self, batch: pa.RecordBatch, objective: Objective, updates_per_batch: int, micro_batch_tokens: int
@@ -181,12 +267,16 @@ class Learner:
         self.model.train()
         mini_size = math.ceil(batch.num_rows / updates_per_batch)
         minis = [batch.slice(i, mini_size) for i in range(0, batch.num_rows, mini_size)]
-        mine = [_micro_batches(mini, micro_batch_tokens)[self.rank :: self.world_size] for mini in minis]
-        packed_minis = [[to_packed(m) for m in micro] for micro in mine]
+        mine = [self._my_micro_batches(mini, micro_batch_tokens) for mini in minis]
+        real = [[packed is not None for packed in micro] for micro in mine]
+        filler = to_packed(batch.slice(0, 1))  # a sharded rank's stand-in: one row, weighted 0
+        packed_minis = [[filler if packed is None else packed for packed in micro] for micro in mine]
         # With one update per batch the pre-update log-probs are the live ones, detached: no
         # extra forward. With several, they must be frozen before the first step.
         old = [self._detached_log_probs(self.model, micro) for micro in packed_minis] if len(minis) > 1 else None
         ref = [self._detached_log_probs(self.reference, micro) for micro in packed_minis]
+        # FSDP averages gradients over the ranks; the step needs their sum
+        grad_scale = float(self.world_size) if self.sharded else 1.0
 
         sums: dict[str, float] = {}
         skipped = 0
@@ -195,13 +285,15 @@ class Learner:
             self.optimizer.zero_grad(set_to_none=True)
             local: dict[str, float] = {"loss": 0.0}
             for micro_index, (packed, ref_lp) in enumerate(zip(micro, ref[mini_index])):
-                log_probs, entropy = packed_token_stats(self.model, packed, with_entropy=True)
+                log_probs, entropy = self._token_stats(self.model, packed, with_entropy=True)
                 mask = packed.response_mask.to(self.device)
                 old_lp = old[mini_index][micro_index] if old else log_probs.detach()
                 tokens = TokenBatch(mask, packed.advantages.to(self.device), old_lp, ref_lp)
                 loss, metrics = objective(log_probs, tokens)
-                share = float(mask.sum()) / max(total_tokens, 1.0)
-                (loss * share).backward()
+                share = float(mask.sum()) / max(total_tokens, 1.0) if real[mini_index][micro_index] else 0.0
+                (loss * share * grad_scale).backward()
+                if not share:
+                    continue
                 k3 = torch.exp(ref_lp - log_probs.detach()) - (ref_lp - log_probs.detach()) - 1
                 metrics = {**metrics, "loss": loss.item(), "entropy": _masked_mean(entropy, mask),
                            "kl_to_start": _masked_mean(k3, mask)}
@@ -209,7 +301,8 @@ class Learner:
                     local[key] = local.get(key, 0.0) + value * share
             if self.world_size > 1:
                 local = self._sum_over_ranks(local)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm))
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            grad_norm = float(grad_norm.full_tensor() if self.sharded else grad_norm)
             if math.isfinite(local["loss"]) and math.isfinite(grad_norm):
                 self.optimizer.step()
             else:
@@ -225,14 +318,16 @@ class Learner:
         return sums
 
     def _sum_over_ranks(self, local: dict[str, float]) -> dict[str, float]:
-        """All-reduce the gradients (a rank without a micro-batch adds zeros) and sum the metric
-        sums; an all-gather because a rank that computed nothing has no metric keys."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        for param, chunk in zip(params, flat.split([g.numel() for g in grads])):
-            param.grad = chunk.view_as(param)
+        """Sum the metric sums over the ranks (an all-gather: a rank that computed nothing has no
+        metric keys) and, unless FSDP already reduced them, the gradients (a rank without a
+        micro-batch adds zeros)."""
+        if not self.sharded:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            for param, chunk in zip(params, flat.split([g.numel() for g in grads])):
+                param.grad = chunk.view_as(param)
         gathered: list[dict[str, float]] = [{} for _ in range(self.world_size)]
         dist.all_gather_object(gathered, local)
         return {key: sum(g.get(key, 0.0) for g in gathered) for key in set().union(*gathered)}
@@ -242,12 +337,5 @@ class Learner:
         """Per-row log-probs of the response tokens under the current weights."""
         self.model.eval()
         packed = to_packed(batch)
-        log_probs, _ = packed_token_stats(self.model, packed, with_entropy=False)
+        log_probs, _ = self._token_stats(self.model, packed, with_entropy=False)
         return packed.unpack(log_probs)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-
-    def save(self, folder: str) -> str:
-        """Write a Hugging Face folder (atomically) and return its path."""
-        return str(save_policy(self.model, self.tokenizer, folder))

@@ -164,6 +164,7 @@ def test_wrong_type_names_the_key(recipe):
         (["checkpoint.keep_last=0"], "checkpoint.keep_last"),
         (["max_consecutive_skips=0"], "max_consecutive_skips"),
         (["ray.max_actor_restarts=-1"], "ray.max_actor_restarts"),
+        (["learner.fsdp=true"], "learner.fsdp"),  # with one learner there is nothing to shard across
     ],
 )
 def test_impossible_values_are_refused_with_the_key_named(recipe, overrides, key):

@@ -105,13 +105,18 @@ def test_optimizer_and_rng_round_trip_exactly(tmp_path):
     weights) after the first three, then takes the same three: bitwise the same weights."""
     model, optimizer = _optimizer(0)
     _train(model, optimizer, 3)
-    save_learner_state(optimizer, tmp_path / "state.safetensors")
+    names = [name for name, _ in model.named_parameters()]
+    by_name = {names[i]: state for i, state in optimizer.state_dict()["state"].items()}
+    save_learner_state(by_name, tmp_path / "state.safetensors")
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     _train(model, optimizer, 3)
 
     resumed, resumed_optimizer = _optimizer(1)  # other initial weights and RNG position
     resumed.load_state_dict(weights)
-    load_learner_state(resumed_optimizer, tmp_path / "state.safetensors")
+    state = load_learner_state(tmp_path / "state.safetensors")
+    assert set(state) == set(names) and set(state[names[0]]) == {"step", "exp_avg", "exp_avg_sq"}
+    resumed_optimizer.load_state_dict({"state": {names.index(n): s for n, s in state.items()},
+                                       "param_groups": resumed_optimizer.state_dict()["param_groups"]})
     _train(resumed, resumed_optimizer, 3)
     for name, value in model.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name

@@ -40,7 +40,7 @@ def _weights(learner):
 @pytest.mark.parametrize("objective", [nan_loss, infinite_gradient])
 def test_a_non_finite_update_is_skipped_and_leaves_the_weights(assets, batch, objective):
     learner = Learner(str(assets.base_model))
-    learner.start_stage(lr=1e-2)
+    learner.start_stage(str(assets.base_model), lr=1e-2)
     before = _weights(learner)
     metrics = learner.update(batch, objective, updates_per_batch=2, micro_batch_tokens=64)
     assert metrics["skipped_updates"] == 2
@@ -53,7 +53,7 @@ def test_a_non_finite_update_is_skipped_and_leaves_the_weights(assets, batch, ob
 
 def test_a_resume_point_restores_weights_optimizer_and_reference(assets, batch, tmp_path):
     learner = Learner(str(assets.base_model))
-    learner.start_stage(lr=1e-2)
+    learner.start_stage(str(assets.base_model), lr=1e-2)
     learner.update(batch, mean_log_prob, 1, 512)
     learner.save_resume_point(str(tmp_path), Progress(stage_index=0, step=1, global_step=1, policy_version=1))
     after_one = learner.update(batch, mean_log_prob, 1, 512)
@@ -61,9 +61,28 @@ def test_a_resume_point_restores_weights_optimizer_and_reference(assets, batch, 
     resumed = Learner(str(assets.base_model))
     point = latest_point(tmp_path)
     resumed.load(str(point.folder), point.progress.policy_version)
-    resumed.start_stage(lr=1e-2, reference_path=str(assets.base_model))
+    resumed.start_stage(str(assets.base_model), lr=1e-2)
     resumed.restore(str(point.folder))
     again = resumed.update(batch, mean_log_prob, 1, 512)
     assert again["loss"] == after_one["loss"] and again["kl_to_start"] == after_one["kl_to_start"]
     assert again["policy_version"] == after_one["policy_version"] == 2
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in learner.state_dict().items())
+
+
+def test_bf16_compute_keeps_float32_master_weights(assets, batch):
+    """``dtype: bfloat16`` computes in bf16 (autocast) but steps float32 weights: an update
+    far below bf16's resolution at the weights' scale still moves them."""
+    fp32 = Learner(str(assets.base_model))
+    bf16 = Learner(str(assets.base_model), dtype="bfloat16")
+    for learner in (fp32, bf16):
+        learner.start_stage(str(assets.base_model), lr=1e-6)
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.float32}
+    assert {p.dtype for p in bf16.reference.parameters()} == {torch.bfloat16}
+    before = _weights(bf16)
+    exact, rounded = (learner.update(batch, mean_log_prob, 1, 512) for learner in (fp32, bf16))
+    assert rounded["loss"] == pytest.approx(exact["loss"], rel=2e-2)  # bf16 has 8 bits of mantissa
+    assert rounded["loss"] != exact["loss"]  # and was used
+    after = bf16.state_dict()
+    moved = sum(int((after[k] != v).sum()) for k, v in before.items())
+    moved_in_bf16 = sum(int((after[k].bfloat16() != v.bfloat16()).sum()) for k, v in before.items())
+    assert moved > 10 * moved_in_bf16  # a bf16 copy of the weights would have kept almost none of it

@@ -1,14 +1,22 @@
-"""Data-parallel learners: two Ray actors joined by torch.distributed (gloo) take the same step
-as one learner on the same batch."""
+"""Data-parallel learners: two Ray actors joined by torch.distributed (gloo), each with a whole
+replica or each with half of the model (FSDP), take the same step as one learner on the same
+batch, and write the same checkpoint."""
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import ray
+import torch
+from ray import cloudpickle
+from safetensors import safe_open
 
 from pipeline.batch import make_batch, with_column
 from pipeline.config import RunConfig, StageConfig
 from pipeline.data import load_prompts
 from pipeline.objectives import objective_for
+from pipeline.resume import Progress
 from pipeline.roles import start_ray
 from workers.learner import Learner
 
@@ -18,6 +26,7 @@ def cluster():
     config = RunConfig()
     config.ray.num_cpus = 2
     start_ray(config)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # for __ray_call__ of a test function
     yield
     ray.shutdown()
 
@@ -34,31 +43,87 @@ def _batch(assets, tokenizer):
     return with_column(batch, "advantage", np.linspace(-1.0, 1.0, batch.num_rows).astype(np.float32))
 
 
+def _parameters_held(learner) -> int:
+    """Parameter elements in this process's memory: a shard's, when sharded."""
+    return sum(getattr(p, "to_local", lambda p=p: p)().numel() for p in learner.model.parameters())
+
+
+@pytest.mark.parametrize("shard", [False, True], ids=["replicas", "fsdp"])
 @pytest.mark.parametrize("updates_per_batch", [1, 2])
-def test_two_learners_take_the_same_step_as_one(cluster, assets, tokenizer, updates_per_batch):
+def test_two_learners_take_the_same_step_as_one(cluster, assets, tokenizer, tmp_path, updates_per_batch, shard):
     batch = _batch(assets, tokenizer)
     stage = StageConfig(name="gft", algorithm="gft", lr=1e-3)
     objective = objective_for(stage)
+    base = str(assets.base_model)
 
-    single = Learner(str(assets.base_model), num_threads=1)
-    single.start_stage(stage.lr)
+    single = Learner(base, num_threads=1)
+    single.start_stage(base, stage.lr)
+    single_keys = set(safe_open(Path(single.save(str(tmp_path / "single")), "model.safetensors"), "pt").keys())
+    single_size = _parameters_held(single)
     expected = single.update(batch, objective, updates_per_batch, micro_batch_tokens=80)
 
-    learners = [ray.remote(num_cpus=1)(Learner).remote(str(assets.base_model), num_threads=1) for _ in range(2)]
+    learners = [ray.remote(num_cpus=1)(Learner).remote(base, num_threads=1) for _ in range(2)]
     address, port = ray.get(learners[0].rendezvous.remote())
-    ray.get([learner.join_group.remote(rank, 2, address, port) for rank, learner in enumerate(learners)])
-    ray.get([learner.start_stage.remote(stage.lr) for learner in learners])
+    ray.get([learner.join_group.remote(rank, 2, address, port, shard) for rank, learner in enumerate(learners)])
+    ray.get([learner.start_stage.remote(base, stage.lr) for learner in learners])
+    held = ray.get([learner.__ray_call__.remote(_parameters_held) for learner in learners])
+    assert held == [single_size / 2] * 2 if shard else [single_size] * 2
     results = ray.get([learner.update.remote(batch, objective, updates_per_batch, 80) for learner in learners])
 
     for metrics in results:  # every rank reports the global figures
         for key in ("loss", "grad_norm", "entropy", "kl_to_start"):
             assert metrics[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
     reference = single.state_dict()
-    for weights in ray.get([learner.state_dict.remote() for learner in learners]):
-        moved = max(float((reference[k] - weights[k]).abs().max()) for k in reference)
-        assert moved < 1e-5
+    weights, nothing = ray.get([learner.state_dict.remote() for learner in learners])
+    assert nothing == {} and set(weights) == set(reference)
+    assert max(float((reference[k] - weights[k]).abs().max()) for k in reference) < 1e-5
     # the step moved the weights well beyond that tolerance, so the comparison has teeth
-    base = Learner(str(assets.base_model)).state_dict()
-    assert max(float((reference[k] - base[k]).abs().max()) for k in base) > 1e-4
+    start = Learner(base).state_dict()
+    assert max(float((reference[k] - start[k]).abs().max()) for k in start) > 1e-4
+
+    folder, _ = ray.get([learner.save.remote(str(tmp_path / "ckpt")) for learner in learners])
+    saved = Learner(folder).state_dict()  # a plain Hugging Face folder, loaded by one process
+    assert set(safe_open(Path(folder) / "model.safetensors", "pt").keys()) == single_keys  # tied weights once
+    assert max(float((reference[k] - saved[k]).abs().max()) for k in reference) < 1e-5
     for learner in learners:
+        ray.kill(learner)
+
+
+
+def _sharded_pair(model_path: str) -> list:
+    learners = [ray.remote(num_cpus=1)(Learner).remote(model_path, num_threads=1) for _ in range(2)]
+    address, port = ray.get(learners[0].rendezvous.remote())
+    ray.get([learner.join_group.remote(rank, 2, address, port, True) for rank, learner in enumerate(learners)])
+    return learners
+
+
+def _on_both(learners, method, *args):
+    return ray.get([getattr(learner, method).remote(*args) for learner in learners])[0]
+
+
+def test_sharded_learners_resume_from_a_point_exactly(cluster, assets, tokenizer, tmp_path):
+    """Rank 0 writes the gathered weights and AdamW state; a new pair of sharded learners loads
+    them, each keeping its shard, and takes the next step exactly as the first pair did."""
+    batch, base = _batch(assets, tokenizer), str(assets.base_model)
+    objective = objective_for(StageConfig(name="gft", algorithm="gft"))
+    first = _sharded_pair(base)
+    _on_both(first, "start_stage", base, 1e-3)
+    _on_both(first, "update", batch, objective, 1, 80)
+    progress = Progress(stage_index=0, step=1, global_step=1, policy_version=1)
+    folder = _on_both(first, "save_resume_point", str(tmp_path), progress)
+    expected = _on_both(first, "update", batch, objective, 1, 80)
+    expected_weights = _on_both(first, "state_dict")
+    for learner in first:
+        ray.kill(learner)
+
+    second = _sharded_pair(base)
+    _on_both(second, "load", folder, 1)
+    _on_both(second, "start_stage", base, 1e-3)
+    _on_both(second, "restore", folder)
+    again = _on_both(second, "update", batch, objective, 1, 80)
+    for key in ("loss", "grad_norm", "kl_to_start", "policy_version"):
+        assert again[key] == expected[key], key
+    weights = _on_both(second, "state_dict")
+    assert all(torch.equal(expected_weights[k], weights[k]) for k in expected_weights)
+    for learner in second:
         ray.kill(learner)

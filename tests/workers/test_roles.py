@@ -32,7 +32,7 @@ def test_rollout_samples_with_the_learners_new_weights_after_a_sync(roles, asset
     roles, config = roles
     records = load_prompts(assets.train, tokenizer, 512)[:6]
     stage = StageConfig(name="gft", algorithm="gft", lr=1e-3, prompts_per_step=6)
-    ray.get(roles.learner.start_stage.remote(stage.lr))
+    ray.get(roles.learner.start_stage.remote(str(assets.base_model), stage.lr))
     metrics = train_step(roles, stage, records, config, seed=0)
     assert metrics["policy_version"] == 1
     for source in ("expert", "teacher", "self"):
@@ -91,7 +91,7 @@ def test_a_rollout_worker_killed_mid_call_is_restarted_and_the_call_retried(role
     records = load_prompts(assets.train, tokenizer, 512)[:48]
     # move the policy off the base weights, which is what a restarted worker loads first
     stage = StageConfig(name="gft", algorithm="gft", lr=1e-2, prompts_per_step=6)
-    ray.get(roles.learner.start_stage.remote(stage.lr))
+    ray.get(roles.learner.start_stage.remote(str(assets.base_model), stage.lr))
     train_step(roles, stage, records[:6], config, seed=1)
     params = SamplingParams(n=8, temperature=1.0, max_new_tokens=48)
     expected, _ = roles.rollout(records, params, seed=11)
