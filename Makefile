@@ -14,4 +14,4 @@ test: setup
 	$(VENV)/bin/python -m pytest -q $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check pipeline workers tests
+	$(VENV)/bin/ruff check pipeline workers tests bench

@@ -127,15 +127,18 @@ class StageConfig:
     clip_ratio: float = 0.2  # PPO epsilon (grpo)
     kl_coef: float = 0.0  # low-variance KL to the stage's start policy (grpo)
     updates_per_batch: int = 1  # optimizer steps per batch (mini-batches); >1 makes clipping bite
-    # learner forward/backward budget per micro-batch; on CPU the packed block mask is N x N
+    # learner forward/backward budget per micro-batch (packed, padding-free): bounds activation memory
     micro_batch_tokens: int = 512
     eval_every: int = 0  # 0: evaluate only after the stage
+    # log the KL to the stage's start policy every N steps: it costs a forward of that policy,
+    # which runs every step anyway when kl_coef > 0. 0: only then
+    kl_every: int = 10
 
 
 @dataclass
 class RayConfig:
     address: str | None = None  # None: start a local cluster
-    num_cpus: int | None = None
+    num_cpus: int | None = None  # cores of a local cluster, and the torch threads its actors share; None: all
     dashboard: bool = False
     dashboard_host: str = "127.0.0.1"
     # a rollout or teacher actor whose process dies is restarted this many times; the step it
@@ -214,6 +217,7 @@ def validate_stages(config: RunConfig) -> None:
         _check(stage.updates_per_batch >= 1, f"{where}.updates_per_batch must be >= 1")
         _check(stage.micro_batch_tokens > 0, f"{where}.micro_batch_tokens must be > 0")
         _check(stage.eval_every >= 0, f"{where}.eval_every must be >= 0")
+        _check(stage.kl_every >= 0, f"{where}.kl_every must be >= 0")
         group = stage.group
         for source in ("expert", "teacher", "self"):
             _check(getattr(group, source) >= 0, f"{where}.group.{source} must be >= 0")

@@ -90,7 +90,7 @@ class Roles:
             strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=seat.bundle)
             return ray.remote(num_cpus=seat.num_cpus, num_gpus=seat.num_gpus, scheduling_strategy=strategy, **options)
 
-        threads = os.cpu_count() or 1
+        threads = config.ray.num_cpus or os.cpu_count() or 1  # torch threads, split among the actors
         self.learners = [  # an eval-only job has none
             seated(seat)(Learner).remote(model_path, config.model.dtype, config.seed,
                                          num_threads=max(1, threads // len(placement.learners)))

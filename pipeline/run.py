@@ -181,7 +181,7 @@ class _Driver:
         records = self.sampler.next(stage.prompts_per_step)
         dump = self.run_dir / "batches" / f"{stage.name}-{step:05d}.arrow" if config.save_batches else None
         metrics = train_step(self.roles, stage, records, config, seed=config.seed * 1_000_003 + p.global_step,
-                             batch_dump=dump)
+                             batch_dump=dump, measure_kl=bool(stage.kl_every) and step % stage.kl_every == 0)
         p.step, p.global_step, p.policy_version = step, p.global_step + 1, int(metrics["policy_version"])
         p.sampler = self.sampler.position
         if stage.eval_every and step % stage.eval_every == 0 and step < stage.steps:

@@ -75,8 +75,10 @@ def train_step(
     config: RunConfig,
     seed: int,
     batch_dump: Path | None = None,
+    measure_kl: bool = False,
 ) -> dict[str, float]:
-    """One step: group -> rewards -> advantages -> learner update -> weights to the rollout."""
+    """One step: group -> rewards -> advantages -> learner update -> weights to the rollout.
+    ``measure_kl``: log the KL to the stage's start policy even where the loss does not need it."""
     started, restarts = time.perf_counter(), roles.restarts
     parts, metrics = [], {}
     for source in ("expert", "teacher"):
@@ -104,8 +106,8 @@ def train_step(
     if batch_dump is not None:
         write_batch(batch, batch_dump)
 
-    metrics.update(roles.on_learners(
-        "update", ray.put(batch), objective_for(stage), stage.updates_per_batch, stage.micro_batch_tokens))
+    metrics.update(roles.on_learners("update", ray.put(batch), objective_for(stage), stage.updates_per_batch,
+                                     stage.micro_batch_tokens, measure_kl or stage.kl_coef > 0))
     roles.sync_weights(int(metrics["policy_version"]))
     metrics["actor_restarts"] = roles.restarts - restarts
     metrics["step_time_s"] = time.perf_counter() - started

@@ -32,6 +32,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from pipeline.batch import PackedBatch, to_packed
 from pipeline.checkpoint import load_policy, save_policy, torch_dtype, write_policy_files
 from pipeline.resume import LEARNER_STATE_FILE, Progress, load_learner_state, save_learner_state, write_point
+from workers.packed_attention import PACKED_ATTENTION
 
 # the whole state on rank 0's CPU, nothing on the other ranks: what a checkpoint writer needs
 GATHER_TO_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -42,13 +43,14 @@ class TokenBatch:
     """What an objective sees for one micro-batch; every tensor is ``[N]`` over packed tokens.
 
     ``old_log_probs`` are the policy's log-probs before this batch's first optimizer step and
-    ``ref_log_probs`` the stage's start policy's; both detached.
+    ``ref_log_probs`` the stage's start policy's (None unless the update asked for them); both
+    detached.
     """
 
     response_mask: torch.Tensor
     advantages: torch.Tensor
     old_log_probs: torch.Tensor
-    ref_log_probs: torch.Tensor
+    ref_log_probs: torch.Tensor | None
 
 
 Objective = Callable[[torch.Tensor, TokenBatch], tuple[torch.Tensor, dict[str, float]]]
@@ -71,23 +73,14 @@ def _micro_batches(batch: pa.RecordBatch, max_tokens: int) -> list[pa.RecordBatc
     return slices
 
 
-def _block_causal_mask(packed: PackedBatch) -> torch.Tensor:
-    """``[1, 1, N, N]`` boolean mask: causal within each packed sequence, nothing across them.
-    sdpa/eager attention on CPU cannot infer sequence boundaries from position ids."""
-    lengths = (packed.cu_seqlens[1:] - packed.cu_seqlens[:-1]).long()
-    segment = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-    n = segment.numel()
-    causal = torch.ones(n, n, dtype=torch.bool).tril()
-    return (causal & (segment[:, None] == segment[None, :]))[None, None]
-
-
 def packed_token_stats(model, packed: PackedBatch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-prob ``[N]`` of every packed token given its prefix (0 at sequence starts), and its
-    predictive entropy ``[N]`` if asked. Position j is scored by the logits at j - 1."""
+    predictive entropy ``[N]`` if asked. Position j is scored by the logits at j - 1. ``model``
+    attends with :data:`PACKED_ATTENTION`, within each sequence."""
     device = next(model.parameters()).device
     input_ids = packed.input_ids.to(device)[None]
-    attention = _block_causal_mask(packed).to(device)
-    logits = model(input_ids=input_ids, position_ids=packed.position_ids.to(device)[None], attention_mask=attention).logits[0]
+    logits = model(input_ids=input_ids, position_ids=packed.position_ids.to(device)[None],
+                   cu_seq_lens_q=packed.cu_seqlens.to(device)).logits[0]
     log_softmax = torch.log_softmax(logits[:-1].float(), dim=-1)
     token_log_probs = log_softmax.gather(-1, input_ids[0, 1:, None])[:, 0]
     log_probs = torch.cat([token_log_probs.new_zeros(1), token_log_probs])
@@ -128,6 +121,7 @@ class Learner:
 
     def _load(self, model_path: str, dtype: torch.dtype = torch.float32):
         model, tokenizer = load_policy(model_path, dtype)
+        model.set_attn_implementation(PACKED_ATTENTION)
         model = model.to(self.device)
         if self.sharded:
             self._shard(model)
@@ -251,9 +245,12 @@ class Learner:
         return mine
 
     def update(
-        self, batch: pa.RecordBatch, objective: Objective, updates_per_batch: int, micro_batch_tokens: int
+        self, batch: pa.RecordBatch, objective: Objective, updates_per_batch: int, micro_batch_tokens: int,
+        with_reference: bool = True,
     ) -> dict[str, float]:
-        """Optimizer step(s) on ``batch``; returns loss, grad-norm, entropy, KL and objective metrics.
+        """Optimizer step(s) on ``batch``; returns loss, grad-norm, entropy, objective metrics and,
+        ``with_reference``, the KL to the stage's start policy (whose log-probs it also gives the
+        objective; that costs one more forward).
 
         The batch's rows are split into ``updates_per_batch`` mini-batches (one optimizer step
         each) and each mini-batch into micro-batches of at most ``micro_batch_tokens`` tokens whose
@@ -274,7 +271,8 @@ class Learner:
         # With one update per batch the pre-update log-probs are the live ones, detached: no
         # extra forward. With several, they must be frozen before the first step.
         old = [self._detached_log_probs(self.model, micro) for micro in packed_minis] if len(minis) > 1 else None
-        ref = [self._detached_log_probs(self.reference, micro) for micro in packed_minis]
+        ref = [self._detached_log_probs(self.reference, micro) if with_reference else [None] * len(micro)
+               for micro in packed_minis]
         # FSDP averages gradients over the ranks; the step needs their sum
         grad_scale = float(self.world_size) if self.sharded else 1.0
 
@@ -294,9 +292,10 @@ class Learner:
                 (loss * share * grad_scale).backward()
                 if not share:
                     continue
-                k3 = torch.exp(ref_lp - log_probs.detach()) - (ref_lp - log_probs.detach()) - 1
-                metrics = {**metrics, "loss": loss.item(), "entropy": _masked_mean(entropy, mask),
-                           "kl_to_start": _masked_mean(k3, mask)}
+                metrics = {**metrics, "loss": loss.item(), "entropy": _masked_mean(entropy, mask)}
+                if ref_lp is not None:
+                    k3 = torch.exp(ref_lp - log_probs.detach()) - (ref_lp - log_probs.detach()) - 1
+                    metrics["kl_to_start"] = _masked_mean(k3, mask)
                 for key, value in metrics.items():
                     local[key] = local.get(key, 0.0) + value * share
             if self.world_size > 1:

@@ -1,0 +1,85 @@
+"""Overheads of a GRPO step: Arrow conversion, Ray transfer and weight sync, as % of step time.
+
+    python bench/overheads.py [--quick] [--threads N]
+
+A real step (``pipeline.stages.train_step``: rollout, scoring, update, weight sync) runs on the
+run's Ray roles on a local cluster; its median time is the denominator. On that step's own batch:
+- Arrow: building it from the sampled token lists (``make_batch``), adding the reward and
+  advantage columns, and packing its micro-batches into tensors (``to_packed``);
+- Ray transfer: a step moves the batch four times (rollout -> driver -> teacher -> driver ->
+  learners); measured as two round trips of the batch through an actor that returns it;
+- weight sync: ``Roles.sync_weights``, the learner's weights through the object store into the
+  rollout worker.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pyarrow as pa
+import ray
+from transformers import AutoTokenizer
+
+from bench.common import (
+    LocalRoles,
+    arguments,
+    embedded_assets,
+    grpo_stage,
+    median_seconds,
+    prompts,
+    report,
+    workdir,
+)
+from pipeline.batch import make_batch, to_packed, with_column
+from pipeline.stages import train_step
+from workers.learner import _micro_batches
+
+
+@ray.remote(num_cpus=0)
+class Echo:
+    def back(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        return batch
+
+
+def arrow_work(batch: pa.RecordBatch, micro_batch_tokens: int) -> None:
+    columns = ("group_id", "source", "prompt_ids", "response_ids", "ground_truth", "data_source",
+               "behaviour_logprobs", "policy_version", "truncated")
+    built = make_batch(**{name: batch.column(name).to_pylist() for name in columns})
+    built = with_column(with_column(built, "reward", batch.column("reward")), "advantage", batch.column("advantage"))
+    for micro in _micro_batches(built, micro_batch_tokens):
+        to_packed(micro)
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0])
+    size = args.size
+    with workdir() as tmp:
+        folder = Path(tmp)
+        assets = embedded_assets(folder / "assets")
+        stage, config = grpo_stage(size)
+        tokenizer = AutoTokenizer.from_pretrained(str(assets.base_model), local_files_only=True)
+        records = prompts(assets, tokenizer, size.prompts)
+        with LocalRoles(config, str(assets.base_model), args.threads) as roles:
+            roles.on_learners("start_stage", str(assets.base_model), stage.lr)
+            dump = folder / "batch.arrow"
+            steps = [train_step(roles, stage, records, config, seed=i, batch_dump=dump)["step_time_s"]
+                     for i in range(size.repeats + 1)]
+            step_s = statistics.median(steps[1:])
+            with pa.memory_map(str(dump)) as source:
+                batch = pa.ipc.open_file(source).get_batch(0)
+            arrow_s, _ = median_seconds(lambda: arrow_work(batch, stage.micro_batch_tokens), size.repeats)
+            echo = Echo.remote()
+            transfer_s, _ = median_seconds(lambda: [ray.get(echo.back.remote(batch)) for _ in range(2)], size.repeats)
+            version = iter(range(1000, 2000))
+            sync_s, _ = median_seconds(lambda: roles.sync_weights(next(version)), size.repeats)
+    parts = {"arrow conversion": arrow_s, "ray transfer": transfer_s, "weight sync": sync_s}
+    rows = [[name, seconds * 1e3, 100 * seconds / step_s] for name, seconds in parts.items()]
+    rows.append(["together", sum(parts.values()) * 1e3, 100 * sum(parts.values()) / step_s])
+    report("overheads", args, ["part", "ms_per_step", "percent_of_step"], rows,
+           {"step_seconds": steps, "median_step_ms": step_s * 1e3, "batch_rows": batch.num_rows,
+            "batch_bytes": batch.nbytes})
+
+
+if __name__ == "__main__":
+    main()
