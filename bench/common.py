@@ -147,10 +147,10 @@ def _cell(value) -> str:
     return str(value)
 
 
-def grpo_stage(size: Size, max_new_tokens: int | None = None) -> tuple[StageConfig, RunConfig]:
+def grpo_stage(size: Size) -> tuple[StageConfig, RunConfig]:
     """The default recipe's GRPO stage at ``size``, and a run config for roles on this machine."""
     config = default_recipe()
-    config.rollout.max_new_tokens = max_new_tokens or size.max_new_tokens
+    config.rollout.max_new_tokens = size.max_new_tokens
     stage = StageConfig(name="grpo", algorithm="grpo", prompts_per_step=size.prompts, lr=5e-5,
                         group=GroupConfig(expert=0, teacher=0, self=size.group))
     return stage, config

@@ -32,7 +32,7 @@ from pipeline.batch import PackedBatch, to_packed, to_padded
 from pipeline.checkpoint import load_policy
 from pipeline.config import StageConfig
 from pipeline.objectives import objective_for
-from workers.learner import Learner, _micro_batches
+from workers.learner import Learner, _micro_batches, packed_token_stats
 from workers.packed_attention import PACKED_ATTENTION
 from workers.rollout import RolloutWorker
 
@@ -63,11 +63,9 @@ def _raw_padded_step(model, optimizer, batch, pad_token_id: int):
 def _raw_packed_step(model, optimizer, micro: list[PackedBatch], total_response_tokens: float):
     optimizer.zero_grad(set_to_none=True)
     for packed in micro:
-        logits = model(input_ids=packed.input_ids[None], position_ids=packed.position_ids[None],
-                       cu_seq_lens_q=packed.cu_seqlens).logits[0]
-        log_probs = torch.log_softmax(logits[:-1].float(), -1).gather(-1, packed.input_ids[1:, None])[:, 0]
-        mask = packed.response_mask[1:]
-        (-(packed.advantages[1:] * log_probs * mask).sum() / total_response_tokens).backward()
+        log_probs, _ = packed_token_stats(model, packed, with_entropy=False)
+        mask = packed.response_mask
+        (-(packed.advantages * log_probs * mask).sum() / total_response_tokens).backward()
     optimizer.step()
 
 

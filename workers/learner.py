@@ -266,7 +266,7 @@ class Learner:
         minis = [batch.slice(i, mini_size) for i in range(0, batch.num_rows, mini_size)]
         mine = [self._my_micro_batches(mini, micro_batch_tokens) for mini in minis]
         real = [[packed is not None for packed in micro] for micro in mine]
-        filler = to_packed(batch.slice(0, 1))  # a sharded rank's stand-in: one row, weighted 0
+        filler = to_packed(batch.slice(0, 1)) if self.sharded else None  # a sharded rank's stand-in, weighted 0
         packed_minis = [[filler if packed is None else packed for packed in micro] for micro in mine]
         # With one update per batch the pre-update log-probs are the live ones, detached: no
         # extra forward. With several, they must be frozen before the first step.
