@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -109,15 +108,19 @@ def gft_batch(worker: RolloutWorker, records: list[PromptRecord], size: Size, se
     return scored(concat_batches([rows, self_rows]), worker.tokenizer)
 
 
-def median_seconds(run: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
-    """Median wall time of ``repeats`` calls, after one untimed warm-up call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+def interleaved_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Wall times of ``repeats`` calls of each run, taken in turns (a, b, a, b, ...) after one
+    untimed warm-up call of each, so that a slow spell of this shared machine hits every run
+    alike instead of one of them."""
+    for run in runs.values():
         run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), times
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    return times
 
 
 def machine() -> dict:

@@ -8,12 +8,18 @@ micro-batches of ``micro_batch_tokens``, the stage's objective, entropy and KL m
 gradient clipping and AdamW. The raw limit is the least a training step must do with those
 tokens: one forward, the token log-probs, a policy-gradient loss, one backward and AdamW.
 It is taken two ways, and the faster counts:
-- padded: the whole batch as one right-padded ``[rows, longest]`` tensor, as a plain loop would;
-- packed: the same micro-batches as ours, each one packed row, attending within each sequence.
-Throughput counts real (prompt + response) tokens; padding is reported, not counted.
+- padded: the whole batch as one tensor in verl's layout (left-padded prompts, right-padded
+  responses), the output layer on the response positions only, as TRL's trainer does;
+- packed: the same micro-batches as ours, each one packed row in which a group's rows share one
+  copy of their prompt (``pipeline.batch.PackedBatch``), attending within each row.
+The three are timed in turns. Throughput counts the batch's real (prompt + response) tokens,
+whatever the layout computes: ``computed_tokens`` is what the packed layout runs through the
+model, the padding fractions what a padded layout would add.
 """
 
 from __future__ import annotations
+
+import statistics
 
 import numpy as np
 import torch
@@ -23,7 +29,7 @@ from bench.common import (
     embedded_assets,
     gft_batch,
     grpo_batch,
-    median_seconds,
+    interleaved_seconds,
     prompts,
     report,
     workdir,
@@ -32,8 +38,8 @@ from pipeline.batch import PackedBatch, to_packed, to_padded
 from pipeline.checkpoint import load_policy
 from pipeline.config import StageConfig
 from pipeline.objectives import objective_for
+from workers.attention import PACKED_ATTENTION
 from workers.learner import Learner, _micro_batches, packed_token_stats
-from workers.packed_attention import PACKED_ATTENTION
 from workers.rollout import RolloutWorker
 
 
@@ -48,10 +54,10 @@ def _padding_fraction(batch, pad_token_id: int) -> float:
 
 def _raw_padded_step(model, optimizer, batch, pad_token_id: int):
     padded = to_padded(batch, pad_token_id)
+    width = padded.responses.shape[1]  # the output layer runs on the response positions only, as TRL's
     logits = model(input_ids=padded.input_ids, attention_mask=padded.attention_mask,
-                   position_ids=padded.position_ids).logits
-    width = padded.prompt_width
-    response_logits = logits[:, width - 1 : -1].float()
+                   position_ids=padded.position_ids, logits_to_keep=width + 1).logits
+    response_logits = logits[:, :-1].float()
     log_probs = torch.log_softmax(response_logits, -1).gather(-1, padded.responses[..., None])[..., 0]
     mask = padded.response_mask
     loss = -(padded.advantages[:, None] * log_probs * mask).sum() / mask.sum()
@@ -74,19 +80,24 @@ def measure(stage: StageConfig, batch, model_path: str, repeats: int) -> dict:
     learner = Learner(model_path, num_threads=torch.get_num_threads())
     learner.start_stage(model_path, stage.lr)
     objective = objective_for(stage)
-    # as a step of a stage without a KL loss runs it, on the 9 steps in 10 that do not log the KL
-    ours, _ = median_seconds(lambda: learner.update(batch, objective, 1, stage.micro_batch_tokens, False), repeats)
-
     model, tokenizer = load_policy(model_path)
     optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr)
     pad = tokenizer.pad_token_id
-    padded, _ = median_seconds(lambda: _raw_padded_step(model, optimizer, batch, pad), repeats)
-    model.set_attn_implementation(PACKED_ATTENTION)
+    packed_model, _ = load_policy(model_path)
+    packed_model.set_attn_implementation(PACKED_ATTENTION)
+    packed_optimizer = torch.optim.AdamW(packed_model.parameters(), lr=stage.lr)
     micro = [to_packed(m) for m in _micro_batches(batch, stage.micro_batch_tokens)]
     response_tokens = float(np.asarray(batch.column("response_ids").value_lengths()).sum())
-    packed, _ = median_seconds(lambda: _raw_packed_step(model, optimizer, micro, response_tokens), repeats)
+    times = interleaved_seconds({
+        # as a step of a stage without a KL loss runs it, on the 9 steps in 10 that do not log the KL
+        "ours": lambda: learner.update(batch, objective, 1, stage.micro_batch_tokens, False),
+        "padded": lambda: _raw_padded_step(model, optimizer, batch, pad),
+        "packed": lambda: _raw_packed_step(packed_model, packed_optimizer, micro, response_tokens),
+    }, repeats)
+    ours, padded, packed = (statistics.median(times[name]) for name in ("ours", "padded", "packed"))
     limit = min(padded, packed)
-    return {"stage": stage.algorithm, "rows": batch.num_rows, "tokens": tokens,
+    computed = sum(len(m.input_ids) for m in micro)  # each group's prompt once
+    return {"stage": stage.algorithm, "rows": batch.num_rows, "tokens": tokens, "computed_tokens": computed,
             "ours_tokens_per_s": tokens / ours, "raw_padded_tokens_per_s": tokens / padded,
             "raw_packed_tokens_per_s": tokens / packed, "ratio": limit / ours,
             "padding_before": _padding_fraction(batch, pad), "padding_after": 0.0}

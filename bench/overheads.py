@@ -8,8 +8,10 @@ run's Ray roles on a local cluster; its median time is the denominator. On that 
   advantage columns, and packing its micro-batches into tensors (``to_packed``);
 - Ray transfer: a step moves the batch four times (rollout -> driver -> teacher -> driver ->
   learners); measured as two round trips of the batch through an actor that returns it;
-- weight sync: ``Roles.sync_weights``, the learner's weights through the object store into the
-  rollout worker.
+- weight sync: what the steps waited for ``Roles.sync_weights`` (their ``timing/weight_sync_s``):
+  the learner's weights, asked for right behind its update, through the object store into the
+  rollout worker as one flat buffer (``workers.weights``).
+The first two are timed in turns.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from bench.common import (
     arguments,
     embedded_assets,
     grpo_stage,
-    median_seconds,
+    interleaved_seconds,
     prompts,
     report,
     workdir,
@@ -63,22 +65,23 @@ def main() -> None:
         with LocalRoles(config, str(assets.base_model), args.threads) as roles:
             roles.on_learners("start_stage", str(assets.base_model), stage.lr)
             dump = folder / "batch.arrow"
-            steps = [train_step(roles, stage, records, config, seed=i, batch_dump=dump)["step_time_s"]
-                     for i in range(size.repeats + 1)]
-            step_s = statistics.median(steps[1:])
+            steps = [train_step(roles, stage, records, config, seed=i, batch_dump=dump)
+                     for i in range(size.repeats + 1)][1:]
+            step_s = statistics.median(step["step_time_s"] for step in steps)
             with pa.memory_map(str(dump)) as source:
                 batch = pa.ipc.open_file(source).get_batch(0)
-            arrow_s, _ = median_seconds(lambda: arrow_work(batch, stage.micro_batch_tokens), size.repeats)
             echo = Echo.remote()
-            transfer_s, _ = median_seconds(lambda: [ray.get(echo.back.remote(batch)) for _ in range(2)], size.repeats)
-            version = iter(range(1000, 2000))
-            sync_s, _ = median_seconds(lambda: roles.sync_weights(next(version)), size.repeats)
-    parts = {"arrow conversion": arrow_s, "ray transfer": transfer_s, "weight sync": sync_s}
+            times = interleaved_seconds({
+                "arrow conversion": lambda: arrow_work(batch, stage.micro_batch_tokens),
+                "ray transfer": lambda: [ray.get(echo.back.remote(batch)) for _ in range(2)],
+            }, size.repeats)
+    parts = {name: statistics.median(seconds) for name, seconds in times.items()}
+    parts["weight sync"] = statistics.median(step["timing/weight_sync_s"] for step in steps)
     rows = [[name, seconds * 1e3, 100 * seconds / step_s] for name, seconds in parts.items()]
     rows.append(["together", sum(parts.values()) * 1e3, 100 * sum(parts.values()) / step_s])
     report("overheads", args, ["part", "ms_per_step", "percent_of_step"], rows,
-           {"step_seconds": steps, "median_step_ms": step_s * 1e3, "batch_rows": batch.num_rows,
-            "batch_bytes": batch.nbytes})
+           {"step_seconds": [step["step_time_s"] for step in steps], "median_step_ms": step_s * 1e3,
+            "batch_rows": batch.num_rows, "batch_bytes": batch.nbytes})
 
 
 if __name__ == "__main__":

@@ -5,17 +5,21 @@
 Ours is a real ``gft run`` (a local Ray cluster, the rollout, teacher and learner actors, Arrow
 batches, weight sync after every update) of two stages from the embedded default's base model:
 GRPO first, as TRL starts from that model, then GFT. Its step times come from the run's own
-``metrics.jsonl`` (``step_time_s``: rollout, scoring, update and weight sync).
+``metrics.jsonl``: ``step_time_s`` and its phases ``timing/*`` (rollout, scoring, advantages,
+update, weight sync), whose medians are printed too.
 
 TRL's GRPOTrainer runs in a virtualenv of its own (``bench/trl_env.py`` makes it; TRL and verl
 0.9.1 break each other in one environment) on the same model, prompts, group size, completion
 budget, reward (the embedded verifier), learning rate and one optimizer step per batch
-(``bench/trl_grpo.py``). Both skip their first step (warm-up) and report steps / seconds.
+(``bench/trl_grpo.py``), and with the allocator settings our actors get (``pipeline.roles``).
+Both skip their first step (warm-up) and report steps / seconds.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -24,10 +28,11 @@ import pyarrow.parquet as pq
 from bench.common import ROOT, arguments, default_recipe, embedded_assets, report, workdir
 from bench.trl_env import ensure_trl_venv
 from pipeline.config import GroupConfig, StageConfig
+from pipeline.roles import ALLOCATOR_ENV
 from pipeline.run import run
 
 
-def ours(assets, folder: Path, args) -> dict[str, list[float]]:
+def ours(assets, folder: Path, args) -> list[dict]:
     size, config = args.size, default_recipe()
     config.model.path = str(assets.base_model)
     config.data.train_files = [str(assets.train)]
@@ -43,12 +48,15 @@ def ours(assets, folder: Path, args) -> dict[str, list[float]]:
                     group=GroupConfig(expert=1, teacher=3, self=max(1, size.group // 2))),
     ]
     result = run(config, folder / "ours", on_step=lambda: None)
-    times: dict[str, list[float]] = {}
-    for line in (result.run_dir / "metrics.jsonl").read_text().splitlines():
-        line = json.loads(line)
-        if "step_time_s" in line:
-            times.setdefault(line["stage"], []).append(line["step_time_s"])
-    return times
+    steps = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [step for step in steps if "step_time_s" in step]
+
+
+def _phases(steps: list[dict], stage: str) -> dict[str, float]:
+    """Median seconds of the step and of each of its phases (``timing/*``), warm-up step excluded."""
+    timed = [step for step in steps if step["stage"] == stage][1:]
+    keys = ["step_time_s"] + sorted(k for k in timed[0] if k.startswith("timing/"))
+    return {key.removeprefix("timing/"): statistics.median(step[key] for step in timed) for key in keys}
 
 
 def trl(assets, folder: Path, args) -> dict:
@@ -60,8 +68,9 @@ def trl(assets, folder: Path, args) -> dict:
             "lr": 5e-5, "temperature": 1.0, "seed": 0, "num_threads": args.threads}
     (folder / "trl_spec.json").write_text(json.dumps(spec))
     python = ensure_trl_venv(ROOT)
+    # the allocator settings our actors run with (pipeline.roles), so that TRL has them too
     subprocess.run([str(python), str(ROOT / "bench" / "trl_grpo.py"), str(folder / "trl_spec.json"),
-                    str(folder / "trl_out.json")], check=True)
+                    str(folder / "trl_out.json")], check=True, env={**os.environ, **ALLOCATOR_ENV})
     return json.loads((folder / "trl_out.json").read_text())
 
 
@@ -75,17 +84,21 @@ def main() -> None:
     with workdir() as tmp:
         folder = Path(tmp)
         assets = embedded_assets(folder / "assets")
-        times = ours(assets, folder, args)
+        steps = ours(assets, folder, args)
         baseline = trl(assets, folder, args) if args.trl else None
+    times = {stage: [s["step_time_s"] for s in steps if s["stage"] == stage] for stage in ("grpo", "gft")}
     grpo, gft = _steps_per_s(times["grpo"]), _steps_per_s(times["gft"])
     rows = [["grpo", "ours", grpo, grpo / baseline["steps_per_s"] if baseline else None], ["gft", "ours", gft, None]]
-    extra = {"step_seconds": {"ours_grpo": times["grpo"], "ours_gft": times["gft"]}}
+    phases = {stage: _phases(steps, stage) for stage in times}
+    extra = {"step_seconds": {"ours_grpo": times["grpo"], "ours_gft": times["gft"]}, "median_phase_seconds": phases}
     if baseline:
         rows.insert(1, ["grpo", f"TRL {baseline['trl_version']}", baseline["steps_per_s"], 1.0])
         extra["step_seconds"]["trl_grpo"] = baseline["step_seconds"]
         extra["trl"] = {k: baseline[k] for k in ("trl_version", "transformers_version", "torch_version",
                                                   "completion_tokens_per_step", "mean_reward")}
     report("pipeline", args, ["stage", "trainer", "steps_per_s", "vs_trl"], rows, extra)
+    for stage, seconds in phases.items():
+        print(f"{stage} median step, by phase: " + ", ".join(f"{k} {v:.3f} s" for k, v in seconds.items()))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ and the learner turns them into tensors in one of two layouts:
 
 - padded (verl's layout): prompts left-padded to P, responses right-padded to R, so
   ``input_ids`` is ``[B, P+R]`` and every per-token response tensor is ``[B, R]``;
-- packed (padding-free): all sequences concatenated into ``[N]`` tokens with positions that
-  restart at each sequence and ``cu_seqlens`` ``[B+1]`` marking the boundaries.
+- packed (padding-free): all sequences concatenated into ``[N]`` tokens, each distinct prompt
+  once with the responses that share it (see :class:`PackedBatch`).
 
 Per-token results (log-probs, entropies) come back to rows with ``unpad`` / ``unpack``.
 Conversions are vectorised over the flat Arrow buffers: no Python loop per token.
@@ -256,75 +256,151 @@ def to_padded(batch: pa.RecordBatch, pad_token_id: int) -> PaddedBatch:
 
 @dataclass
 class PackedBatch:
-    """Padding-free layout: row i's prompt then response occupy ``cu_seqlens[i]:cu_seqlens[i+1]``.
+    """Padding-free layout with shared prompts. Rows that have the same prompt (a group's rows)
+    share one copy of it: the ``[N]`` tokens are each distinct prompt once, followed by the
+    responses of every row that has it, so the learner runs a group's prompt through the model
+    once instead of once per row, as the sampler prefills it once. Positions restart at each
+    prompt, and a response continues its prompt's positions.
 
-    Shapes: input_ids, position_ids, response_mask, advantages, behaviour_logprobs ``[N]`` (N =
-    total tokens); cu_seqlens ``[B+1]`` int32; prompt_lengths, response_lengths, rewards,
-    has_behaviour ``[B]``. ``response_mask[j]`` marks a response token at position j; its
-    log-prob comes from the logits at position ``j - 1`` (always in the same sequence, because
-    prompts are never empty).
+    Shapes: input_ids, position_ids, response_mask, advantages, behaviour_logprobs ``[N]``;
+    predictors ``[R]`` (R response tokens, in packed order): the packed position whose logits
+    predict each response token (the token before it; for a response's first token, its
+    prompt's last); prompt_starts, prompt_lengths, response_starts, response_lengths, rewards,
+    has_behaviour ``[B]`` (row order). Attention sees row b as its prompt then its response:
+    ``attention_gather`` ``[B, W]`` is the packed position of every slot of that right-padded
+    block (padding reads position 0) and ``attention_scatter`` ``[N]`` the slot (of the
+    flattened block) whose output each packed position takes (a shared prompt's from its first
+    row).
     """
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    cu_seqlens: torch.Tensor
     response_mask: torch.Tensor
     advantages: torch.Tensor
     behaviour_logprobs: torch.Tensor
+    predictors: torch.Tensor
+    prompt_starts: torch.Tensor
     prompt_lengths: torch.Tensor
+    response_starts: torch.Tensor
     response_lengths: torch.Tensor
     rewards: torch.Tensor
     has_behaviour: torch.Tensor
+    attention_gather: torch.Tensor
+    attention_scatter: torch.Tensor
 
     def unpack(self, values: torch.Tensor) -> list[np.ndarray]:
         """Per-row response values from an ``[N]`` tensor aligned with ``input_ids``."""
-        flat = values.detach().cpu().numpy()[self.response_mask.numpy().astype(bool)]
-        bounds = np.cumsum(self.response_lengths.numpy())[:-1]
-        return np.split(flat, bounds)
+        flat = values.detach().cpu().numpy()
+        return [flat[start : start + n] for start, n in zip(self.response_starts.tolist(), self.response_lengths.tolist())]
 
     def sequences(self) -> list[tuple[list[int], list[int]]]:
         """(prompt_ids, response_ids) of every row, read back from the packed tensors."""
         ids = self.input_ids.tolist()
-        starts = self.cu_seqlens.tolist()
-        out = []
-        for i, n_prompt in enumerate(self.prompt_lengths.tolist()):
-            sequence = ids[starts[i] : starts[i + 1]]
-            out.append((sequence[:n_prompt], sequence[n_prompt:]))
-        return out
+        spans = zip(self.prompt_starts.tolist(), self.prompt_lengths.tolist(), self.response_starts.tolist(),
+                    self.response_lengths.tolist())
+        return [(ids[p : p + n_p], ids[r : r + n_r]) for p, n_p, r, n_r in spans]
+
+
+def groups_together(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The rows of ``batch`` with each group's rows side by side, groups in order of first
+    appearance and rows in their order within a group."""
+    first: dict[str, int] = {}
+    group_order = [first.setdefault(group, len(first)) for group in batch.column("group_id").to_pylist()]
+    order = np.argsort(np.asarray(group_order), kind="stable")
+    return batch if (order == np.arange(batch.num_rows)).all() else batch.take(pa.array(order))
+
+
+def shared_prompt_tokens(batch: pa.RecordBatch) -> np.ndarray:
+    """Per row, the tokens it adds to a packed batch: its response, plus its prompt unless the
+    row before has the same group (whose prompt it then shares)."""
+    group_ids = batch.column("group_id").to_pylist()
+    new_prompt = np.asarray([i == 0 or group_ids[i] != group_ids[i - 1] for i in range(len(group_ids))])
+    return _lengths(batch.column("response_ids")) + _lengths(batch.column("prompt_ids")) * new_prompt
 
 
 def to_packed(batch: pa.RecordBatch) -> PackedBatch:
-    """Tensors in the padding-free layout (see :class:`PackedBatch`)."""
+    """Tensors in the padding-free, prompt-sharing layout (see :class:`PackedBatch`)."""
     prompt_lengths = _lengths(batch.column("prompt_ids"))
     response_lengths = _lengths(batch.column("response_ids"))
-    seq_lengths = prompt_lengths + response_lengths
-    total = int(seq_lengths.sum())
-    cu_seqlens = np.concatenate([[0], np.cumsum(seq_lengths)]).astype(np.int64)
-    seq_starts = np.repeat(cu_seqlens[:-1], seq_lengths)
-    position_ids = np.arange(total) - seq_starts
-    is_response = position_ids >= np.repeat(prompt_lengths, seq_lengths)
+    prompts, responses = _flat(batch.column("prompt_ids"), np.int64), _flat(batch.column("response_ids"), np.int64)
+    prompt_offsets = np.concatenate([[0], np.cumsum(prompt_lengths)[:-1]]).astype(np.int64)
+    response_offsets = np.concatenate([[0], np.cumsum(response_lengths)[:-1]]).astype(np.int64)
 
+    # rows by distinct prompt, in order of first appearance
+    first_row: dict[bytes, int] = {}
+    prompt_of_row = np.asarray([first_row.setdefault(prompts[o : o + n].tobytes(), row)
+                                for row, (o, n) in enumerate(zip(prompt_offsets, prompt_lengths))])
+    # segments in packed order: (is_response, row); a distinct prompt, then the responses sharing it
+    segments = []
+    for row in sorted(range(batch.num_rows), key=lambda r: (prompt_of_row[r], r)):
+        if prompt_of_row[row] == row:
+            segments.append((False, row))
+        segments.append((True, row))
+    is_response_segment = np.asarray([response for response, _ in segments], dtype=bool)
+    segment_rows = np.asarray([row for _, row in segments], dtype=np.int64)
+    segment_lengths = np.where(is_response_segment, response_lengths[segment_rows], prompt_lengths[segment_rows])
+    segment_starts = np.concatenate([[0], np.cumsum(segment_lengths)[:-1]]).astype(np.int64)
+    total = int(segment_lengths.sum())
+
+    token_segment = np.repeat(np.arange(len(segments)), segment_lengths)
+    offset = np.arange(total) - segment_starts[token_segment]  # within the token's segment
+    is_response = is_response_segment[token_segment]
+    token_row = segment_rows[token_segment]
+    source = np.where(is_response, response_offsets[token_row], prompt_offsets[token_row]) + offset
     input_ids = np.empty(total, dtype=np.int64)
-    input_ids[~is_response] = _flat(batch.column("prompt_ids"), np.int64)
-    input_ids[is_response] = _flat(batch.column("response_ids"), np.int64)
+    input_ids[is_response], input_ids[~is_response] = responses[source[is_response]], prompts[source[~is_response]]
+    position_ids = offset + is_response * prompt_lengths[token_row]
+
+    prompt_starts = np.zeros(batch.num_rows, dtype=np.int64)
+    response_starts = np.zeros(batch.num_rows, dtype=np.int64)
+    response_starts[segment_rows[is_response_segment]] = segment_starts[is_response_segment]
+    prompt_starts[segment_rows[~is_response_segment]] = segment_starts[~is_response_segment]
+    prompt_starts = prompt_starts[prompt_of_row]  # a row reads its prompt where its group's first row put it
+
+    scored = np.flatnonzero(is_response)
+    predictors = scored - 1
+    first_tokens = offset[scored] == 0
+    predictors[first_tokens] = (prompt_starts + prompt_lengths - 1)[token_row[scored][first_tokens]]
 
     row_values = _row_values(batch)
-    advantages = np.repeat(row_values["advantages"].numpy(), seq_lengths) * is_response
+    advantages = row_values["advantages"].numpy()[token_row] * is_response
     behaviour = np.zeros(total, dtype=np.float32)
-    has_behaviour_tokens = is_response & np.repeat(row_values["has_behaviour"].numpy(), seq_lengths)
-    behaviour[has_behaviour_tokens] = _flat(batch.column("behaviour_logprobs"), np.float32)
+    behaviour_rows = row_values["has_behaviour"].numpy()
+    behaviour_column = _flat(batch.column("behaviour_logprobs"), np.float32)
+    behaviour_offsets = np.concatenate([[0], np.cumsum(response_lengths * behaviour_rows)[:-1]]).astype(np.int64)
+    with_behaviour = is_response & behaviour_rows[token_row]
+    behaviour[with_behaviour] = behaviour_column[(behaviour_offsets[token_row] + offset)[with_behaviour]]
+    gather = _attention_gather(prompt_starts, prompt_lengths, response_starts, response_lengths)
+    # a token's place in that block is its position; a prompt token's output comes from its
+    # group's first row, a response token's from its own
+    source_row = np.where(is_response, token_row, prompt_of_row[token_row])
+    scatter = source_row * gather.shape[1] + position_ids
     return PackedBatch(
         input_ids=torch.from_numpy(input_ids),
         position_ids=torch.from_numpy(position_ids.astype(np.int64)),
-        cu_seqlens=torch.from_numpy(cu_seqlens.astype(np.int32)),
         response_mask=torch.from_numpy(is_response.astype(np.float32)),
         advantages=torch.from_numpy(advantages.astype(np.float32)),
         behaviour_logprobs=torch.from_numpy(behaviour),
+        predictors=torch.from_numpy(predictors.astype(np.int64)),
+        prompt_starts=torch.from_numpy(prompt_starts),
         prompt_lengths=torch.from_numpy(prompt_lengths),
+        response_starts=torch.from_numpy(response_starts),
         response_lengths=torch.from_numpy(response_lengths),
         rewards=row_values["rewards"],
         has_behaviour=row_values["has_behaviour"],
+        attention_gather=torch.from_numpy(gather),
+        attention_scatter=torch.from_numpy(scatter.astype(np.int64)),
     )
+
+
+def _attention_gather(prompt_starts, prompt_lengths, response_starts, response_lengths) -> np.ndarray:
+    """The block attention runs on, ``[B, W]``: row b is its prompt then its response, right-padded
+    (padding reads position 0); each slot holds the packed position of its token."""
+    lengths = prompt_lengths + response_lengths
+    slot = np.arange(int(lengths.max()))[None, :]
+    in_prompt, in_response = slot < prompt_lengths[:, None], (slot >= prompt_lengths[:, None]) & (slot < lengths[:, None])
+    gather = np.where(in_prompt, prompt_starts[:, None] + slot, 0)
+    return np.where(in_response, (response_starts - prompt_lengths)[:, None] + slot, gather).astype(np.int64)
 
 
 def write_batch(batch: pa.RecordBatch, path: str | Path) -> None:

@@ -127,8 +127,9 @@ class StageConfig:
     clip_ratio: float = 0.2  # PPO epsilon (grpo)
     kl_coef: float = 0.0  # low-variance KL to the stage's start policy (grpo)
     updates_per_batch: int = 1  # optimizer steps per batch (mini-batches); >1 makes clipping bite
-    # learner forward/backward budget per micro-batch (packed, padding-free): bounds activation memory
-    micro_batch_tokens: int = 512
+    # learner forward/backward budget per micro-batch (packed, padding-free): bounds activation memory;
+    # fewer, larger micro-batches also pay the per-call costs less often (docs/benchmarks.md)
+    micro_batch_tokens: int = 4096
     eval_every: int = 0  # 0: evaluate only after the stage
     # log the KL to the stage's start policy every N steps: it costs a forward of that policy,
     # which runs every step anyway when kl_coef > 0. 0: only then

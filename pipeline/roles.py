@@ -28,6 +28,11 @@ from workers.teacher import TeacherWorker
 
 logger = logging.getLogger(__name__)
 RESTART_TIMEOUT_S = 600  # a restarted actor reloads its model; a large one takes a while
+# glibc's allocator hands tensors of more than a few MB out as fresh mmaps and returns freed
+# memory at once, so every step page-faults its activations in anew (a tenth of the first learner
+# steps went to the kernel). Keeping them in the heap makes a step reuse the last one's memory.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+ACTOR_RUNTIME_ENV = {"env_vars": ALLOCATOR_ENV}
 
 
 def start_ray(config: RunConfig) -> None:
@@ -88,7 +93,8 @@ class Roles:
 
         def seated(seat: Seat, **options):
             strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=seat.bundle)
-            return ray.remote(num_cpus=seat.num_cpus, num_gpus=seat.num_gpus, scheduling_strategy=strategy, **options)
+            return ray.remote(num_cpus=seat.num_cpus, num_gpus=seat.num_gpus, scheduling_strategy=strategy,
+                              runtime_env=ACTOR_RUNTIME_ENV, **options)
 
         threads = config.ray.num_cpus or os.cpu_count() or 1  # torch threads, split among the actors
         self.learners = [  # an eval-only job has none
@@ -109,7 +115,7 @@ class Roles:
         ]
         teacher = config.teacher
         self.teacher = ray.remote(num_cpus=teacher.num_cpus, num_gpus=teacher.num_gpus, max_restarts=self.max_restarts,
-                                  max_task_retries=0)(TeacherWorker).remote(
+                                  max_task_retries=0, runtime_env=ACTOR_RUNTIME_ENV)(TeacherWorker).remote(
             model_path, config.reward.function, teacher.model_path, num_threads=1,
             reward_timeout_s=config.reward.timeout_s, reward_workers=config.reward.num_workers)
         # surface a bad model path or reward file now, not at the first step
@@ -135,16 +141,23 @@ class Roles:
         self._call([(r, lambda w: w.load.remote(model_path, version)) for r in self.rollouts])
         self.version = version
 
-    def _learner_weights(self) -> ray.ObjectRef:
-        """Rank 0's full weights, put once in the object store for every reader. Every rank is
-        asked, since sharded learners gather them together; the others answer nothing."""
-        weights, *others = [rank.state_dict.remote() for rank in self.learners]
-        ray.get(others)
-        return weights
+    def update(self, *args) -> tuple[dict, list[ray.ObjectRef]]:
+        """Every learner rank's ``update(*args)``: rank 0's metrics, and the request for the new
+        weights (for :meth:`sync_weights`), queued right behind the update on every rank so that
+        they are on their way while the metrics come back."""
+        metrics = [rank.update.remote(*args) for rank in self.learners]
+        weights = self._request_weights()
+        return ray.get(metrics)[0], weights
 
-    def sync_weights(self, version: int) -> None:
-        """Learner weights into every rollout worker."""
-        weights = self._learner_weights()
+    def _request_weights(self) -> list[ray.ObjectRef]:
+        """Every rank's answer to ``flat_weights``: rank 0's full weights, put once in the object
+        store for every reader, then nothing from the others (sharded ranks gather them together)."""
+        return [rank.flat_weights.remote() for rank in self.learners]
+
+    def sync_weights(self, version: int, weights: list[ray.ObjectRef] | None = None) -> None:
+        """Learner weights (those ``weights`` requested, else the current ones) into every rollout worker."""
+        weights, *others = weights or self._request_weights()
+        ray.get(others)
         self._call([(r, lambda w: w.set_weights.remote(weights, version)) for r in self.rollouts])
         self.version = version
 
@@ -184,7 +197,8 @@ class Roles:
         if any(actor is r for r in self.rollouts) and self.learner is not None:
             # restarted from the base model: take the policy the learner holds, which is the one
             # the rollout workers served (they are synced after every update)
-            ray.get(actor.set_weights.remote(self._learner_weights(), self.version))
+            weights, *others = self._request_weights()
+            ray.get([actor.set_weights.remote(weights, self.version), *others])
 
     def rollout(self, records: list[PromptRecord], params: SamplingParams, seed: int) -> tuple[pa.RecordBatch, dict]:
         """Self rows for ``records``, the prompts split evenly across the rollout workers."""

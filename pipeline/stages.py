@@ -68,6 +68,18 @@ def group_metrics(batch: pa.RecordBatch) -> dict[str, float]:
     return metrics
 
 
+class _PhaseClock:
+    """Wall seconds of each phase of a step, logged as ``timing/<phase>_s``."""
+
+    def __init__(self, metrics: dict[str, float]):
+        self.metrics, self.last = metrics, time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.metrics[f"timing/{phase}_s"] = now - self.last
+        self.last = now
+
+
 def train_step(
     roles: Roles,
     stage: StageConfig,
@@ -81,6 +93,7 @@ def train_step(
     ``measure_kl``: log the KL to the stage's start policy even where the loss does not need it."""
     started, restarts = time.perf_counter(), roles.restarts
     parts, metrics = [], {}
+    clock = _PhaseClock(metrics)
     for source in ("expert", "teacher"):
         part = off_policy_rows(records, source, getattr(stage.group, source), roles, config, seed)
         if part is not None:
@@ -95,8 +108,10 @@ def train_step(
         self_rows, rollout_metrics = roles.rollout(records, params, seed)
         parts.append(self_rows)
         metrics.update(rollout_metrics)
+    clock.lap("rollout")
     batch, score_metrics = roles.score(concat_batches(parts))
     metrics.update(score_metrics)
+    clock.lap("score")
     if stage.algorithm in ("gft", "grpo"):
         advantages = group_advantages(batch.column("reward").to_numpy(), batch.column("group_id").to_pylist())
     else:  # SFT and DFT weigh every imitated token equally (A = 1)
@@ -106,9 +121,13 @@ def train_step(
     if batch_dump is not None:
         write_batch(batch, batch_dump)
 
-    metrics.update(roles.on_learners("update", ray.put(batch), objective_for(stage), stage.updates_per_batch,
-                                     stage.micro_batch_tokens, measure_kl or stage.kl_coef > 0))
-    roles.sync_weights(int(metrics["policy_version"]))
+    clock.lap("advantage")
+    update_metrics, weights = roles.update(ray.put(batch), objective_for(stage), stage.updates_per_batch,
+                                           stage.micro_batch_tokens, measure_kl or stage.kl_coef > 0)
+    metrics.update(update_metrics)
+    clock.lap("update")
+    roles.sync_weights(int(metrics["policy_version"]), weights)
+    clock.lap("weight_sync")
     metrics["actor_restarts"] = roles.restarts - restarts
     metrics["step_time_s"] = time.perf_counter() - started
     return metrics

@@ -1,8 +1,18 @@
 """Batched, KV-cached sampling with a transformers model: the rollout's "hf" backend.
 
-Each prompt is prefilled once and its cache repeated for its n samples. Decoding then runs one
-token per step over the *active* rows only: when a row emits EOS (or hits its budget) it is
-dropped from the batch and from the KV cache, so finished sequences cost no further compute.
+Tuned for the small-batch, latency-bound decoding of a CPU:
+- each prompt is prefilled once, through the model's own forward, and its keys and values
+  repeated for its n samples;
+- keys and values live in preallocated slots (:class:`KVSlots`) written in place, and attention
+  is :data:`~workers.attention.DECODE_ATTENTION`, which reads them without copies;
+- a decoding step of a Llama-family model (Llama, Qwen2) runs its weights through
+  :mod:`workers.llama_decode`, without the overhead of its forward; other models decode through
+  their forward;
+- rows that end (EOS or budget) stop being sampled at once, and are dropped from the batch and
+  the slots once they are an eighth of it, so finished sequences cost little further compute;
+- tokens are drawn by inverse-CDF sampling (one uniform number a row), several times cheaper on
+  CPU than ``torch.multinomial``.
+The model must attend with ``DECODE_ATTENTION`` (:func:`prepare_for_sampling`).
 """
 
 from __future__ import annotations
@@ -10,6 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from workers import llama_decode
+from workers.attention import DECODE_ATTENTION
+from workers.llama_decode import LlamaDecodeStep
 
 
 @dataclass(frozen=True)
@@ -38,34 +52,97 @@ class Generation:
         return sum(map(len, self.response_ids))
 
 
+def prepare_for_sampling(model):
+    """Make ``model`` attend with the sampler's kernel (its weights and modules are unchanged)."""
+    model.set_attn_implementation(DECODE_ATTENTION)
+    return model
+
+
+class KVSlots:
+    """Keys and values of every layer, ``[rows, kv_heads, capacity, head_dim]`` each, allocated
+    at a layer's first write. The model calls ``update`` once per layer with the positions of the
+    current forward and attends over what it returns; the sampler then moves the write position
+    with ``advance``."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.length = capacity, 0
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """``key``/``value`` ``[rows, kv_heads, new, head_dim]``; returns every position cached so
+        far, ``[rows, kv_heads, length, head_dim]`` each."""
+        if layer_idx == len(self.keys):
+            shape = (key.shape[0], key.shape[1], self.capacity, key.shape[3])
+            self.keys.append(key.new_empty(shape))
+            self.values.append(value.new_empty(shape))
+        end = self.length + key.shape[2]
+        self.keys[layer_idx][:, :, self.length : end] = key
+        self.values[layer_idx][:, :, self.length : end] = value
+        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+    def advance(self, positions: int) -> None:
+        self.length += positions
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep (or repeat) the given rows, in that order."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+
+
 def _left_pad(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(map(len, prompts))
     ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.bool)
     for row, prompt in enumerate(prompts):
         ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, width - len(prompt) :] = 1
+        mask[row, width - len(prompt) :] = True
     return ids, mask
+
+
+def _inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index a row of ``probs`` ``[A, V]`` (non-negative, not necessarily normalised), drawn
+    with probability proportional to its entry: the first entry whose cumulative sum exceeds a
+    uniform draw in ``[0, total)``. An entry of 0 is never drawn."""
+    cdf = probs.double().cumsum(-1)
+    total = cdf[:, -1:]
+    draw = torch.rand(total.shape, generator=generator, device=probs.device, dtype=torch.float64) * total
+    draw = torch.minimum(draw, torch.nextafter(total, torch.zeros_like(total)))  # stays below total
+    return torch.searchsorted(cdf, draw, right=True)[:, 0]
 
 
 def _choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
     """Next tokens ``[A]``, their log-probs ``[A]`` and the policy's (temperature-1) entropy
     ``[A]`` from last-position logits ``[A, V]``."""
-    policy_log_probs = torch.log_softmax(logits, -1)  # one softmax serves all three at temperature 0 or 1
-    entropy = -(policy_log_probs.exp() * policy_log_probs).sum(-1)
+    policy_log_probs = torch.log_softmax(logits, -1)
+    policy_probs = policy_log_probs.exp()
+    entropy = -(policy_probs * policy_log_probs).sum(-1)
     if params.temperature == 0:
         tokens = logits.argmax(-1)
         return tokens, policy_log_probs.gather(-1, tokens[:, None])[:, 0], entropy
-    log_probs = policy_log_probs if params.temperature == 1 else torch.log_softmax(logits / params.temperature, -1)
-    probs = log_probs.exp()
+    if params.temperature == 1:
+        log_probs, probs = policy_log_probs, policy_probs
+    else:
+        log_probs = torch.log_softmax(logits / params.temperature, -1)
+        probs = log_probs.exp()
     if params.top_p < 1.0:
         sorted_probs, order = probs.sort(-1, descending=True)
         # keep the smallest prefix whose mass reaches top_p (the first token always survives)
         drop = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    tokens = _inverse_cdf_sample(probs, generator)
     return tokens, log_probs.gather(-1, tokens[:, None])[:, 0], entropy
+
+
+def _module_step(model):
+    """A decoding step through the model's own forward, for any architecture."""
+
+    def step(tokens: torch.Tensor, positions: torch.Tensor, key_bias: torch.Tensor, slots: KVSlots) -> torch.Tensor:
+        return model(input_ids=tokens[:, None], attention_mask=key_bias, position_ids=positions[:, None],
+                     past_key_values=slots, use_cache=True).logits[:, -1]
+
+    return step
 
 
 @torch.no_grad()
@@ -80,58 +157,56 @@ def generate(
     """Sample ``params.n`` responses for each prompt (token ids, no padding). See module doc."""
     if not prompts:
         return Generation([], [], [], [])
+    if model.config._attn_implementation != DECODE_ATTENTION:
+        raise ValueError("generate() needs a model prepared with workers.hf_generate.prepare_for_sampling")
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = _left_pad(prompts, pad_token_id)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True)
-    cache = out.past_key_values
-    last_logits = out.logits[:, -1]
-    if params.n > 1:
-        cache.batch_repeat_interleave(params.n)
-        last_logits = last_logits.repeat_interleave(params.n, 0)
-        prompt_mask = prompt_mask.repeat_interleave(params.n, 0)
-        positions = positions.repeat_interleave(params.n, 0)
+    width, budget = prompt_ids.shape[1], params.max_new_tokens
+    # what every key position adds to the attention scores: -inf for the prompts' left padding
+    key_bias = torch.zeros(len(prompts), 1, 1, width + budget, dtype=model.dtype, device=device)
+    key_bias[:, 0, 0, :width].masked_fill_(~prompt_mask, float("-inf"))
+    positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
+    slots = KVSlots(width + budget)
+    logits = model(input_ids=prompt_ids, attention_mask=key_bias, position_ids=positions, past_key_values=slots,
+                   use_cache=True, logits_to_keep=1).logits[:, -1]
+    slots.advance(width)
+    samples = torch.arange(len(prompts), device=device).repeat_interleave(params.n)  # row -> its prompt
+    slots.select(samples)
+    key_bias, logits, next_position = key_bias[samples], logits[samples], positions[samples, -1] + 1
 
-    num_rows = last_logits.shape[0]
-    responses: list[list[int]] = [[] for _ in range(num_rows)]
-    logprobs: list[list[float]] = [[] for _ in range(num_rows)]
-    truncated = [False] * num_rows
-    active = torch.arange(num_rows, device=device)  # original row of each live batch slot
-    attention = prompt_mask
-    next_position = positions[:, -1] + 1
+    decode_step = LlamaDecodeStep(model) if llama_decode.supports(model) else _module_step(model)
+    num_rows = len(samples)
+    tokens_out = torch.zeros(num_rows, budget, dtype=torch.long, device=device)
+    logprobs_out = torch.zeros(num_rows, budget, device=device)
+    entropy_sums = torch.zeros(num_rows, device=device)
+    ended_at = torch.full((num_rows,), -1, dtype=torch.long, device=device)  # tokens up to and with EOS
+    slot_rows = torch.arange(num_rows, device=device)  # the row each batch slot samples for
+    live = torch.ones(num_rows, dtype=torch.bool, device=device)
     eos = torch.tensor(eos_token_ids, device=device)
 
-    entropy_sums = [0.0] * num_rows
-
-    for step in range(params.max_new_tokens):
-        tokens, token_logprobs, entropies = _choose(last_logits.float(), params, generator)
-        for row, token, logprob, entropy in zip(active.tolist(), tokens.tolist(), token_logprobs.tolist(),
-                                                entropies.tolist()):
-            responses[row].append(token)
-            logprobs[row].append(logprob)
-            entropy_sums[row] += entropy
-        finished = torch.isin(tokens, eos)
-        if step == params.max_new_tokens - 1:
-            for row, done in zip(active.tolist(), finished.tolist()):
-                truncated[row] = not done
+    for step in range(budget):
+        tokens, token_logprobs, entropies = _choose(logits.float(), params, generator)
+        tokens_out[slot_rows, step] = tokens
+        logprobs_out[slot_rows, step] = token_logprobs
+        entropy_sums[slot_rows] += entropies * live
+        ending = live & torch.isin(tokens, eos)
+        ended_at[slot_rows[ending]] = step + 1
+        live &= ~ending
+        if step == budget - 1 or not live.any():
             break
-        if finished.any():
-            keep = torch.nonzero(~finished).flatten()
-            if keep.numel() == 0:
-                break
-            cache.batch_select_indices(keep)
-            active, tokens = active[keep], tokens[keep]
-            attention, next_position = attention[keep], next_position[keep]
-        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-        out = model(
-            input_ids=tokens[:, None],
-            attention_mask=attention,
-            position_ids=next_position[:, None],
-            past_key_values=cache,
-            use_cache=True,
-        )
-        cache, last_logits = out.past_key_values, out.logits[:, -1]
+        if (~live).sum() * 8 >= len(live):  # drop the finished rows once they are an eighth of the batch
+            keep = live.nonzero()[:, 0]
+            slots.select(keep)
+            slot_rows, live, tokens = slot_rows[keep], live[keep], tokens[keep]
+            key_bias, next_position = key_bias[keep], next_position[keep]
+        logits = decode_step(tokens, next_position, key_bias, slots)
+        slots.advance(1)
         next_position = next_position + 1
-    entropy = [total / len(ids) for total, ids in zip(entropy_sums, responses)]
-    return Generation(responses, logprobs, truncated, entropy)
+
+    truncated = (ended_at < 0).tolist()
+    lengths = torch.where(ended_at < 0, budget, ended_at).tolist()
+    response_ids = [ids[:n] for ids, n in zip(tokens_out.tolist(), lengths)]
+    logprobs = [values[:n] for values, n in zip(logprobs_out.tolist(), lengths)]
+    entropy = [total / n for total, n in zip(entropy_sums.tolist(), lengths)]
+    return Generation(response_ids, logprobs, truncated, entropy)

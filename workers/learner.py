@@ -29,10 +29,11 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from pipeline.batch import PackedBatch, to_packed
+from pipeline.batch import PackedBatch, groups_together, shared_prompt_tokens, to_packed
 from pipeline.checkpoint import load_policy, save_policy, torch_dtype, write_policy_files
 from pipeline.resume import LEARNER_STATE_FILE, Progress, load_learner_state, save_learner_state, write_point
-from workers.packed_attention import PACKED_ATTENTION
+from workers.attention import PACKED_ATTENTION
+from workers.weights import FlatWeights
 
 # the whole state on rank 0's CPU, nothing on the other ranks: what a checkpoint writer needs
 GATHER_TO_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -57,38 +58,43 @@ Objective = Callable[[torch.Tensor, TokenBatch], tuple[torch.Tensor, dict[str, f
 
 
 def _micro_batches(batch: pa.RecordBatch, max_tokens: int) -> list[pa.RecordBatch]:
-    """Consecutive row slices whose prompt+response tokens stay within ``max_tokens`` (a longer
-    single row still gets its own slice)."""
-    lengths = (
-        np.asarray(batch.column("prompt_ids").value_lengths()) + np.asarray(batch.column("response_ids").value_lengths())
-    )
+    """Consecutive row slices whose packed tokens stay within ``max_tokens``, counting a prompt
+    once for consecutive rows of one group (:func:`~pipeline.batch.shared_prompt_tokens`); a
+    longer single row still gets its own slice."""
+    alone = (np.asarray(batch.column("prompt_ids").value_lengths())
+             + np.asarray(batch.column("response_ids").value_lengths())).tolist()
+    shared = shared_prompt_tokens(batch).tolist()
     slices, start, used = [], 0, 0
-    for row, length in enumerate(lengths.tolist()):
-        if row > start and used + length > max_tokens:
+    for row in range(batch.num_rows):
+        if row > start and used + shared[row] > max_tokens:
             slices.append(batch.slice(start, row - start))
             start, used = row, 0
-        used += length
+        used += alone[row] if row == start else shared[row]  # a slice's first row brings its prompt
     if batch.num_rows > start:
         slices.append(batch.slice(start, batch.num_rows - start))
     return slices
 
 
 def packed_token_stats(model, packed: PackedBatch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-prob ``[N]`` of every packed token given its prefix (0 at sequence starts), and its
-    predictive entropy ``[N]`` if asked. Position j is scored by the logits at j - 1. ``model``
-    attends with :data:`PACKED_ATTENTION`, within each sequence."""
+    """Log-prob ``[N]`` of every response token given its prompt and the response before it (0
+    elsewhere), and the predictive entropy ``[N]`` there if asked. Only the positions that
+    predict a response token (``packed.predictors``) go through the output layer and the
+    softmax. ``model`` attends with :data:`PACKED_ATTENTION`."""
     device = next(model.parameters()).device
-    input_ids = packed.input_ids.to(device)[None]
-    logits = model(input_ids=input_ids, position_ids=packed.position_ids.to(device)[None],
-                   cu_seq_lens_q=packed.cu_seqlens.to(device)).logits[0]
-    log_softmax = torch.log_softmax(logits[:-1].float(), dim=-1)
-    token_log_probs = log_softmax.gather(-1, input_ids[0, 1:, None])[:, 0]
-    log_probs = torch.cat([token_log_probs.new_zeros(1), token_log_probs])
+    input_ids = packed.input_ids.to(device)
+    scored = packed.response_mask.to(device).nonzero()[:, 0]
+    logits = model(input_ids=input_ids[None], position_ids=packed.position_ids.to(device)[None],
+                   attention_gather=packed.attention_gather.to(device),
+                   attention_scatter=packed.attention_scatter.to(device),
+                   logits_to_keep=packed.predictors.to(device)).logits[0]
+    log_softmax = torch.log_softmax(logits.float(), dim=-1)
+    token_log_probs = log_softmax.gather(-1, input_ids[scored, None])[:, 0]
+    log_probs = token_log_probs.new_zeros(len(input_ids)).index_put((scored,), token_log_probs)
     entropy = None
     if with_entropy:
         with torch.no_grad():
             per_position = -(log_softmax.exp() * log_softmax).sum(-1)
-            entropy = torch.cat([per_position.new_zeros(1), per_position])
+            entropy = per_position.new_zeros(len(input_ids)).index_put((scored,), per_position)
     return log_probs, entropy
 
 
@@ -186,6 +192,11 @@ class Learner:
             return get_model_state_dict(self.model, options=GATHER_TO_RANK0)
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if self.rank == 0 else {}
 
+    def flat_weights(self) -> FlatWeights | None:
+        """The full weights for the rollout workers, as one buffer, on rank 0 (see ``state_dict``)."""
+        weights = self.state_dict()
+        return FlatWeights.pack(weights) if self.rank == 0 else None
+
     def _optimizer_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """Per-parameter optimizer state by parameter name, whole, on rank 0."""
         if self.sharded:
@@ -263,7 +274,9 @@ class Learner:
         started = time.perf_counter()
         self.model.train()
         mini_size = math.ceil(batch.num_rows / updates_per_batch)
-        minis = [batch.slice(i, mini_size) for i in range(0, batch.num_rows, mini_size)]
+        # within a mini-batch the order of rows does not change its loss; a group's rows side by
+        # side share their prompt in one micro-batch
+        minis = [groups_together(batch.slice(i, mini_size)) for i in range(0, batch.num_rows, mini_size)]
         mine = [self._my_micro_batches(mini, micro_batch_tokens) for mini in minis]
         real = [[packed is not None for packed in micro] for micro in mine]
         filler = to_packed(batch.slice(0, 1)) if self.sharded else None  # a sharded rank's stand-in, weighted 0

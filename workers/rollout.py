@@ -15,7 +15,8 @@ import torch
 from pipeline.batch import make_batch
 from pipeline.checkpoint import load_policy
 from pipeline.data import PromptRecord
-from workers.hf_generate import Generation, SamplingParams, generate
+from workers.hf_generate import Generation, SamplingParams, generate, prepare_for_sampling
+from workers.weights import FlatWeights
 
 
 class RolloutWorker:
@@ -37,17 +38,17 @@ class RolloutWorker:
             self.tokenizer = self.engine.tokenizer
         else:
             self.model, self.tokenizer = load_policy(model_path, self.dtype)
-            self.model.eval()
+            prepare_for_sampling(self.model).eval()
             if torch.cuda.is_available():
                 self.model.cuda()
         self.version = version
 
-    def set_weights(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
+    def set_weights(self, weights: FlatWeights, version: int) -> int:
         """Take the learner's new weights in place; rows sampled afterwards carry ``version``."""
         if self.backend == "vllm":
-            self.engine.load_weights(state_dict)
+            self.engine.load_weights(weights.state_dict())
         else:
-            self.model.load_state_dict(state_dict, strict=True)
+            self.model.load_state_dict(weights.state_dict(), strict=True)
         self.version = version
         return version
 

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from pipeline.batch import with_column
 from pipeline.checkpoint import load_policy
 from pipeline.rewards.guard import RewardGuard
-from workers.hf_generate import SamplingParams, generate
+from workers.hf_generate import SamplingParams, generate, prepare_for_sampling
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class TeacherWorker:
         self.teacher = None
         if teacher_model_path:
             self.teacher, self.teacher_tokenizer = load_policy(teacher_model_path)
-            self.teacher.eval()
+            prepare_for_sampling(self.teacher).eval()
 
     def score(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict[str, float]]:
         """Fill ``reward`` for every row. A call that raises, returns no finite number or overruns

@@ -11,11 +11,12 @@ from pipeline.run import run
 
 pytestmark = pytest.mark.slow
 
-# The default recipe with a shorter GFT stage, a 4-step GRPO stage and the test split only.
+# The default recipe with a 4-step GRPO stage and the test split only. GFT keeps its 100 steps:
+# at 60, one seed's greedy accuracy may still sit at the warm-up's (it did, 20.3% both, once the
+# sampler's draws changed), while at 100 it is well above it (36.7%, `make run`).
 SMALL = [
     "eval.splits=[test]",
     "save_batches=true",
-    "stages.gft.steps=60",
     "stages.grpo.steps=4",
 ]
 
@@ -43,7 +44,7 @@ def test_every_stage_checkpoint_loads_with_transformers(result):
 
 def test_gft_batches_hold_every_source_with_group_normalised_advantages(result):
     batches = _batches(result, "gft")
-    assert len(batches) == 60
+    assert len(batches) == 100
     for table in batches:
         assert set(table.column("source").to_pylist()) == {"expert", "teacher", "self"}
         rows = table.select(["group_id", "reward", "advantage"]).to_pylist()
@@ -72,7 +73,7 @@ def test_self_rows_carry_the_version_of_the_weights_that_sampled_them(result):
             off_policy = np.array(table.column("policy_version").to_pylist(), dtype=object)[sources != "self"]
             assert all(v is None for v in off_policy)
     # warm-up made 150 updates; each later step samples with the weights of the update before it
-    assert versions == list(range(150, 150 + 60 + 4))
+    assert versions == list(range(150, 150 + 100 + 4))
 
 
 def test_gft_raises_task_accuracy_over_the_warmup_policy(result):

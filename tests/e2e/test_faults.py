@@ -47,7 +47,11 @@ def only_run_dir(out: Path) -> Path:
 
 def metric_lines(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in TIMED and not k.endswith("_per_s")} for row in rows]
+    return [{k: v for k, v in row.items() if not _timed(k)} for row in rows]
+
+
+def _timed(key: str) -> bool:
+    return key in TIMED or key.startswith("timing/") or key.endswith("_per_s")
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -4,7 +4,16 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline.batch import SCHEMA, concat_batches, make_batch, to_packed, to_padded, with_column
+from pipeline.batch import (
+    SCHEMA,
+    concat_batches,
+    groups_together,
+    make_batch,
+    shared_prompt_tokens,
+    to_packed,
+    to_padded,
+    with_column,
+)
 
 PAD = 0
 PROMPTS = [[5, 6, 7], [8], [9, 10], [11, 12, 13, 14]]
@@ -88,16 +97,34 @@ def test_packed_layout_round_trip_has_no_padding():
     packed = to_packed(batch)
     total = sum(len(p) + len(r) for p, r in zip(PROMPTS, RESPONSES))
     assert packed.input_ids.shape == (total,)
-    assert packed.cu_seqlens.tolist() == [0, 5, 6, 13, 18]
     assert packed.sequences() == list(zip(PROMPTS, RESPONSES))
     assert packed.position_ids[:6].tolist() == [0, 1, 2, 3, 4, 0]
     assert packed.response_mask.sum().item() == sum(map(len, RESPONSES))
     assert [a.tolist() for a in packed.unpack(packed.input_ids)] == RESPONSES
     assert packed.unpack(packed.behaviour_logprobs)[2].tolist() == pytest.approx([-0.1, -0.2, -0.3, -0.4, -0.5])
     assert packed.unpack(packed.advantages)[0].tolist() == pytest.approx([0.5, 0.5])
-    # the token before every response token belongs to the same sequence
-    response_positions = torch.nonzero(packed.response_mask).flatten()
-    assert (packed.position_ids[response_positions] > 0).all()
+    # no prompt is shared, so every response token is predicted by the token just before it
+    assert packed.predictors.tolist() == (torch.nonzero(packed.response_mask).flatten() - 1).tolist()
+
+
+def test_rows_with_the_same_prompt_share_one_copy_of_it():
+    prompts, responses = [[5, 6, 7], [8, 9], [5, 6, 7], [5, 6, 7]], [[21, 22], [23], [24], []]
+    batch = _batch(prompt_ids=prompts, response_ids=responses, behaviour_logprobs=[None, [-0.3], [-0.4], []])
+    packed = to_packed(batch)
+    # prompt A, the responses of rows 0, 2 and 3 (empty), then prompt B and row 1's response
+    assert packed.input_ids.tolist() == [5, 6, 7, 21, 22, 24, 8, 9, 23]
+    assert packed.position_ids.tolist() == [0, 1, 2, 3, 4, 3, 0, 1, 2]
+    assert packed.response_mask.tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 1]
+    assert packed.predictors.tolist() == [2, 3, 2, 7]  # a first response token reads its prompt's last
+    assert packed.prompt_starts.tolist() == [0, 6, 0, 0] and packed.response_starts.tolist() == [3, 8, 5, 6]
+    assert packed.sequences() == list(zip(prompts, responses))
+    assert packed.behaviour_logprobs.tolist() == pytest.approx([0, 0, 0, 0, 0, -0.4, 0, 0, -0.3])
+    assert packed.advantages.tolist() == pytest.approx([0, 0, 0, 0.5, 0.5, 0.7, 0, 0, -0.5])
+    # attention's [rows, 5] block: each row's prompt then its response; padding reads position 0
+    assert packed.attention_gather.tolist() == [[0, 1, 2, 3, 4], [6, 7, 8, 0, 0], [0, 1, 2, 5, 0],
+                                                           [0, 1, 2, 0, 0]]
+    # prompt A's outputs come from row 0's slots, prompt B's from row 1's, a response's from its own row
+    assert packed.attention_scatter.tolist() == [0, 1, 2, 3, 4, 13, 5, 6, 7]
 
 
 def test_packed_and_padded_carry_the_same_response_tokens_and_values():
@@ -138,3 +165,16 @@ def test_batch_survives_arrow_ipc():
         writer.write_batch(batch)
     restored = pa.ipc.open_stream(sink.getvalue()).read_next_batch()
     assert restored.equals(batch)
+
+
+def test_groups_together_puts_each_groups_rows_side_by_side_in_order():
+    batch = _batch(group_id=["g1", "g0", "g1", "g0"])
+    together = groups_together(batch)
+    assert together.column("group_id").to_pylist() == ["g1", "g1", "g0", "g0"]
+    assert together.column("response_ids").to_pylist() == [RESPONSES[0], RESPONSES[2], RESPONSES[1], RESPONSES[3]]
+    assert groups_together(together) is together  # already grouped: nothing to copy
+
+
+def test_shared_prompt_tokens_count_a_prompt_once_for_consecutive_rows_of_a_group():
+    # groups g0, g0, g1, g1; prompts 3, 1, 2, 4 tokens; responses 2, 0, 5, 1 tokens
+    assert shared_prompt_tokens(_batch()).tolist() == [3 + 2, 0, 2 + 5, 1]

@@ -1,0 +1,61 @@
+"""The learner's packed attention: each row sees its own prompt and response and nothing else, and
+rows of one group share one computed copy of their prompt, forward and backward."""
+
+import pytest
+import torch
+
+from pipeline.batch import make_batch, to_packed
+from pipeline.checkpoint import load_policy
+from workers.attention import PACKED_ATTENTION
+from workers.learner import packed_token_stats
+
+# rows 0, 2 and 3 share a prompt (not all next to each other); row 3's response is empty
+PROMPTS = [[5, 6, 7, 8], [9, 10], [5, 6, 7, 8], [5, 6, 7, 8], [11, 12, 13]]
+RESPONSES = [[20, 21, 22], [23, 24], [25], [], [26, 27, 28, 29]]
+
+
+def _batch():
+    return make_batch(group_id=["a", "b", "a", "a", "c"], source=["self"] * 5, prompt_ids=PROMPTS,
+                      response_ids=RESPONSES, ground_truth=["0"] * 5)
+
+
+def _alone(model, prompt, response):
+    """Log-probs of ``response`` after ``prompt``, one sequence through a plain (sdpa) model."""
+    logits = model(input_ids=torch.tensor([prompt + response])).logits[0]
+    log_probs = torch.log_softmax(logits[len(prompt) - 1 : -1], -1)
+    return log_probs.gather(-1, torch.tensor(response)[:, None])[:, 0]
+
+
+@pytest.fixture
+def models(assets):
+    packed, _ = load_policy(assets.base_model)
+    packed.set_attn_implementation(PACKED_ATTENTION)
+    plain, _ = load_policy(assets.base_model)
+    return packed, plain
+
+
+def test_shared_prompt_log_probs_equal_each_sequence_alone(models):
+    packed_model, plain = models
+    packed = to_packed(_batch())
+    assert len(packed.input_ids) == 4 + 3 + 1 + 2 + 2 + 3 + 4  # prompt "a" once
+    log_probs, _ = packed_token_stats(packed_model, packed, with_entropy=False)
+    for row, (prompt, response) in enumerate(zip(PROMPTS, RESPONSES)):
+        got = torch.as_tensor(packed.unpack(log_probs)[row])
+        assert len(got) == len(response)
+        if response:
+            torch.testing.assert_close(got, _alone(plain, prompt, response), atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prompt_gradients_equal_the_sum_over_sequences_alone(models):
+    packed_model, plain = models
+    log_probs, _ = packed_token_stats(packed_model, to_packed(_batch()), with_entropy=False)
+    log_probs.sum().backward()
+    sum(_alone(plain, p, r).sum() for p, r in zip(PROMPTS, RESPONSES) if r).backward()
+    for (name, shared), (_, alone) in zip(packed_model.named_parameters(), plain.named_parameters()):
+        torch.testing.assert_close(shared.grad, alone.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_packed_attention_refuses_a_forward_without_its_layout(models):
+    packed_model, _ = models
+    with pytest.raises(ValueError, match="attention_gather"):
+        packed_model(input_ids=torch.tensor([[5, 6, 7]]))
