@@ -59,17 +59,23 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
 
 def decode_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                     **kwargs) -> tuple[torch.Tensor, None]:
+                     sliding_window: int | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """``query`` ``[B, H, T, D]`` of the T newest positions, ``key``/``value`` ``[B, Hkv, L, D]``
     (every cached position, the T newest last) and ``attention_mask`` the key bias ``[B, 1, 1, >=L]``;
-    returns ``[B, T, H, D]``."""
+    returns ``[B, T, H, D]``. A layer with a ``sliding_window`` W sees only the W newest positions
+    (left padding shifts a row's keys and queries alike, so distances are slot distances)."""
     if attention_mask is None:
         raise ValueError(f"{DECODE_ATTENTION} needs the sampler's key bias as its attention mask")
     rows, heads, new, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     bias = attention_mask[..., :length]
+    if sliding_window and new == 1 and length > sliding_window:
+        bias = bias.clone()
+        bias[..., : length - sliding_window] = float("-inf")
     if new > 1:  # prefill: the new positions also attend causally among themselves
         causal = torch.full((new, length), float("-inf"), dtype=bias.dtype, device=query.device).triu(length - new + 1)
+        if sliding_window:  # and not to keys W or more positions back
+            causal = causal + torch.full_like(causal, float("-inf")).tril(length - new - sliding_window)
         mask = bias + causal
         # a padding query would see no key at all (NaN); let every query see itself, which changes
         # nothing for real ones and keeps padding rows finite

@@ -23,19 +23,22 @@ PAD = 0
 PROMPTS = [[5, 9, 13, 2], [7], [11, 3, 8]]
 
 
-# Qwen2 and Llama decode through workers.llama_decode, Qwen3 (query/key norms) through its own forward
-ARCHITECTURES = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM),
-                 "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
+# Qwen2 and Llama decode through workers.llama_decode; Qwen3 (query/key norms) and a Qwen2 whose
+# second layer attends within a window of 3 positions (shorter than the prompts) through their forward
+ARCHITECTURES = {"qwen2": (Qwen2Config, Qwen2ForCausalLM, {}), "llama": (LlamaConfig, LlamaForCausalLM, {}),
+                 "qwen3": (Qwen3Config, Qwen3ForCausalLM, {}),
+                 "qwen2-sliding": (Qwen2Config, Qwen2ForCausalLM,
+                                   {"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 1})}
 
 
 @pytest.fixture(scope="module", params=list(ARCHITECTURES))
 def model(request):
     torch.manual_seed(0)
-    config_class, model_class = ARCHITECTURES[request.param]
+    config_class, model_class, extra = ARCHITECTURES[request.param]
     config = config_class(
         vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        pad_token_id=PAD, eos_token_id=1,
+        pad_token_id=PAD, eos_token_id=1, **extra,
     )
     return model_class(config).eval()
 
@@ -139,5 +142,6 @@ def test_generate_refuses_a_model_not_prepared_for_sampling(model):
         generate(model, PROMPTS, SamplingParams(max_new_tokens=2), [39], PAD)
 
 
-def test_llama_family_models_take_the_short_decoding_step(model):
-    assert llama_decode.supports(model) == (model.config.model_type in ("qwen2", "llama"))
+def test_llama_family_models_with_full_attention_take_the_short_decoding_step(model):
+    full_attention = set(getattr(model.config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+    assert llama_decode.supports(model) == (model.config.model_type in ("qwen2", "llama") and full_attention)
