@@ -193,8 +193,9 @@ class Learner:
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if self.rank == 0 else {}
 
     def flat_weights(self) -> FlatWeights | None:
-        """The full weights for the rollout workers, as one buffer, on rank 0 (see ``state_dict``)."""
-        weights = self.state_dict()
+        """The full weights for the rollout workers, as one buffer, on rank 0 (see ``state_dict``).
+        Unsharded, rank 0 packs them straight from its model, with no copy in between."""
+        weights = self.state_dict() if self.sharded else self.model.state_dict()
         return FlatWeights.pack(weights) if self.rank == 0 else None
 
     def _optimizer_state(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -24,12 +24,16 @@ class FlatWeights:
 
     @classmethod
     def pack(cls, state_dict: dict[str, torch.Tensor]) -> FlatWeights:
-        """``state_dict``'s floating-point tensors in one float32 buffer (the learner's master dtype)."""
+        """``state_dict``'s floating-point tensors, on any device, copied one by one into one CPU
+        float32 buffer (the learner's master dtype): no second copy of the weights is held."""
         for name, tensor in state_dict.items():
             if not tensor.is_floating_point():
                 raise ValueError(f"weight {name!r} is {tensor.dtype}; only floating-point weights are sent")
-        flat = torch.cat([t.detach().reshape(-1).to(torch.float32) for t in state_dict.values()])
-        return cls(list(state_dict), [tuple(t.shape) for t in state_dict.values()], flat.cpu().numpy())
+        sizes = [tensor.numel() for tensor in state_dict.values()]
+        flat = torch.empty(sum(sizes), dtype=torch.float32)
+        for part, tensor in zip(flat.split(sizes), state_dict.values()):
+            part.copy_(tensor.detach().reshape(-1))
+        return cls(list(state_dict), [tuple(t.shape) for t in state_dict.values()], flat.numpy())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Views into the buffer, by name, to be copied from, never written: the buffer may be
