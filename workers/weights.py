@@ -3,8 +3,9 @@
 Ray moves one large array through its object store with a single copy and readers map it
 without copying, while a dict of tensors is pickled tensor by tensor: fetching the embedded
 model's 51 tensors from the learner took 17 ms as a dict and 8 ms as one buffer, and the whole
-weight sync went from 21 to 15 ms on the 2-core dev machine (``bench/overheads.py`` times it). The rollout
-worker reads the buffer back as views, so loading them into its model is one copy per tensor.
+weight sync went from 21 to 15 ms on the 2-core dev machine (``bench/overheads.py`` times it).
+The rollout worker reads the buffer back as views, so loading them into its model is one copy
+per tensor.
 """
 
 from __future__ import annotations
