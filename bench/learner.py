@@ -34,7 +34,7 @@ from bench.common import (
     report,
     workdir,
 )
-from pipeline.batch import PackedBatch, to_packed, to_padded
+from pipeline.batch import PackedBatch, groups_together, to_packed, to_padded
 from pipeline.checkpoint import load_policy
 from pipeline.config import StageConfig
 from pipeline.objectives import objective_for
@@ -86,7 +86,8 @@ def measure(stage: StageConfig, batch, model_path: str, repeats: int) -> dict:
     packed_model, _ = load_policy(model_path)
     packed_model.set_attn_implementation(PACKED_ATTENTION)
     packed_optimizer = torch.optim.AdamW(packed_model.parameters(), lr=stage.lr)
-    micro = [to_packed(m) for m in _micro_batches(batch, stage.micro_batch_tokens)]
+    # the micro-batches the learner makes: a group's rows side by side, as Learner.update orders them
+    micro = [to_packed(m) for m in _micro_batches(groups_together(batch), stage.micro_batch_tokens)]
     response_tokens = float(np.asarray(batch.column("response_ids").value_lengths()).sum())
     times = interleaved_seconds({
         # as a step of a stage without a KL loss runs it, on the 9 steps in 10 that do not log the KL

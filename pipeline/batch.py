@@ -332,7 +332,7 @@ def to_packed(batch: pa.RecordBatch) -> PackedBatch:
                                 for row, (o, n) in enumerate(zip(prompt_offsets, prompt_lengths))])
     # segments in packed order: (is_response, row); a distinct prompt, then the responses sharing it
     segments = []
-    for row in sorted(range(batch.num_rows), key=lambda r: (prompt_of_row[r], r)):
+    for row in np.argsort(prompt_of_row, kind="stable").tolist():
         if prompt_of_row[row] == row:
             segments.append((False, row))
         segments.append((True, row))

@@ -23,7 +23,6 @@ import torch
 
 from workers import llama_decode
 from workers.attention import DECODE_ATTENTION
-from workers.llama_decode import LlamaDecodeStep
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ def generate(
     slots.select(samples)
     key_bias, logits, next_position = key_bias[samples], logits[samples], positions[samples, -1] + 1
 
-    decode_step = LlamaDecodeStep(model) if llama_decode.supports(model) else _module_step(model)
+    decode_step = llama_decode.LlamaDecodeStep(model) if llama_decode.supports(model) else _module_step(model)
     num_rows = len(samples)
     tokens_out = torch.zeros(num_rows, budget, dtype=torch.long, device=device)
     logprobs_out = torch.zeros(num_rows, budget, device=device)

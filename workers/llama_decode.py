@@ -47,7 +47,7 @@ class LlamaDecodeStep:
         config = model.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        # the tensors themselves, looked up once: loading new weights copies into them in place
+        # the parameter tensors, looked up once per generate() call instead of once per layer and step
         self.layers = [_LayerWeights(layer) for layer in model.model.layers]
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, key_bias: torch.Tensor, slots) -> torch.Tensor:
