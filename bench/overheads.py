@@ -8,9 +8,9 @@ run's Ray roles on a local cluster; its median time is the denominator. On that 
   advantage columns, and packing its micro-batches into tensors (``to_packed``);
 - Ray transfer: a step moves the batch four times (rollout -> driver -> teacher -> driver ->
   learners); measured as two round trips of the batch through an actor that returns it;
-- weight sync: what the steps waited for ``Roles.sync_weights`` (their ``timing/weight_sync_s``):
-  the learner's weights, asked for right behind its update, through the object store into the
-  rollout worker as one flat buffer (``workers.weights``).
+- weight sync: the steps' own ``timing/weight_sync_s``: the rollout workers loading the last
+  update's weights at the start of their rollout call, from the learner's shared-memory block
+  (``workers.weights``; the learner packs it right behind its update, as the metrics return).
 The first two are timed in turns.
 """
 

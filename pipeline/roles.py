@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -27,6 +27,7 @@ from workers.rollout import RolloutWorker
 from workers.teacher import TeacherWorker
 
 logger = logging.getLogger(__name__)
+SEATING_WARNING_S = 30  # how often a run waiting for cluster resources says so
 RESTART_TIMEOUT_S = 600  # a restarted actor reloads its model; a large one takes a while
 # glibc's allocator hands tensors of more than a few MB out as fresh mmaps and returns freed
 # memory at once, so every step page-faults its activations in anew (a tenth of the first learner
@@ -68,10 +69,15 @@ def start_ray(config: RunConfig) -> None:
         ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
 
 
+def _node_id(actor: ActorHandle) -> ray.ObjectRef:
+    return actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
+
+
 def _merge_rollout_metrics(per_worker: list[dict]) -> dict:
     """Throughput adds up across workers; entropy is the mean over all their sampled tokens."""
     tokens = sum(m["rollout_tokens"] for m in per_worker)
-    merged = {"rollout_tokens_per_s": sum(m["rollout_tokens_per_s"] for m in per_worker)}
+    merged = {"rollout_tokens_per_s": sum(m["rollout_tokens_per_s"] for m in per_worker),
+              "weight_load_s": max(m["weight_load_s"] for m in per_worker)}  # the workers load at once
     if tokens and all("rollout_entropy" in m for m in per_worker):
         merged["rollout_entropy"] = sum(m["rollout_entropy"] * m["rollout_tokens"] for m in per_worker) / tokens
     return merged
@@ -87,9 +93,11 @@ class Roles:
         self.max_restarts = config.ray.max_actor_restarts
         self.restarts = 0  # actor processes that died and were restarted
         self.version = 0  # the policy version the rollout workers serve
+        self.pending: ray.ObjectRef | None = None  # that version's weights, from the last sync
+        self.stale: set[int] = set()  # the workers (by index) that have yet to take them
         placement = plan_placement(config, with_learners=learner)
         self.group = placement_group(placement.bundles, strategy="PACK")
-        ray.get(self.group.ready())
+        self._wait_for_seats(placement.bundles)
 
         def seated(seat: Seat, **options):
             strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=seat.bundle)
@@ -120,14 +128,31 @@ class Roles:
             reward_timeout_s=config.reward.timeout_s, reward_workers=config.reward.num_workers)
         # surface a bad model path or reward file now, not at the first step
         ray.get([actor.__ray_ready__.remote() for actor in [self.teacher, *self.rollouts, *self.learners]])
+        # weights reach rollout workers on the learner's node through its shared memory
+        nodes = ray.get([_node_id(actor) for actor in [*self.learners[:1], *self.rollouts]])
+        self.same_node = len(set(nodes)) == 1
         if len(self.learners) > 1:
             address, port = ray.get(self.learner.rendezvous.remote())
             world = len(self.learners)
             ray.get([rank.join_group.remote(i, world, address, port, config.learner.fsdp)
                      for i, rank in enumerate(self.learners)])
 
+    def _wait_for_seats(self, bundles: list[dict[str, float]]) -> None:
+        """Wait for the cluster to reserve the placement group, saying what is missing while it
+        cannot (an autoscaling cluster may yet add the nodes)."""
+        ready = self.group.ready()
+        while not ray.wait([ready], timeout=SEATING_WARNING_S)[0]:
+            needed = {key: sum(b.get(key, 0.0) for b in bundles) for key in ("CPU", "GPU")}
+            logger.warning("waiting for the cluster to seat the roles: they need %s in bundles %s; the cluster "
+                           "has %s in all", needed, bundles, ray.cluster_resources())
+        ray.get(ready)
+
     def close(self) -> None:
         """End the actors and free their placement group (Ray keeps a group until it is removed)."""
+        try:  # free rank 0's shared-memory block; a dead learner's resource tracker unlinked its own
+            ray.get([rank.close.remote() for rank in self.learners], timeout=60)
+        except (RayActorError, GetTimeoutError):
+            pass
         for actor in [self.teacher, *self.rollouts, *self.learners]:
             ray.kill(actor)
         remove_placement_group(self.group)
@@ -139,7 +164,7 @@ class Roles:
     def load_policy(self, model_path: str, version: int) -> None:
         self.on_learners("load", model_path, version)
         self._call([(r, lambda w: w.load.remote(model_path, version)) for r in self.rollouts])
-        self.version = version
+        self.version, self.pending, self.stale = version, None, set()
 
     def update(self, *args) -> tuple[dict, list[ray.ObjectRef]]:
         """Every learner rank's ``update(*args)``: rank 0's metrics, and the request for the new
@@ -150,16 +175,19 @@ class Roles:
         return ray.get(metrics)[0], weights
 
     def _request_weights(self) -> list[ray.ObjectRef]:
-        """Every rank's answer to ``flat_weights``: rank 0's full weights, put once in the object
-        store for every reader, then nothing from the others (sharded ranks gather them together)."""
-        return [rank.flat_weights.remote() for rank in self.learners]
+        """Every rank's answer to ``rollout_weights``: rank 0's full weights (in its node's shared
+        memory, or put once in the object store for every reader), then nothing from the others
+        (sharded ranks gather them together)."""
+        return [rank.rollout_weights.remote(self.same_node) for rank in self.learners]
 
     def sync_weights(self, version: int, weights: list[ray.ObjectRef] | None = None) -> None:
-        """Learner weights (those ``weights`` requested, else the current ones) into every rollout worker."""
-        weights, *others = weights or self._request_weights()
+        """Make the learner's weights (those ``weights`` requested, else the current ones) the
+        rollout workers' policy ``version``. Each worker takes them at the start of its next
+        rollout call (:meth:`rollout`): no round trips of a call of their own. The learner writes
+        its shared block again only after an update, which comes after those rollouts."""
+        self.pending, *others = weights or self._request_weights()
         ray.get(others)
-        self._call([(r, lambda w: w.set_weights.remote(weights, version)) for r in self.rollouts])
-        self.version = version
+        self.version, self.stale = version, set(range(len(self.rollouts)))
 
     def _call(self, calls: list[tuple[ActorHandle, Callable[[ActorHandle], ray.ObjectRef]]]) -> list:
         """``ray.get`` of ``submit(actor)`` for each (actor, submit), all in flight at once. An actor
@@ -195,9 +223,10 @@ class Roles:
                                  f"{self.max_restarts}): {final}") from final
         self.restarts += 1
         if any(actor is r for r in self.rollouts) and self.learner is not None:
-            # restarted from the base model: take the policy the learner holds, which is the one
-            # the rollout workers served (they are synced after every update)
-            weights, *others = self._request_weights()
+            # restarted from the base model: take the policy the others serve, the last sync's
+            # weights (not asked anew: the learner must not rewrite its shared block while the
+            # others may be reading it), else the learner's, which are the stage's start
+            weights, *others = [self.pending] if self.pending is not None else self._request_weights()
             ray.get([actor.set_weights.remote(weights, self.version), *others])
 
     def rollout(self, records: list[PromptRecord], params: SamplingParams, seed: int) -> tuple[pa.RecordBatch, dict]:
@@ -205,10 +234,12 @@ class Roles:
         chunks = [list(c) for c in np.array_split(np.arange(len(records)), len(self.rollouts)) if len(c)]
         calls = [
             (worker, lambda w, chunk=chunk, index=index: w.rollout.remote(
-                [records[i] for i in chunk], params, seed + 7919 * index))
+                [records[i] for i in chunk], params, seed + 7919 * index,
+                *((self.pending, self.version) if index in self.stale else ())))
             for index, (worker, chunk) in enumerate(zip(self.rollouts, chunks))
         ]
         results = self._call(calls)
+        self.stale -= set(range(len(calls)))
         batch = concat_batches([b for b, _ in results])
         return batch, _merge_rollout_metrics([m for _, m in results])
 

@@ -109,6 +109,9 @@ def train_step(
         parts.append(self_rows)
         metrics.update(rollout_metrics)
     clock.lap("rollout")
+    # the rollout began by loading the last update's weights: that part is the weight sync
+    metrics["timing/weight_sync_s"] = metrics.pop("weight_load_s", 0.0)
+    metrics["timing/rollout_s"] -= metrics["timing/weight_sync_s"]
     batch, score_metrics = roles.score(concat_batches(parts))
     metrics.update(score_metrics)
     clock.lap("score")
@@ -126,8 +129,7 @@ def train_step(
                                            stage.micro_batch_tokens, measure_kl or stage.kl_coef > 0)
     metrics.update(update_metrics)
     clock.lap("update")
-    roles.sync_weights(int(metrics["policy_version"]), weights)
-    clock.lap("weight_sync")
+    roles.sync_weights(int(metrics["policy_version"]), weights)  # taken up by the next rollout
     metrics["actor_restarts"] = roles.restarts - restarts
     metrics["step_time_s"] = time.perf_counter() - started
     return metrics

@@ -33,7 +33,7 @@ from pipeline.batch import PackedBatch, groups_together, shared_prompt_tokens, t
 from pipeline.checkpoint import load_policy, save_policy, torch_dtype, write_policy_files
 from pipeline.resume import LEARNER_STATE_FILE, Progress, load_learner_state, save_learner_state, write_point
 from workers.attention import PACKED_ATTENTION
-from workers.weights import FlatWeights
+from workers.weights import FlatWeights, SharedWeights, WeightsBlock
 
 # the whole state on rank 0's CPU, nothing on the other ranks: what a checkpoint writer needs
 GATHER_TO_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -124,6 +124,7 @@ class Learner:
         self.reference = None
         self.optimizer = None
         self.version = 0
+        self.weights_block = WeightsBlock()  # rank 0's weights for rollout workers on its node
 
     def _load(self, model_path: str, dtype: torch.dtype = torch.float32):
         model, tokenizer = load_policy(model_path, dtype)
@@ -192,11 +193,20 @@ class Learner:
             return get_model_state_dict(self.model, options=GATHER_TO_RANK0)
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if self.rank == 0 else {}
 
-    def flat_weights(self) -> FlatWeights | None:
-        """The full weights for the rollout workers, as one buffer, on rank 0 (see ``state_dict``).
-        Unsharded, rank 0 packs them straight from its model, with no copy in between."""
+    def rollout_weights(self, same_node: bool) -> SharedWeights | FlatWeights | None:
+        """The full weights for the rollout workers, on rank 0 (see ``state_dict``): in this
+        node's shared memory if every worker is on this node (``same_node``) and they fit there,
+        else as one buffer for the object store (``workers.weights``). Unsharded, rank 0 packs
+        them straight from its model, with no copy in between."""
         weights = self.state_dict() if self.sharded else self.model.state_dict()
-        return FlatWeights.pack(weights) if self.rank == 0 else None
+        if self.rank != 0:
+            return None
+        shared = self.weights_block.publish(weights) if same_node else None
+        return shared or FlatWeights.pack(weights)
+
+    def close(self) -> None:
+        """Free what would outlive this actor: the weights' shared-memory block."""
+        self.weights_block.close()
 
     def _optimizer_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """Per-parameter optimizer state by parameter name, whole, on rank 0."""

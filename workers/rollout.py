@@ -16,7 +16,7 @@ from pipeline.batch import make_batch
 from pipeline.checkpoint import load_policy
 from pipeline.data import PromptRecord
 from workers.hf_generate import Generation, SamplingParams, generate, prepare_for_sampling
-from workers.weights import FlatWeights
+from workers.weights import FlatWeights, SharedWeights
 
 
 class RolloutWorker:
@@ -43,7 +43,7 @@ class RolloutWorker:
                 self.model.cuda()
         self.version = version
 
-    def set_weights(self, weights: FlatWeights, version: int) -> int:
+    def set_weights(self, weights: FlatWeights | SharedWeights, version: int) -> int:
         """Take the learner's new weights in place; rows sampled afterwards carry ``version``."""
         if self.backend == "vllm":
             self.engine.load_weights(weights.state_dict())
@@ -67,8 +67,15 @@ class RolloutWorker:
             out.entropy += part.entropy
         return out
 
-    def rollout(self, records: list[PromptRecord], params: SamplingParams, seed: int) -> tuple[pa.RecordBatch, dict]:
-        """``params.n`` self rows per record, with behaviour log-probs and this policy version."""
+    def rollout(self, records: list[PromptRecord], params: SamplingParams, seed: int,
+                weights: FlatWeights | SharedWeights | None = None, version: int = 0) -> tuple[pa.RecordBatch, dict]:
+        """``params.n`` self rows per record, with behaviour log-probs and this policy version.
+        ``weights``: the learner's newer weights, taken first as policy ``version`` (a weight sync
+        riding on the rollout call, as verl's rollout syncs on entering generation: no call of
+        its own to wait for); the seconds that took are the metric ``weight_load_s``."""
+        loading = time.perf_counter()
+        if weights is not None:
+            self.set_weights(weights, version)
         started = time.perf_counter()
         out = self.sample([r.prompt_ids for r in records], params, seed)
         elapsed = time.perf_counter() - started
@@ -84,7 +91,8 @@ class RolloutWorker:
             policy_version=[self.version] * len(repeat),
             truncated=out.truncated,
         )
-        metrics = {"rollout_tokens_per_s": out.num_tokens / max(elapsed, 1e-9), "rollout_tokens": out.num_tokens}
+        metrics = {"rollout_tokens_per_s": out.num_tokens / max(elapsed, 1e-9), "rollout_tokens": out.num_tokens,
+                   "weight_load_s": started - loading}
         if out.entropy is not None and out.num_tokens:
             lengths = [len(ids) for ids in out.response_ids]
             metrics["rollout_entropy"] = sum(e * n for e, n in zip(out.entropy, lengths)) / out.num_tokens

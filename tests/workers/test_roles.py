@@ -17,6 +17,7 @@ from pipeline.objectives import objective_for
 from pipeline.roles import Roles, start_ray
 from pipeline.stages import train_step
 from workers.hf_generate import SamplingParams
+from workers.weights import FlatWeights, SharedWeights
 
 
 @pytest.fixture(scope="module")
@@ -24,23 +25,32 @@ def roles(assets):
     config = RunConfig(seed=0)
     config.ray.num_cpus = 2
     start_ray(config)
-    yield Roles(config, str(assets.base_model)), config
+    roles = Roles(config, str(assets.base_model))
+    yield roles, config
+    roles.close()
     ray.shutdown()
 
 
-def test_rollout_samples_with_the_learners_new_weights_after_a_sync(roles, assets, tokenizer):
+@pytest.mark.parametrize("same_node", [True, False], ids=["shared-memory", "object-store"])
+def test_rollout_samples_with_the_learners_new_weights_after_a_sync(roles, assets, tokenizer, same_node, monkeypatch):
     roles, config = roles
+    assert roles.same_node  # one machine
+    monkeypatch.setattr(roles, "same_node", same_node)  # False: as if the workers were on other nodes
     records = load_prompts(assets.train, tokenizer, 512)[:6]
     stage = StageConfig(name="gft", algorithm="gft", lr=1e-3, prompts_per_step=6)
     ray.get(roles.learner.start_stage.remote(str(assets.base_model), stage.lr))
+    version = ray.get(roles.learner.__ray_call__.remote(lambda learner: learner.version))
     metrics = train_step(roles, stage, records, config, seed=0)
-    assert metrics["policy_version"] == 1
+    assert metrics["policy_version"] == version + 1
     for source in ("expert", "teacher", "self"):
         assert f"reward/{source}" in metrics
+    assert type(ray.get(roles.pending)) is (SharedWeights if same_node else FlatWeights)
 
     params = SamplingParams(n=2, temperature=1.0, max_new_tokens=12)
-    batch, _ = roles.rollout(records, params, seed=5)
-    assert set(batch.column("policy_version").to_pylist()) == {1}
+    assert roles.stale == set(range(len(roles.rollouts)))
+    batch, _ = roles.rollout(records, params, seed=5)  # takes the new weights first
+    assert not roles.stale
+    assert set(batch.column("policy_version").to_pylist()) == {version + 1}
     learner = np.concatenate(ray.get(roles.learner.response_log_probs.remote(batch)))
     behaviour = np.concatenate(batch.column("behaviour_logprobs").to_pylist())
     np.testing.assert_allclose(behaviour, learner, atol=1e-4)
