@@ -35,12 +35,14 @@ DECODE_ATTENTION = "gft_decode"
 def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                 attention_gather: torch.Tensor | None = None, attention_scatter: torch.Tensor | None = None,
-                **kwargs) -> tuple[torch.Tensor, None]:
+                sliding_window: int | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """``query`` ``[1, H, N, D]``, ``key``/``value`` ``[1, Hkv, N, D]`` of a packed batch, and its
     attention layout (:class:`pipeline.batch.PackedBatch`): ``attention_gather`` ``[B, W]``, the
     packed position of each slot of the right-padded block of rows, and ``attention_scatter``
     ``[N]``, the slot each packed position's output comes from. Returns ``[1, N, H, D]`` as
-    transformers expects."""
+    transformers expects. A layer with a ``sliding_window`` S lets each query see itself and
+    the S - 1 positions before it, as transformers (and the sampler) mask it; a row's slots
+    are consecutive positions, so slot distance is position distance."""
     if attention_gather is None or attention_scatter is None:
         raise ValueError(f"{PACKED_ATTENTION} needs the packed batch's attention layout "
                          "(attention_gather, attention_scatter)")
@@ -51,8 +53,14 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
         heads, dim = x.shape[1], x.shape[-1]
         return x[0].index_select(1, slots).view(heads, rows, width, dim).transpose(0, 1)
 
-    out = F.scaled_dot_product_attention(block(query), block(key), block(value), dropout_p=dropout,
-                                         is_causal=True, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    window = None
+    if sliding_window and sliding_window < width:
+        slot = torch.arange(width, device=query.device)
+        behind = slot[:, None] - slot[None, :]  # [W, W]: how far each key is behind each query
+        window = (behind >= 0) & (behind < sliding_window)
+    out = F.scaled_dot_product_attention(block(query), block(key), block(value), attn_mask=window,
+                                         dropout_p=dropout, is_causal=window is None, scale=scaling,
+                                         enable_gqa=query.shape[1] != key.shape[1])
     heads, dim = out.shape[1], out.shape[-1]
     return out.transpose(1, 2).reshape(rows * width, heads, dim).index_select(0, attention_scatter)[None], None
 

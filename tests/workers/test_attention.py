@@ -1,8 +1,11 @@
 """The learner's packed attention: each row sees its own prompt and response and nothing else, and
 rows of one group share one computed copy of their prompt, forward and backward."""
 
+import copy
+
 import pytest
 import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from pipeline.batch import make_batch, to_packed
 from pipeline.checkpoint import load_policy
@@ -53,6 +56,23 @@ def test_shared_prompt_gradients_equal_the_sum_over_sequences_alone(models):
     sum(_alone(plain, p, r).sum() for p, r in zip(PROMPTS, RESPONSES) if r).backward()
     for (name, shared), (_, alone) in zip(packed_model.named_parameters(), plain.named_parameters()):
         torch.testing.assert_close(shared.grad, alone.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_sliding_window_layers_see_only_their_window_as_in_a_plain_forward():
+    """A Qwen2 whose second layer attends within 3 positions, fewer than most rows hold."""
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=3,
+                         max_window_layers=1)
+    plain = Qwen2ForCausalLM(config).eval()
+    packed_model = copy.deepcopy(plain)
+    packed_model.set_attn_implementation(PACKED_ATTENTION)
+    packed = to_packed(_batch())
+    log_probs, _ = packed_token_stats(packed_model, packed, with_entropy=False)
+    for row, (prompt, response) in enumerate(zip(PROMPTS, RESPONSES)):
+        if response:
+            got = torch.as_tensor(packed.unpack(log_probs)[row])
+            torch.testing.assert_close(got, _alone(plain, prompt, response), atol=1e-5, rtol=1e-5)
 
 
 def test_packed_attention_refuses_a_forward_without_its_layout(models):
