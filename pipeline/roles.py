@@ -180,12 +180,12 @@ class Roles:
         (sharded ranks gather them together)."""
         return [rank.rollout_weights.remote(self.same_node) for rank in self.learners]
 
-    def sync_weights(self, version: int, weights: list[ray.ObjectRef] | None = None) -> None:
-        """Make the learner's weights (those ``weights`` requested, else the current ones) the
-        rollout workers' policy ``version``. Each worker takes them at the start of its next
-        rollout call (:meth:`rollout`): no round trips of a call of their own. The learner writes
-        its shared block again only after an update, which comes after those rollouts."""
-        self.pending, *others = weights or self._request_weights()
+    def sync_weights(self, version: int, weights: list[ray.ObjectRef]) -> None:
+        """Make the learner's weights that :meth:`update` requested the rollout workers' policy
+        ``version``. Each worker takes them at the start of its next rollout call
+        (:meth:`rollout`): no round trips of a call of their own. The learner writes its shared
+        block again only after an update, which comes after those rollouts."""
+        self.pending, *others = weights
         ray.get(others)
         self.version, self.stale = version, set(range(len(self.rollouts)))
 
