@@ -79,22 +79,30 @@ def packed_token_stats(model, packed: PackedBatch, with_entropy: bool) -> tuple[
     """Log-prob ``[N]`` of every response token given its prompt and the response before it (0
     elsewhere), and the predictive entropy ``[N]`` there if asked. Only the positions that
     predict a response token (``packed.predictors``) go through the output layer and the
-    softmax. ``model`` attends with :data:`PACKED_ATTENTION`."""
+    softmax, each once. ``model`` attends with :data:`PACKED_ATTENTION`.
+
+    A shared prompt's last position predicts the first token of every response in its group.
+    Indexing with a repeated position would make the backward sum into it with CPU atomic adds,
+    whose order, and so whose rounding, changes from run to run; its logits are instead computed
+    once, and the log-probs read off with ``index_select``, whose backward adds in index order.
+    """
     device = next(model.parameters()).device
     input_ids = packed.input_ids.to(device)
     scored = packed.response_mask.to(device).nonzero()[:, 0]
+    positions, predictor_of = torch.unique(packed.predictors.to(device), return_inverse=True)  # [U], [R]
     logits = model(input_ids=input_ids[None], position_ids=packed.position_ids.to(device)[None],
                    attention_gather=packed.attention_gather.to(device),
                    attention_scatter=packed.attention_scatter.to(device),
-                   logits_to_keep=packed.predictors.to(device)).logits[0]
+                   logits_to_keep=positions).logits[0]  # [U, V]
     log_softmax = torch.log_softmax(logits.float(), dim=-1)
-    token_log_probs = log_softmax.gather(-1, input_ids[scored, None])[:, 0]
+    flat_index = predictor_of * log_softmax.shape[-1] + input_ids[scored]  # [R] into the flattened [U, V]
+    token_log_probs = log_softmax.reshape(-1).index_select(0, flat_index)
     log_probs = token_log_probs.new_zeros(len(input_ids)).index_put((scored,), token_log_probs)
     entropy = None
     if with_entropy:
         with torch.no_grad():
             per_position = -(log_softmax.exp() * log_softmax).sum(-1)
-            entropy = per_position.new_zeros(len(input_ids)).index_put((scored,), per_position)
+            entropy = per_position.new_zeros(len(input_ids)).index_put((scored,), per_position[predictor_of])
     return log_probs, entropy
 
 

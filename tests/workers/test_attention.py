@@ -58,6 +58,23 @@ def test_shared_prompt_gradients_equal_the_sum_over_sequences_alone(models):
         torch.testing.assert_close(shared.grad, alone.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_a_shared_prompt_predicts_each_first_response_token_through_one_output_row(models):
+    """Rows 0 and 2 share prompt "a", whose last position predicts both their first tokens. It
+    goes through the output layer once: a repeated row would be summed back in the backward by
+    atomic adds, in an order (and so a rounding) that changes from run to run."""
+    packed_model, plain = models
+    packed = to_packed(_batch())
+    output_rows = []
+    hook = packed_model.lm_head.register_forward_hook(lambda module, args, out: output_rows.append(args[0].shape[-2]))
+    _, entropy = packed_token_stats(packed_model, packed, with_entropy=True)
+    hook.remove()
+    assert len(packed.predictors) == sum(map(len, RESPONSES)) == 10 and output_rows == [9]
+    log_probs = torch.log_softmax(plain(input_ids=torch.tensor([PROMPTS[0]])).logits[0, -1], -1)
+    expected = -(log_probs.exp() * log_probs).sum()
+    for row in (0, 2):
+        torch.testing.assert_close(entropy[packed.response_starts[row]], expected, atol=1e-5, rtol=1e-5)
+
+
 def test_sliding_window_layers_see_only_their_window_as_in_a_plain_forward():
     """A Qwen2 whose second layer attends within 3 positions, fewer than most rows hold."""
     torch.manual_seed(0)
