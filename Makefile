@@ -1,17 +1,21 @@
-# The two entry points of the README; each sets up .venv itself on first use.
+# The two entry points of the README; each sets up what it needs on first use.
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: setup run test lint
+.PHONY: setup vllm run test lint
 
 setup:
 	@GFT_VENV=$(VENV) bash scripts/setup.sh
 
+# the vLLM rollout's own environment, .venv-vllm (rollout.backend=vllm; the tests use it)
+vllm: setup
+	@GFT_VENV=$(VENV) bash scripts/setup_vllm.sh
+
 run: setup
 	$(VENV)/bin/gft run $(ARGS)
 
-test: setup
-	$(VENV)/bin/python -m pytest -q $(ARGS)
+test: setup vllm
+	$(VENV)/bin/python -m pytest -q --durations=20 $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline workers tests bench

@@ -3,6 +3,8 @@ them, a timer, and the report (a printed table and a JSON file).
 
 Sizes are the embedded recipe's (``recipes/default.yaml``): 16 prompts a step, groups of 8,
 responses of up to 48 tokens. ``--quick`` shrinks everything so a smoke test can run a script.
+Ray and verl are imported where they are used: ``bench.gpu_check`` runs on a GPU machine that
+has neither.
 """
 
 from __future__ import annotations
@@ -19,15 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import ray
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
-from pipeline.advantages import group_advantages
 from pipeline.batch import concat_batches, make_batch, with_column
 from pipeline.config import GroupConfig, RunConfig, StageConfig, load_recipe
 from pipeline.data import PromptRecord, load_prompts
 from pipeline.embedded import EmbeddedAssets, build_embedded_assets, verify
-from pipeline.roles import Roles, start_ray
 from workers.hf_generate import SamplingParams
 from workers.rollout import RolloutWorker
 
@@ -81,6 +81,8 @@ def prompts(assets: EmbeddedAssets, tokenizer, n: int) -> list[PromptRecord]:
 
 def scored(batch: pa.RecordBatch, tokenizer) -> pa.RecordBatch:
     """Rewards from the embedded verifier and group-normalised advantages, as a step makes them."""
+    from pipeline.advantages import group_advantages
+
     responses = tokenizer.batch_decode(batch.column("response_ids").to_pylist(), skip_special_tokens=True)
     rewards = np.asarray([verify(text, truth) for text, truth in zip(responses, batch.column("ground_truth").to_pylist())],
                          dtype=np.float32)
@@ -163,13 +165,40 @@ class LocalRoles:
     """The run's roles (rollout, teacher, learner actors) on a local Ray cluster started here."""
 
     def __init__(self, config: RunConfig, model_path: str, threads: int):
+        from pipeline.roles import Roles, start_ray
+
         config.ray.num_cpus = threads
         start_ray(config)
         self.roles = Roles(config, model_path)
 
-    def __enter__(self) -> Roles:
+    def __enter__(self):
         return self.roles
 
     def __exit__(self, *exc) -> None:
+        import ray
+
         self.roles.close()
         ray.shutdown()
+
+
+def response_tokens(sequences: torch.Tensor, prompt_width: int, eos: int, pad: int) -> int:
+    """Real tokens of ``generate``'s output: up to the first EOS, the rest is padding."""
+    responses = sequences[:, prompt_width:]
+    is_eos = responses == eos
+    after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
+    return int((~after_eos & (responses != pad)).sum())
+
+
+def qwen_shaped_model(folder: Path, tokenizer_path: str) -> str:
+    """A random-weight model of Qwen2.5-0.5B's shape with the embedded tokenizer (whose ids are
+    the first of its vocabulary), saved as a Hugging Face folder."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    config = Qwen2Config(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=2048,
+                         rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

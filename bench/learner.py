@@ -70,8 +70,8 @@ def _raw_packed_step(model, optimizer, micro: list[PackedBatch], total_response_
     optimizer.zero_grad(set_to_none=True)
     for packed in micro:
         log_probs, _ = packed_token_stats(model, packed, with_entropy=False)
-        mask = packed.response_mask
-        (-(packed.advantages * log_probs * mask).sum() / total_response_tokens).backward()
+        mask, advantages = packed.response_mask.to(log_probs.device), packed.advantages.to(log_probs.device)
+        (-(advantages * log_probs * mask).sum() / total_response_tokens).backward()
     optimizer.step()
 
 

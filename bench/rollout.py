@@ -1,69 +1,118 @@
-"""Rollout throughput: the RolloutWorker against a raw ``model.generate`` loop.
+"""Rollout throughput: the hf sampler and vLLM side by side, and the hf sampler against a raw
+``model.generate`` loop.
 
-    python bench/rollout.py [--quick] [--threads N]
+    python -m bench.rollout [--quick] [--threads N] [--big-prompts N]
 
-Same model (the embedded default's base model), same prompts, ``group`` samples each at
-temperature 1 with no top-k or top-p, the same budget of new tokens. "Ours" is
-``RolloutWorker.rollout``: sampling, behaviour log-probs and entropy, and the Arrow batch. The
-raw loop is ``model.generate(do_sample=True, num_return_sequences=group)`` on the left-padded
-prompts, with the model as transformers loads it (sdpa attention, its own cache). Both count the
-real response tokens (up to and including EOS) per second of wall time; the two are timed in
-turns.
+Every backend is a ``RolloutWorker`` Ray actor, as a run starts it: ``hf`` in this project's
+``.venv`` (float32), ``vllm`` in ``.venv-vllm`` (float32 and bfloat16; ``make vllm``). Each gets
+all the threads and draws ``group`` samples per prompt at temperature 1, with no top-p, for up to
+``max_new_tokens`` tokens; all of them, and the raw loop, are timed in turns. Two models:
+- ``embedded``: the embedded default's base model and prompts, at its GRPO size;
+- ``qwen2.5-0.5b-shape``: random weights in Qwen2.5-0.5B's shape (24 layers, hidden 896,
+  14 query / 2 key-value heads, MLP 4,864, its 151,936-token vocabulary, tied embeddings; 494 M
+  parameters), on the embedded prompts, ``--big-prompts`` of them at the same group size.
+The raw loop is ``model.generate(do_sample=True, num_return_sequences=group)`` on the
+left-padded prompts, with the embedded model as transformers loads it (sdpa attention, its own
+cache), in this process. Throughput counts real response tokens (up to and including EOS) per
+second of wall time. ``--quick`` runs the embedded model only, at tiny sizes.
 """
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
-from bench.common import arguments, embedded_assets, interleaved_seconds, prompts, report, workdir
+import ray
+import torch
+from transformers import AutoTokenizer
+
+from bench.common import (
+    arguments,
+    embedded_assets,
+    interleaved_seconds,
+    prompts,
+    qwen_shaped_model,
+    report,
+    response_tokens,
+    workdir,
+)
 from pipeline.checkpoint import load_policy
+from pipeline.config import RunConfig
+from pipeline.roles import ALLOCATOR_ENV, start_ray
+from pipeline.rollout_env import rollout_runtime_env
 from workers.hf_generate import SamplingParams, _left_pad
 from workers.rollout import RolloutWorker
 
+BACKENDS = [("hf", "float32"), ("vllm", "float32"), ("vllm", "bfloat16")]
 
-def _response_tokens(sequences: torch.Tensor, prompt_width: int, eos: int, pad: int) -> int:
-    """Real tokens of ``generate``'s output: up to the first EOS, the rest is padding."""
-    responses = sequences[:, prompt_width:]
-    is_eos = responses == eos
-    after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
-    return int((~after_eos & (responses != pad)).sum())
+
+def _worker(config: RunConfig, model_path: str, backend: str, dtype: str, threads: int):
+    config.rollout.backend = backend
+    actor = ray.remote(num_cpus=0, runtime_env=rollout_runtime_env(config, ALLOCATOR_ENV))(RolloutWorker)
+    return actor.remote(model_path, backend, dtype, num_threads=threads, max_num_seqs=1024)
+
+
+def _raw_generate(model_path: str, records, params: SamplingParams, counts: list[int]):
+    model, tokenizer = load_policy(model_path)
+    model.eval()
+    ids, mask = _left_pad([r.prompt_ids for r in records], tokenizer.pad_token_id)
+
+    @torch.no_grad()
+    def raw():
+        out = model.generate(input_ids=ids, attention_mask=mask.long(), do_sample=True, temperature=1.0, top_k=0,
+                             top_p=1.0, num_return_sequences=params.n, max_new_tokens=params.max_new_tokens,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        counts.append(response_tokens(out, ids.shape[1], tokenizer.eos_token_id, tokenizer.pad_token_id))
+
+    return raw
+
+
+def _rollout(worker, records, params: SamplingParams, counts: list[int]):
+    def run():
+        _, metrics = ray.get(worker.rollout.remote(records, params, seed=len(counts)))
+        counts.append(metrics["rollout_tokens"])
+
+    return run
 
 
 def main() -> None:
-    args = arguments(__doc__.splitlines()[0])
+    args = arguments(__doc__.splitlines()[0], **{"big-prompts": 4})
     size = args.size
+    params = SamplingParams(n=size.group, temperature=1.0, max_new_tokens=size.max_new_tokens)
+    config = RunConfig()
+    config.ray.num_cpus = args.threads
+    config.rollout.backend = "vllm"  # start_ray refuses a vLLM environment that cannot run
+    start_ray(config)
+    rows = []
     with workdir() as folder:
-        assets = embedded_assets(folder)
-        worker = RolloutWorker(str(assets.base_model), num_threads=args.threads, max_num_seqs=size.prompts * size.group)
-        records = prompts(assets, worker.tokenizer, size.prompts)
-        params = SamplingParams(n=size.group, temperature=1.0, max_new_tokens=size.max_new_tokens)
-        counts = {}
-
-        def ours():
-            _, metrics = worker.rollout(records, params, seed=len(counts.get("ours", [])))
-            counts.setdefault("ours", []).append(metrics["rollout_tokens"])
-
-        model, tokenizer = load_policy(str(assets.base_model))
-        model.eval()
-        ids, mask = _left_pad([r.prompt_ids for r in records], tokenizer.pad_token_id)
-
-        @torch.no_grad()
-        def raw():
-            out = model.generate(input_ids=ids, attention_mask=mask.long(), do_sample=True, temperature=1.0, top_k=0,
-                                 top_p=1.0, num_return_sequences=size.group, max_new_tokens=size.max_new_tokens,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            counts.setdefault("raw", []).append(
-                _response_tokens(out, ids.shape[1], tokenizer.eos_token_id, tokenizer.pad_token_id))
-
-        times = interleaved_seconds({"ours": ours, "raw": raw}, size.repeats)
-        ours_times, raw_times = times["ours"], times["raw"]
-    # tokens per run vary with sampling: the timed runs' tokens over their time (not the warm-up's)
-    ours_rate = sum(counts["ours"][1:]) / sum(ours_times)
-    raw_rate = sum(counts["raw"][1:]) / sum(raw_times)
-    row = ["hf", size.prompts * size.group, sum(counts["ours"][1:]) / size.repeats,
-           sum(counts["raw"][1:]) / size.repeats, ours_rate, raw_rate, ours_rate / raw_rate]
-    report("rollout", args, ["backend", "sequences", "ours_tokens", "raw_tokens", "ours_tokens_per_s",
-                             "raw_tokens_per_s", "ratio"], [row])
+        assets = embedded_assets(Path(folder))
+        models = {"embedded": (str(assets.base_model), size.prompts)}
+        if not args.quick:
+            models["qwen2.5-0.5b-shape"] = (qwen_shaped_model(Path(folder) / "qwen", str(assets.base_model)),
+                                            args.big_prompts)
+        for model, (path, count) in models.items():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            records = prompts(assets, tokenizer, count)
+            counts: dict[str, list[int]] = {}
+            runs, workers = {}, []
+            for backend, dtype in BACKENDS:
+                name = f"{backend} {dtype}"
+                workers.append(_worker(config, path, backend, dtype, args.threads))
+                runs[name] = _rollout(workers[-1], records, params, counts.setdefault(name, []))
+            if model == "embedded":
+                name = "raw-generate float32"
+                runs[name] = _raw_generate(path, records, params, counts.setdefault(name, []))
+            times = interleaved_seconds(runs, size.repeats)
+            for worker in workers:
+                ray.kill(worker)
+            # tokens per run vary with sampling: the timed runs' tokens over their time (not the warm-up's)
+            rates = {name: sum(counts[name][1:]) / sum(times[name]) for name in runs}
+            for name in runs:
+                backend, dtype = name.rsplit(" ", 1)
+                rows.append([model, backend, dtype, count * size.group, sum(counts[name][1:]) / size.repeats,
+                             rates[name], rates[name] / rates["hf float32"]])
+    ray.shutdown()
+    report("rollout", args, ["model", "backend", "dtype", "sequences", "tokens_per_run", "tokens_per_s",
+                             "vs_hf"], rows)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ def _eval_config(args: argparse.Namespace):
     from pipeline.benchmarks import BENCHMARKS
     from pipeline.config import RunConfig, validate
     from pipeline.configio import ConfigError
+    from pipeline.rollout_env import check_rollout_environment
 
     config = RunConfig(name="eval", seed=args.seed)
     config.model.path, config.model.dtype = str(args.checkpoint), args.dtype
@@ -84,10 +85,12 @@ def _eval_config(args: argparse.Namespace):
     config.eval.splits, config.eval.max_prompts = list(eval_files), args.max_prompts
     config.eval.pass_k, config.eval.max_new_tokens = args.k, args.max_new_tokens
     config.rollout.backend, config.rollout.num_workers = args.backend, args.num_workers
+    config.rollout.python = args.rollout_python
     config.rollout.temperature = args.temperature
     config.reward.function, config.reward.timeout_s = args.reward_function, args.reward_timeout
     config.ray.address = args.address
     validate(config, training=False)
+    check_rollout_environment(config)  # before the output folder is made
     return config
 
 
@@ -271,6 +274,7 @@ def _add_eval_parser(commands) -> None:
     parser.add_argument("--max-prompt-length", type=int, default=1024, help="longer prompts are skipped and listed")
     parser.add_argument("--temperature", type=float, default=1.0, help="for the pass@k samples")
     parser.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    parser.add_argument("--rollout-python", help="the rollout workers' interpreter (default: .venv-vllm's for vllm)")
     parser.add_argument("--num-workers", type=int, default=1, help="rollout workers")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="auto: bfloat16 on a GPU, float32 on CPU")

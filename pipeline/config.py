@@ -66,14 +66,21 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
+    """The rollout workers. ``vllm`` runs in an environment of its own (vLLM pins a torch and a
+    transformers that the learner's verl refuses): ``python`` is its interpreter, which must be
+    at that path on every node; None: ``.venv-vllm`` beside the checkout (``make vllm``)."""
+
     backend: str = "hf"  # hf | vllm
+    python: str | None = None  # the workers' interpreter; None: the driver's (hf), .venv-vllm's (vllm)
     num_workers: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 64
-    max_num_seqs: int = 256  # hf backend: sequences decoded at once (prompts x n), bounds memory
+    max_num_seqs: int = 256  # sequences decoded at once (prompts x n), bounds memory
     num_cpus: float = 1.0  # per worker
     num_gpus: float = 0.0
+    gpu_memory_utilization: float = 0.5  # vllm on a GPU: its share of the GPU's memory
+    kv_cache_gib: float | None = None  # vllm: KV cache size; None: 1 GiB on CPU, what fits on a GPU
 
 
 @dataclass
@@ -268,6 +275,8 @@ def validate(config: RunConfig, training: bool = True) -> None:
     _check(0 < rollout.top_p <= 1, "rollout.top_p must be in (0, 1]")
     _check(rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
     _check(rollout.max_num_seqs >= 1, "rollout.max_num_seqs must be >= 1")
+    _check(0 < rollout.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization must be in (0, 1]")
+    _check(rollout.kv_cache_gib is None or rollout.kv_cache_gib > 0, "rollout.kv_cache_gib must be > 0 or null")
     _check(config.model.dtype in ("auto", "float32", "bfloat16"), "model.dtype must be auto, float32 or bfloat16")
     _check(config.learner.num_workers >= 1, "learner.num_workers must be >= 1")
     _check(not config.learner.fsdp or config.learner.num_workers >= 2,

@@ -6,21 +6,20 @@ Every loss is a pure function of per-token log-probs, advantages and a response 
 Aggregation is the token mean over every response token of the micro-batch (DESIGN §2).
 
 GRPO does not re-implement anything: its clipped surrogate and KL come from
-``verl.trainer.ppo.core_algos`` so the numbers are verl's. Importing this module also registers the
-GFT loss in verl's policy-loss registry under ``"gft"`` (see :func:`verl_gft_policy_loss`).
+``verl.trainer.ppo.core_algos`` so the numbers are verl's. verl is imported by the GRPO loss alone
+(it brings Ray and much more), so a learner of the other losses needs torch only, as on a GPU
+machine that has nothing else (``scripts/gpu_check.sh``). The GFT loss in verl's own policy-loss
+registry is ``pipeline.verl_gft``.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
-from verl.trainer.ppo import core_algos
 
 Metrics = dict[str, float]
 
-GFT_TAU_ENV = "GFT_TAU"
 DEFAULT_TAU = 0.1
 
 
@@ -112,6 +111,8 @@ def grpo_loss(
         clip_ratio: PPO epsilon.
         kl_coef: weight of the k3 ("low_var_kl") penalty to ``ref_log_probs``; 0 disables it.
     """
+    from verl.trainer.ppo import core_algos
+
     mask = response_mask.to(log_probs.dtype)
     loss, verl_metrics = core_algos.compute_policy_loss_vanilla(
         old_log_prob=old_log_probs,
@@ -133,41 +134,3 @@ def grpo_loss(
         loss = loss + kl_coef * kl_loss
         metrics["kl_loss"] = kl_loss.item()
     return loss, metrics
-
-
-def _tau_from_env() -> float:
-    raw = os.environ.get(GFT_TAU_ENV, str(DEFAULT_TAU))
-    try:
-        tau = float(raw)
-    except ValueError as err:
-        raise ValueError(f"{GFT_TAU_ENV}={raw!r} is not a number") from err
-    if tau <= 0:
-        raise ValueError(f"{GFT_TAU_ENV} must be > 0, got {tau}")
-    return tau
-
-
-@core_algos.register_policy_loss("gft")
-def verl_gft_policy_loss(
-    old_log_prob: torch.Tensor,
-    log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_agg_mode: str = "token-mean",
-    config=None,
-    rollout_is_weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The GFT loss in verl's policy-loss signature (``actor.policy_loss.loss_mode=gft``).
-
-    verl's ``ActorConfig`` is a closed dataclass with no field for tau, so tau comes from the
-    ``GFT_TAU`` environment variable (default 0.1), which a verl run sets for its workers with
-    ``+ray_kwargs.ray_init.runtime_env.env_vars.GFT_TAU=0.1``. ``old_log_prob`` is unused: DCR
-    weighs by the current policy's probabilities. The aggregation follows ``loss_agg_mode`` and
-    verl's global batch info, like verl's own losses.
-    """
-    coefficients = dcr_coefficients(log_prob, _tau_from_env())
-    loss_mat = -advantages * coefficients * log_prob
-    if rollout_is_weights is not None:
-        loss_mat = loss_mat * rollout_is_weights
-    batch_info = config.global_batch_info if config is not None else {}
-    loss = core_algos.agg_loss(loss_mat, response_mask, loss_agg_mode, **batch_info)
-    return loss, {"actor/gft_mean_coefficient": _token_mean(coefficients, response_mask).item()}

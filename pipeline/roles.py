@@ -21,6 +21,7 @@ from pipeline.data import PromptRecord
 from pipeline.errors import RoleFailed
 from pipeline.placement import Seat, plan_placement
 from pipeline.rewards.guard import RewardGuard
+from pipeline.rollout_env import check_rollout_environment, rollout_runtime_env
 from workers.hf_generate import SamplingParams
 from workers.learner import Learner
 from workers.rollout import RolloutWorker
@@ -41,6 +42,7 @@ def start_ray(config: RunConfig) -> None:
     bound to loopback. Ray sets RAY_ADDRESS for the driver of a job (``gft submit``), whose run
     must use the cluster the job was submitted to."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    check_rollout_environment(config)  # once per process; a run has checked before making its folder
     if ray.is_initialized():
         return
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
@@ -99,10 +101,10 @@ class Roles:
         self.group = placement_group(placement.bundles, strategy="PACK")
         self._wait_for_seats(placement.bundles)
 
-        def seated(seat: Seat, **options):
+        def seated(seat: Seat, runtime_env: dict = ACTOR_RUNTIME_ENV, **options):
             strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=seat.bundle)
             return ray.remote(num_cpus=seat.num_cpus, num_gpus=seat.num_gpus, scheduling_strategy=strategy,
-                              runtime_env=ACTOR_RUNTIME_ENV, **options)
+                              runtime_env=runtime_env, **options)
 
         threads = config.ray.num_cpus or os.cpu_count() or 1  # torch threads, split among the actors
         self.learners = [  # an eval-only job has none
@@ -114,11 +116,15 @@ class Roles:
         # Ray restarts a dead rollout or teacher actor from its constructor; ``_call`` then
         # brings it back to the current policy and asks again. No task is retried by Ray itself:
         # a retry on a restarted rollout worker would sample with the base weights.
+        rollout = config.rollout
+        colocated = config.ray.colocate and bool(self.learners) and rollout.num_gpus > 0  # sharing their GPUs
         self.rollouts = [
-            seated(seat, max_restarts=self.max_restarts, max_task_retries=0)(RolloutWorker).remote(
-                model_path, config.rollout.backend, config.model.dtype,
-                num_threads=max(1, threads // len(placement.rollouts)), max_num_seqs=config.rollout.max_num_seqs,
-                colocated=config.ray.colocate and bool(self.learners) and config.rollout.num_gpus > 0)
+            seated(seat, rollout_runtime_env(config, ALLOCATOR_ENV), max_restarts=self.max_restarts,
+                   max_task_retries=0)(RolloutWorker).remote(
+                model_path, rollout.backend, config.model.dtype,
+                num_threads=max(1, threads // len(placement.rollouts)), max_num_seqs=rollout.max_num_seqs,
+                colocated=colocated, seed=config.seed,
+                gpu_memory_utilization=rollout.gpu_memory_utilization, kv_cache_gib=rollout.kv_cache_gib)
             for seat in placement.rollouts
         ]
         teacher = config.teacher
@@ -128,6 +134,7 @@ class Roles:
             reward_timeout_s=config.reward.timeout_s, reward_workers=config.reward.num_workers)
         # surface a bad model path or reward file now, not at the first step
         ray.get([actor.__ray_ready__.remote() for actor in [self.teacher, *self.rollouts, *self.learners]])
+        self._report_rollout(colocated)
         # weights reach rollout workers on the learner's node through its shared memory
         nodes = ray.get([_node_id(actor) for actor in [*self.learners[:1], *self.rollouts]])
         self.same_node = len(set(nodes)) == 1
@@ -136,6 +143,18 @@ class Roles:
             world = len(self.learners)
             ray.get([rank.join_group.remote(i, world, address, port, config.learner.fsdp)
                      for i, rank in enumerate(self.learners)])
+
+    def _report_rollout(self, colocated: bool) -> None:
+        """Say what the rollout runs on; a colocated vLLM engine that cannot sleep (no sleep mode
+        on its platform) keeps its memory while the learner trains, which is worth a warning."""
+        info = ray.get(self.rollouts[0].describe.remote())
+        if info["backend"] != "vllm":
+            return
+        logger.info("rollout: %d vLLM %s workers on %s (%s); sleep between calls: %s", len(self.rollouts),
+                    info["vllm"], info["platform"], info["python"], "yes" if info["sleeps"] else "no")
+        if colocated and not info["sleeps"]:
+            logger.warning("the vLLM rollout shares the learners' GPUs, but sleep mode is not available on %s: "
+                           "its weights and KV cache stay in memory while the learner trains", info["platform"])
 
     def _wait_for_seats(self, bundles: list[dict[str, float]]) -> None:
         """Wait for the cluster to reserve the placement group, saying what is missing while it

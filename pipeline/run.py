@@ -35,6 +35,7 @@ from pipeline.files import atomic_path, write_json_lines
 from pipeline.metrics import MetricsLogger
 from pipeline.resume import Progress, ResumePoint, chosen_point, latest_point, prune, write_point
 from pipeline.roles import Roles, start_ray
+from pipeline.rollout_env import check_rollout_environment
 from pipeline.stages import EvalOutcome, evaluate, train_step
 
 logger = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ def run(config: RunConfig, run_dir: Path | None = None, on_step: Callable[[], No
     or from ``resume_point``, one of its points, discarding those after it.
     """
     started = time.perf_counter()
+    check_rollout_environment(config)
     run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(config)
     fresh = not run_dir.exists()
     try:

@@ -57,9 +57,11 @@ def submitted_recipe(config: RunConfig) -> dict:
     where relative paths would point inside that folder: ``output_dir`` and the local files and
     folders the recipe names (all checked to exist before this) become absolute. The job joins
     the cluster it runs on, which Ray names in its driver's RAY_ADDRESS, so a ``ray.address``
-    meant for runs started here is dropped."""
+    meant for runs started here is dropped. The rollout's interpreter is named too: by default it
+    is beside the code, which the job runs from a copy without it."""
     from pipeline.config import EMBEDDED
     from pipeline.configio import to_dict
+    from pipeline.rollout_env import rollout_python
 
     tree = to_dict(config)
     tree["output_dir"] = os.path.abspath(config.output_dir)
@@ -72,6 +74,8 @@ def submitted_recipe(config: RunConfig) -> dict:
         tree["teacher"]["model_path"] = os.path.abspath(config.teacher.model_path)
     if config.reward.function is not None:
         tree["reward"]["function"] = os.path.abspath(config.reward.function)
+    python = rollout_python(config)
+    tree["rollout"]["python"] = os.path.abspath(python) if python else None
     tree["ray"]["address"] = None
     return tree
 

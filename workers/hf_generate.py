@@ -36,8 +36,10 @@ class SamplingParams:
 @dataclass
 class Generation:
     """Row ``i * n + j`` is sample j of prompt i. ``logprobs`` are log-probs of the sampled
-    tokens under the policy's temperature-scaled distribution (before top-p truncation), i.e.
-    what the learner recomputes; greedy decoding reports temperature-1 log-probs."""
+    tokens under the distribution they were drawn from: the policy's, scaled by the temperature
+    and, with top-p < 1, cut to the nucleus and renormalised (vLLM's "processed" log-probs). At
+    temperature 1 and top-p 1 that is what the learner recomputes; greedy decoding reports
+    temperature-1 log-probs."""
 
     response_ids: list[list[int]]
     logprobs: list[list[float]]
@@ -130,6 +132,7 @@ def _choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Gener
         drop = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        log_probs = log_probs - probs.sum(-1, keepdim=True).log()  # the nucleus, renormalised
     tokens = _inverse_cdf_sample(probs, generator)
     return tokens, log_probs.gather(-1, tokens[:, None])[:, 0], entropy
 

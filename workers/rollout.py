@@ -1,41 +1,58 @@
 """The RolloutWorker role: samples n responses per prompt with the current policy.
 
 Backends share one interface: ``hf`` (transformers, CPU or GPU; ``workers.hf_generate``) and
-``vllm`` (GPU only, imported lazily; ``workers.vllm_engine``). Rows come back as an Arrow batch of
-source ``self``, stamped with the policy version whose weights sampled them.
+``vllm`` (``workers.vllm_engine``, imported only by a worker that runs in the vLLM environment).
+Rows come back as an Arrow batch of source ``self``, stamped with the policy version whose weights
+sampled them.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import pyarrow as pa
 import torch
 
 from pipeline.batch import make_batch
-from pipeline.checkpoint import load_policy
+from pipeline.checkpoint import load_policy, torch_dtype
 from pipeline.data import PromptRecord
 from workers.hf_generate import Generation, SamplingParams, generate, prepare_for_sampling
 from workers.weights import FlatWeights, SharedWeights
 
 
 class RolloutWorker:
+    """``colocated``: shares a GPU with a learner, so a vLLM engine sleeps between calls where
+    its platform can. ``gpu_memory_utilization`` and ``kv_cache_gib``: the vLLM engine's memory
+    (``workers.vllm_engine.VllmEngine``)."""
+
     def __init__(self, model_path: str, backend: str = "hf", dtype: str = "float32", num_threads: int | None = None,
-                 max_num_seqs: int = 256, colocated: bool = False):
+                 max_num_seqs: int = 256, colocated: bool = False, seed: int = 0,
+                 gpu_memory_utilization: float = 0.5, kv_cache_gib: float | None = None):
         if num_threads:
             torch.set_num_threads(num_threads)
+            # vLLM drops torch to one thread unless OMP_NUM_THREADS asks for more
+            os.environ["OMP_NUM_THREADS"] = str(num_threads)
         self.backend, self.dtype, self.max_num_seqs = backend, dtype, max_num_seqs
-        self.colocated = colocated  # sharing a GPU with a learner: vLLM sleeps between calls
+        self.engine_options = {"seed": seed, "sleep_when_idle": colocated, "max_num_seqs": max_num_seqs,
+                               "gpu_memory_utilization": gpu_memory_utilization, "kv_cache_gib": kv_cache_gib}
+        self.engine = None
         self.version = 0
         self.load(model_path, version=0)
 
     def load(self, model_path: str, version: int) -> None:
-        """Serve the policy in ``model_path`` (a stage's start checkpoint) as ``version``."""
+        """Serve the policy in ``model_path`` (a stage's start checkpoint) as ``version``. A vLLM
+        engine is built once and later takes each stage's weights in place."""
         if self.backend == "vllm":
-            from workers.vllm_engine import VllmEngine
+            if self.engine is None:
+                from workers.vllm_engine import VllmEngine
 
-            self.engine = VllmEngine(model_path, self.dtype, sleep_when_idle=self.colocated)
-            self.tokenizer = self.engine.tokenizer
+                dtype = str(torch_dtype(self.dtype)).removeprefix("torch.")  # vLLM's auto would cast float32 down
+                self.engine = VllmEngine(model_path, dtype, **self.engine_options)
+                self.tokenizer = self.engine.tokenizer
+            else:
+                self.engine.load_checkpoint(model_path)
         else:
             self.model, self.tokenizer = load_policy(model_path, self.dtype)
             prepare_for_sampling(self.model).eval()
@@ -43,10 +60,20 @@ class RolloutWorker:
                 self.model.cuda()
         self.version = version
 
+    def describe(self) -> dict:
+        """What this worker runs on, for the run's log: backend, interpreter, and for vLLM its
+        version, platform and whether the engine sleeps between calls."""
+        info = {"backend": self.backend, "python": sys.executable}
+        if self.engine is not None:
+            import vllm
+
+            info.update(vllm=vllm.__version__, platform=self.engine.platform, sleeps=self.engine.sleeps)
+        return info
+
     def set_weights(self, weights: FlatWeights | SharedWeights, version: int) -> int:
         """Take the learner's new weights in place; rows sampled afterwards carry ``version``."""
         if self.backend == "vllm":
-            self.engine.load_weights(weights.state_dict())
+            self.engine.load_weights(weights)
         else:
             self.model.load_state_dict(weights.state_dict(), strict=True)
         self.version = version
@@ -56,7 +83,7 @@ class RolloutWorker:
         if self.backend == "vllm":
             return self.engine.generate(prompts, params, seed)
         generator = torch.Generator(device=next(self.model.parameters()).device).manual_seed(seed)
-        chunk = max(1, self.max_num_seqs // params.n)  # vLLM schedules its own batches; hf needs a bound
+        chunk = max(1, self.max_num_seqs // params.n)
         out = Generation([], [], [], [])
         for start in range(0, len(prompts), chunk):
             part = generate(self.model, prompts[start : start + chunk], params, [self.tokenizer.eos_token_id],

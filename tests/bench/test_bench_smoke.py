@@ -1,8 +1,10 @@
 """The benchmark scripts still run, at their ``--quick`` size; their figures are not checked
 here (speed is measured by running them, see docs/benchmarks.md). TRL's own virtualenv is not
-built in CI: the pipeline script runs without its TRL half."""
+built in CI: the pipeline script runs without its TRL half. The GPU check runs its CPU fallback,
+as the GPU machine would run it: without Ray, vLLM or verl."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -22,3 +24,18 @@ def test_benchmark_runs_and_writes_its_table(script, extra, tmp_path):
     result = json.loads(out.read_text())
     assert result["benchmark"] == script and result["rows"]
     assert "written:" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_without_ray_vllm_or_verl(tmp_path):
+    blocked = tmp_path / "blocked"  # packages that shadow the real ones and cannot be imported
+    for name in ("ray", "vllm", "verl"):
+        (blocked / name).mkdir(parents=True)
+        (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} is not on the GPU machine')\n")
+    out = tmp_path / "gpu_check.json"
+    done = subprocess.run(["bash", "scripts/gpu_check.sh", "--quick", "--out", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, check=False, env={**os.environ, "PYTHONPATH": str(blocked)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["device"], r["part"]) for r in rows] == [("cpu", "sampler"), ("cpu", "learner")]
+    assert all(r["ours_tokens_per_s"] > 0 and r["raw_tokens_per_s"] > 0 for r in rows)

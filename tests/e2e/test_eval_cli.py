@@ -1,5 +1,6 @@
-"""`gft eval` of the tiny model on two real benchmarks through Ray, then `gft score` of what it
-wrote: the harness is real even if the tiny model's accuracy is near zero."""
+"""`gft eval` of the tiny model on two real benchmarks through Ray, with each rollout backend
+(vLLM's CPU build for ``vllm``), then `gft score` of what it wrote: the harness is real even if
+the tiny model's accuracy is near zero."""
 
 import json
 
@@ -11,12 +12,12 @@ from pipeline.cli import main
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def eval_run(assets, shared_data, tmp_path_factory):
+@pytest.fixture(scope="module", params=["hf", "vllm"])
+def eval_run(assets, shared_data, tmp_path_factory, request):
     out = tmp_path_factory.mktemp("eval")
     argv = ["eval", str(assets.base_model), "--benchmarks", "amc23,gaokao2023en",
             "--benchmark-dir", str(shared_data / "math_eval"), "--max-prompts", "6", "--k", "3",
-            "--max-new-tokens", "12", "--max-prompt-length", "512", "--out", str(out)]
+            "--max-new-tokens", "12", "--max-prompt-length", "512", "--out", str(out), "--backend", request.param]
     code = main(argv)
     ray.shutdown()
     return code, out

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from verl.trainer.ppo import core_algos
 
 from pipeline.losses import dcr_coefficients, dft_loss, gft_loss, grpo_loss, sft_loss
 
@@ -138,21 +137,3 @@ def test_grpo_loss_requires_reference_for_kl():
     x = torch.zeros(1, 2)
     with pytest.raises(ValueError, match="ref_log_probs"):
         grpo_loss(x, x, x, torch.ones(1, 2), kl_coef=0.1)
-
-
-def test_gft_is_registered_in_verls_policy_loss_registry(monkeypatch):
-    import pipeline.losses  # noqa: F401  (the import registers "gft")
-
-    fn = core_algos.get_policy_loss_fn("gft")
-    torch.manual_seed(2)
-    log_probs = torch.log(torch.rand(2, 4, dtype=torch.float64))
-    advantages = torch.randn(2, 1, dtype=torch.float64).expand(2, 4)
-    mask = torch.ones(2, 4, dtype=torch.float64)
-    for tau in (0.1, 0.3):
-        monkeypatch.setenv("GFT_TAU", str(tau))
-        verl_value, _ = fn(log_probs, log_probs, advantages, mask, "token-mean", None)
-        ours, _ = gft_loss(log_probs, advantages, mask, tau=tau)
-        assert verl_value.item() == pytest.approx(ours.item(), rel=1e-12)
-    monkeypatch.setenv("GFT_TAU", "-1")
-    with pytest.raises(ValueError, match="GFT_TAU"):
-        fn(log_probs, log_probs, advantages, mask, "token-mean", None)

@@ -76,7 +76,17 @@ def test_the_submitted_recipe_names_every_local_path_absolutely(tmp_path, monkey
     assert tree["data"]["eval_files"] == {"test": str(tmp_path.parent / "test.parquet")}
     assert tree["reward"]["function"] == str(tmp_path / "reward.py")
     assert tree["ray"]["address"] is None  # the job joins the cluster it runs on
+    assert tree["rollout"]["python"] is None  # hf: the job's own interpreter
     assert config.output_dir == "runs"  # the config itself is left as it was
+
+
+def test_a_submitted_vllm_rollout_names_its_interpreter_where_the_job_cannot_find_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = RunConfig()
+    config.rollout.backend = "vllm"  # by default .venv-vllm beside the code; the job runs a copy of the code
+    assert submitted_recipe(config)["rollout"]["python"] == str(PROJECT_ROOT / ".venv-vllm" / "bin" / "python")
+    config.rollout.python = "envs/rollout/bin/python"
+    assert submitted_recipe(config)["rollout"]["python"] == str(tmp_path / "envs/rollout/bin/python")
 
 
 def test_the_submitted_recipe_loads_back_as_the_same_run(tmp_path, monkeypatch):

@@ -48,12 +48,17 @@ def sampler(model):
     return prepare_for_sampling(copy.deepcopy(model))
 
 
-def _recomputed_logprobs(model, prompt, response):
+def _recomputed_logprobs(model, prompt, response, temperature=1.0, top_p=1.0):
+    """Log-probs of ``response`` under the distribution that samples it: the policy scaled by
+    ``temperature``, cut to the top-p nucleus and renormalised."""
     ids = torch.tensor([prompt + response])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].float()
-    log_probs = torch.log_softmax(logits[len(prompt) - 1 : -1], -1)
-    return log_probs.gather(-1, torch.tensor(response)[:, None])[:, 0]
+    probs = torch.softmax(logits[len(prompt) - 1 : -1] / temperature, -1)
+    ranked, order = probs.sort(-1, descending=True)
+    outside = ranked.cumsum(-1) - ranked >= top_p
+    probs = torch.zeros_like(probs).scatter(-1, order, ranked.masked_fill(outside, 0.0))
+    return (probs / probs.sum(-1, keepdim=True)).log().gather(-1, torch.tensor(response)[:, None])[:, 0]
 
 
 def test_greedy_matches_transformers_generate_for_ragged_prompts(model, sampler):
@@ -100,6 +105,15 @@ def test_top_p_keeps_only_the_nucleus(sampler):
     sampled = generate(sampler, [PROMPTS[0]], params, [39], PAD, generator=torch.Generator().manual_seed(0))
     greedy = generate(sampler, [PROMPTS[0]], SamplingParams(temperature=0.0, max_new_tokens=3), [39], PAD)
     assert all(r == greedy.response_ids[0] for r in sampled.response_ids)
+
+
+def test_logprobs_are_of_the_temperature_scaled_nucleus_that_sampled(model, sampler):
+    params = SamplingParams(n=4, temperature=0.7, top_p=0.8, max_new_tokens=7)
+    out = generate(sampler, PROMPTS, params, [39], PAD, generator=torch.Generator().manual_seed(2))
+    for row, (response, logprobs) in enumerate(zip(out.response_ids, out.logprobs)):
+        expected = _recomputed_logprobs(model, PROMPTS[row // 4], response, temperature=0.7, top_p=0.8)
+        assert torch.isfinite(expected).all()  # every sampled token lies in its nucleus
+        torch.testing.assert_close(torch.tensor(logprobs), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_entropy_is_the_mean_predictive_entropy_of_a_full_forward(model, sampler):

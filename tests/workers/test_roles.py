@@ -1,5 +1,6 @@
 """The Ray roles together on a real local cluster: a GFT step, the weight sync, and actors
-whose processes are killed mid-call."""
+whose processes are killed mid-call. The rollout tests run with each backend: ``vllm`` is a real
+vLLM engine (its CPU build here) in its own environment, ``.venv-vllm`` (``make vllm``)."""
 
 import os
 import signal
@@ -21,9 +22,11 @@ from workers.weights import FlatWeights, SharedWeights
 
 
 @pytest.fixture(scope="module")
-def roles(assets):
+def roles(assets, request):
+    """Roles with the rollout backend the test names (``indirect`` parametrization), else hf."""
     config = RunConfig(seed=0)
     config.ray.num_cpus = 2
+    config.rollout.backend = getattr(request, "param", "hf")
     start_ray(config)
     roles = Roles(config, str(assets.base_model))
     yield roles, config
@@ -31,6 +34,7 @@ def roles(assets):
     ray.shutdown()
 
 
+@pytest.mark.parametrize("roles", ["hf", "vllm"], indirect=True)
 @pytest.mark.parametrize("same_node", [True, False], ids=["shared-memory", "object-store"])
 def test_rollout_samples_with_the_learners_new_weights_after_a_sync(roles, assets, tokenizer, same_node, monkeypatch):
     roles, config = roles
@@ -96,6 +100,7 @@ def _kill_soon(pid: int, delay_s: float) -> threading.Timer:
     return timer
 
 
+@pytest.mark.parametrize("roles", ["hf", "vllm"], indirect=True)
 def test_a_rollout_worker_killed_mid_call_is_restarted_and_the_call_retried(roles, assets, tokenizer):
     roles, config = roles
     records = load_prompts(assets.train, tokenizer, 512)[:48]
