@@ -262,7 +262,8 @@ class PackedBatch:
     once instead of once per row, as the sampler prefills it once. Positions restart at each
     prompt, and a response continues its prompt's positions.
 
-    Shapes: input_ids, position_ids, response_mask, advantages, behaviour_logprobs ``[N]``;
+    Shapes: input_ids, position_ids, response_mask, advantages, behaviour_logprobs, sources ``[N]``
+    (a response token's row's source, an index into :data:`SOURCES`; -1 for prompt tokens);
     predictors ``[R]`` (R response tokens, in packed order): the packed position whose logits
     predict each response token (the token before it; for a response's first token, its
     prompt's last); prompt_starts, prompt_lengths, response_starts, response_lengths, rewards,
@@ -278,6 +279,7 @@ class PackedBatch:
     response_mask: torch.Tensor
     advantages: torch.Tensor
     behaviour_logprobs: torch.Tensor
+    sources: torch.Tensor
     predictors: torch.Tensor
     prompt_starts: torch.Tensor
     prompt_lengths: torch.Tensor
@@ -370,6 +372,8 @@ def to_packed(batch: pa.RecordBatch) -> PackedBatch:
     behaviour_offsets = np.concatenate([[0], np.cumsum(response_lengths * behaviour_rows)[:-1]]).astype(np.int64)
     with_behaviour = is_response & behaviour_rows[token_row]
     behaviour[with_behaviour] = behaviour_column[(behaviour_offsets[token_row] + offset)[with_behaviour]]
+    row_sources = np.asarray([SOURCES.index(s) for s in batch.column("source").to_pylist()], dtype=np.int64)
+    sources = np.where(is_response, row_sources[token_row], -1)
     gather = _attention_gather(prompt_starts, prompt_lengths, response_starts, response_lengths)
     # a token's place in that block is its position; a prompt token's output comes from its
     # group's first row, a response token's from its own
@@ -381,6 +385,7 @@ def to_packed(batch: pa.RecordBatch) -> PackedBatch:
         response_mask=torch.from_numpy(is_response.astype(np.float32)),
         advantages=torch.from_numpy(advantages.astype(np.float32)),
         behaviour_logprobs=torch.from_numpy(behaviour),
+        sources=torch.from_numpy(sources),
         predictors=torch.from_numpy(predictors.astype(np.int64)),
         prompt_starts=torch.from_numpy(prompt_starts),
         prompt_lengths=torch.from_numpy(prompt_lengths),

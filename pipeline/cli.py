@@ -88,6 +88,7 @@ def _eval_config(args: argparse.Namespace):
     config.rollout.python = args.rollout_python
     config.rollout.temperature = args.temperature
     config.reward.function, config.reward.timeout_s = args.reward_function, args.reward_timeout
+    config.reward.extraction = args.extraction
     config.ray.address = args.address
     validate(config, training=False)
     check_rollout_environment(config)  # before the output folder is made
@@ -111,7 +112,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from pipeline.files import write_json_lines
     from pipeline.rescore import format_summary, rescore
 
-    report = rescore(args.file, args.reward_function, args.timeout, args.workers, args.data_source)
+    if args.reward_function and args.extraction != "strict":
+        from pipeline.configio import ConfigError
+
+        raise ConfigError("--extraction applies to the built-in verifiers; a --reward-function file finds answers its "
+                          "own way")
+    report = rescore(args.file, args.reward_function, args.timeout, args.workers, args.data_source, args.extraction)
     out = args.out or args.file.with_name(f"{args.file.stem}.scored.jsonl")
     write_json_lines(report.rows, out)
     print(format_summary(report.summary))
@@ -280,6 +286,9 @@ def _add_eval_parser(commands) -> None:
                         help="auto: bfloat16 on a GPU, float32 on CPU")
     parser.add_argument("--reward-function", help="a .py file with verl's compute_score (default: built-in)")
     parser.add_argument("--reward-timeout", type=float, default=10.0, help="seconds per reward call")
+    parser.add_argument("--extraction", choices=["strict", "lenient"], default="strict",
+                        help="built-in verifier: strict (\\boxed{} or ####) or lenient (then 'the answer is', "
+                             "the last number)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="output folder (default: runs/eval/CHECKPOINT-TIME)")
     parser.add_argument("--address", help="join this Ray cluster instead of starting a local one")
@@ -292,6 +301,9 @@ def _add_score_parser(commands) -> None:
     parser.add_argument("--reward-function", help="a .py file with verl's compute_score (default: built-in)")
     parser.add_argument("--data-source", default="math", help="for rows without one (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per reward call")
+    parser.add_argument("--extraction", choices=["strict", "lenient"], default="strict",
+                        help="built-in verifier: strict (\\boxed{} or ####) or lenient (then 'the answer is', "
+                             "the last number)")
     parser.add_argument("--workers", type=int, default=1, help="scoring processes")
     parser.add_argument("--out", type=Path, help="scored JSON lines (default: FILE.scored.jsonl)")
     parser.set_defaults(handler=_cmd_score)

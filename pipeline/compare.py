@@ -26,9 +26,9 @@ from pipeline.configio import ConfigError, to_dict
 CACHE_VERSION = 1  # bump when a code change makes cached runs incomparable
 
 
-def _stage_one(algorithm: str, group: Callable[[StageConfig], GroupConfig]):
+def _stage_one(algorithm: str, group: Callable[[StageConfig], GroupConfig], **settings):
     def make(template: StageConfig) -> StageConfig:
-        return replace(template, algorithm=algorithm, group=group(template))
+        return replace(template, algorithm=algorithm, group=group(template), **settings)
 
     return make
 
@@ -45,6 +45,10 @@ PIPELINES: dict[str, Callable[[StageConfig], StageConfig] | None] = {
     "gft": _stage_one("gft", _recipe_group),
     "sft_mix": _stage_one("sft", lambda t: GroupConfig(expert=1, teacher=_recipe_group(t).teacher, self=0)),
     "gft_nomix": _stage_one("gft", lambda t: GroupConfig(expert=1, teacher=0, self=_recipe_group(t).self)),
+    # departures from the paper, to test what drives GFT's entropy (docs/results.md): DCR on the
+    # off-policy rows only (self rows keep c = 1), and rewards normalised within each source
+    "gft_dcr_offpolicy": _stage_one("gft", _recipe_group, dcr_sources=["expert", "teacher"]),
+    "gft_source_norm": _stage_one("gft", _recipe_group, advantage_groups="prompt_and_source"),
 }
 DEFAULT_PIPELINES = ("grpo", "sft", "dft", "gft")
 

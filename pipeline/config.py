@@ -10,14 +10,17 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.batch import SOURCES
 from pipeline.benchmarks import BENCHMARKS
 from pipeline.configio import ConfigError, apply_override, build, read_yaml
 from pipeline.data import BAD_ROWS
 from pipeline.embedded import TaskConfig, TinyModelConfig
+from pipeline.rewards.verifiers import EXTRACTIONS
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 DEFAULT_RECIPE = RECIPES_DIR / "default.yaml"
 ALGORITHMS = ("sft", "dft", "gft", "grpo", "eval")
+ADVANTAGE_GROUPS = ("prompt", "prompt_and_source")
 EMBEDDED = "embedded"
 PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")  # torch.load would run code a file carries
 
@@ -97,6 +100,10 @@ class RewardConfig:
     scores 0 and is counted (``reward_failures``, ``reward_timeouts``); the run goes on."""
 
     function: str | None = None  # a .py file with verl's compute_score; None: built-in verifiers
+    # how the built-in math verifier finds a response's answer: strict (its \boxed{} or ####, else
+    # none: scores 0) | lenient (then "the answer is ...", else the last number, as the GFT
+    # authors' verifier does; pipeline/rewards/verifiers.py)
+    extraction: str = "strict"
     timeout_s: float = 10.0  # per call
     num_workers: int = 1  # scoring processes
 
@@ -131,6 +138,11 @@ class StageConfig:
     lr_schedule: str = "constant"  # constant | cosine (to 10% of lr at the last step)
     max_grad_norm: float = 1.0
     tau: float = 0.1  # DCR threshold (gft)
+    # gft, departures from the paper for ablations: the sources whose tokens DCR rectifies (others
+    # keep c = 1; the paper: all), and the groups rewards are normalised in (prompt: the paper,
+    # all of a prompt's rows together; prompt_and_source: each source's rows apart)
+    dcr_sources: list[str] = field(default_factory=lambda: ["expert", "teacher", "self"])
+    advantage_groups: str = "prompt"
     clip_ratio: float = 0.2  # PPO epsilon (grpo)
     kl_coef: float = 0.0  # low-variance KL to the stage's start policy (grpo)
     updates_per_batch: int = 1  # optimizer steps per batch (mini-batches); >1 makes clipping bite
@@ -232,6 +244,10 @@ def validate_stages(config: RunConfig) -> None:
         _check(group.expert + group.teacher + group.self > 0, f"{where}.group: group size is 0")
         if stage.algorithm == "gft":
             _check(stage.tau > 0, f"{where}.tau must be > 0, got {stage.tau}")
+            unknown = sorted(set(stage.dcr_sources) - set(SOURCES))
+            _check(not unknown, f"{where}.dcr_sources: {unknown} are not sources; the sources are {list(SOURCES)}")
+        _check(stage.advantage_groups in ADVANTAGE_GROUPS,
+               f"{where}.advantage_groups: {stage.advantage_groups!r} is not one of {', '.join(ADVANTAGE_GROUPS)}")
         if stage.algorithm in ("sft", "dft"):
             _check(group.self == 0, f"{where}.group.self must be 0 for {stage.algorithm} (off-policy only)")
         if stage.algorithm == "grpo":
@@ -304,6 +320,10 @@ def validate(config: RunConfig, training: bool = True) -> None:
         validate_model_folder("teacher.model_path", config.teacher.model_path)
     function = config.reward.function
     _check(function is None or Path(function).exists(), f"reward.function: {function} does not exist")
+    _check(config.reward.extraction in EXTRACTIONS,
+           f"reward.extraction: {config.reward.extraction!r} is not one of {', '.join(EXTRACTIONS)}")
+    _check(function is None or config.reward.extraction == "strict",
+           "reward.extraction applies to the built-in verifiers; a reward.function file finds answers its own way")
     _check(config.reward.timeout_s > 0, f"reward.timeout_s must be > 0, got {config.reward.timeout_s}")
     _check(config.reward.num_workers >= 1, f"reward.num_workers must be >= 1, got {config.reward.num_workers}")
     _check(config.checkpoint.every >= 0, f"checkpoint.every must be >= 0, got {config.checkpoint.every}")

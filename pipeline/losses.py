@@ -15,6 +15,7 @@ registry is ``pipeline.verl_gft``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import torch
 
@@ -28,13 +29,20 @@ def _token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def dcr_coefficients(log_probs: torch.Tensor, tau: float) -> torch.Tensor:
-    """Dynamic Coefficient Rectification: c_t = 1 if p_t > tau else sg(p_t).
+def _rectified(log_probs: torch.Tensor, tau: float, rectifiable: torch.Tensor | None) -> torch.Tensor:
+    rectified = log_probs.detach().exp() <= tau
+    return rectified if rectifiable is None else rectified & rectifiable
 
-    Args: log_probs ``[B, T]``. Returns ``[B, T]``, detached (c never carries gradient).
+
+def dcr_coefficients(log_probs: torch.Tensor, tau: float, rectifiable: torch.Tensor | None = None) -> torch.Tensor:
+    """Dynamic Coefficient Rectification: c_t = 1 if p_t > tau else sg(p_t). Tokens where
+    ``rectifiable`` is False keep c = 1 (an ablation; the paper rectifies every token).
+
+    Args: log_probs ``[B, T]``; rectifiable ``[B, T]`` bool, or None for every token. Returns
+    ``[B, T]``, detached (c never carries gradient).
     """
     probs = log_probs.detach().exp()
-    return torch.where(probs > tau, torch.ones_like(probs), probs)
+    return torch.where(_rectified(log_probs, tau, rectifiable), probs, torch.ones_like(probs))
 
 
 def gft_loss(
@@ -42,6 +50,7 @@ def gft_loss(
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
     tau: float = DEFAULT_TAU,
+    rectifiable: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """GFT loss: token_mean( -A * c_t * log p_t ) with c_t from :func:`dcr_coefficients`.
 
@@ -51,19 +60,63 @@ def gft_loss(
         response_mask: ``[B, T]`` 1 for response tokens, 0 for padding.
         tau: rectification threshold. ``tau <= 0`` never rectifies (c = 1, SFT-like weights);
             ``tau >= 1`` always rectifies (c = sg(p), DFT-like weights).
+        rectifiable: ``[B, T]`` bool, the tokens DCR may rectify (None: all, as the paper).
 
     The gradient on p_t is A/p_t (at most A/tau) for confident tokens and A for rectified ones,
     so the inverse-probability weight of plain NLL is bounded by max(1, 1/tau).
     """
     mask = response_mask.to(log_probs.dtype)
-    coefficients = dcr_coefficients(log_probs, tau)
+    coefficients = dcr_coefficients(log_probs, tau, rectifiable)
     loss = _token_mean(-advantages * coefficients * log_probs, mask)
-    rectified = (log_probs.detach().exp() <= tau).to(mask.dtype)
+    rectified = _rectified(log_probs, tau, rectifiable).to(mask.dtype)
     metrics = {
         "rectified_fraction": _token_mean(rectified, mask).item(),
         "mean_coefficient": _token_mean(coefficients, mask).item(),
     }
     return loss, metrics
+
+
+def dcr_diagnostics(
+    log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    sources: torch.Tensor,
+    source_names: Sequence[str],
+    tau: float = DEFAULT_TAU,
+    rectifiable: torch.Tensor | None = None,
+) -> Metrics:
+    """Where DCR acts, by source: for each source s, the share of the response tokens that are
+    s's (``token_share/s``), and the means over all response tokens of 1[s] x 1[p <= tau]
+    (``rectified_fraction_share/s``) and of 1[s] x A x c (``advantage_coefficient_share/s``).
+    Token-weighted means of shares over micro-batches stay exact, which means within a source
+    would not; :func:`per_source_means` turns them into those means at the end.
+
+    Args: log_probs, advantages, response_mask, sources ``[B, T]`` (``sources``: an index into
+    ``source_names``, -1 off the responses); rectifiable as for :func:`gft_loss`.
+    """
+    mask = response_mask.to(log_probs.dtype)
+    rectified = _rectified(log_probs, tau, rectifiable).to(mask.dtype)
+    weight = advantages * dcr_coefficients(log_probs, tau, rectifiable)
+    metrics = {}
+    for index, name in enumerate(source_names):
+        member = (sources == index).to(mask.dtype) * mask
+        metrics[f"token_share/{name}"] = _token_mean(member, mask).item()
+        metrics[f"rectified_fraction_share/{name}"] = _token_mean(member * rectified, mask).item()
+        metrics[f"advantage_coefficient_share/{name}"] = _token_mean(member * weight, mask).item()
+    return metrics
+
+
+def per_source_means(metrics: dict[str, float]) -> dict[str, float]:
+    """``X_share/s`` (a token mean of 1[s] x X, as :func:`dcr_diagnostics` gives it) becomes
+    ``X/s``, the mean of X over source s's tokens; a source without tokens gets none."""
+    out = {key: value for key, value in metrics.items() if "_share/" not in key or key.startswith("token_share/")}
+    for key, value in metrics.items():
+        name, _, source = key.partition("_share/")
+        if source and name != "token":
+            tokens = metrics.get(f"token_share/{source}", 0.0)
+            if tokens > 0:
+                out[f"{name}/{source}"] = value / tokens
+    return out
 
 
 def sft_loss(log_probs: torch.Tensor, response_mask: torch.Tensor) -> tuple[torch.Tensor, Metrics]:

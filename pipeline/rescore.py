@@ -91,12 +91,13 @@ def _summary(rows: list[dict]) -> dict[str, dict]:
 
 
 def rescore(path: str | Path, reward_function: str | None = None, timeout_s: float = 10.0, num_workers: int = 1,
-            data_source: str = "math") -> RescoreReport:
-    """Score every row of ``path``; ``data_source`` fills rows that carry none."""
+            data_source: str = "math", extraction: str = "strict") -> RescoreReport:
+    """Score every row of ``path``; ``data_source`` fills rows that carry none. ``extraction``:
+    how the built-in verifiers find an answer (``strict`` or ``lenient``)."""
     rows = read_generations(path)
     calls = [(row.get("data_source") or data_source, row["response"], row["ground_truth"], row.get("extra_info"))
              for row in rows]
-    with closing(RewardGuard(reward_function, timeout_s, num_workers)) as guard:
+    with closing(RewardGuard(reward_function, timeout_s, num_workers, extraction=extraction)) as guard:
         report = guard.score(calls)
     scored = []
     for row, reward in zip(rows, report.rewards):

@@ -91,7 +91,7 @@ class Roles:
     every call reaches every rank (``on_learners``), since sharded ranks gather them together."""
 
     def __init__(self, config: RunConfig, model_path: str, learner: bool = True):
-        RewardGuard(config.reward.function).close()  # a broken reward file fails here, in plain words
+        RewardGuard(config.reward.function, extraction=config.reward.extraction).close()  # a broken file fails here
         self.max_restarts = config.ray.max_actor_restarts
         self.restarts = 0  # actor processes that died and were restarted
         self.version = 0  # the policy version the rollout workers serve
@@ -131,7 +131,8 @@ class Roles:
         self.teacher = ray.remote(num_cpus=teacher.num_cpus, num_gpus=teacher.num_gpus, max_restarts=self.max_restarts,
                                   max_task_retries=0, runtime_env=ACTOR_RUNTIME_ENV)(TeacherWorker).remote(
             model_path, config.reward.function, teacher.model_path, num_threads=1,
-            reward_timeout_s=config.reward.timeout_s, reward_workers=config.reward.num_workers)
+            reward_timeout_s=config.reward.timeout_s, reward_workers=config.reward.num_workers,
+            answer_extraction=config.reward.extraction)
         # surface a bad model path or reward file now, not at the first step
         ray.get([actor.__ray_ready__.remote() for actor in [self.teacher, *self.rollouts, *self.learners]])
         self._report_rollout(colocated)

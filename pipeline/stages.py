@@ -19,6 +19,7 @@ from pipeline.batch import SOURCES, concat_batches, make_batch, with_column, wri
 from pipeline.config import EvalConfig, RunConfig, StageConfig
 from pipeline.data import PromptRecord
 from pipeline.evaluation import summarize
+from pipeline.losses import per_source_means
 from pipeline.objectives import objective_for
 from pipeline.roles import Roles
 from workers.hf_generate import SamplingParams
@@ -68,6 +69,18 @@ def group_metrics(batch: pa.RecordBatch) -> dict[str, float]:
     return metrics
 
 
+def step_advantages(batch: pa.RecordBatch, stage: StageConfig) -> np.ndarray:
+    """``[rows]`` advantages of a scored batch: group-normalised rewards for GFT and GRPO, over
+    each prompt's rows (or, ``advantage_groups: prompt_and_source``, each source's rows of it
+    apart); 1 for SFT and DFT, which weigh every imitated token equally."""
+    if stage.algorithm not in ("gft", "grpo"):
+        return np.ones(batch.num_rows, dtype=np.float32)
+    groups = batch.column("group_id").to_pylist()
+    if stage.advantage_groups == "prompt_and_source":
+        groups = [f"{group}/{source}" for group, source in zip(groups, batch.column("source").to_pylist())]
+    return np.asarray(group_advantages(batch.column("reward").to_numpy(), groups))
+
+
 class _PhaseClock:
     """Wall seconds of each phase of a step, logged as ``timing/<phase>_s``."""
 
@@ -115,11 +128,7 @@ def train_step(
     batch, score_metrics = roles.score(concat_batches(parts))
     metrics.update(score_metrics)
     clock.lap("score")
-    if stage.algorithm in ("gft", "grpo"):
-        advantages = group_advantages(batch.column("reward").to_numpy(), batch.column("group_id").to_pylist())
-    else:  # SFT and DFT weigh every imitated token equally (A = 1)
-        advantages = np.ones(batch.num_rows, dtype=np.float32)
-    batch = with_column(batch, "advantage", advantages)
+    batch = with_column(batch, "advantage", step_advantages(batch, stage))
     metrics.update(group_metrics(batch))
     if batch_dump is not None:
         write_batch(batch, batch_dump)
@@ -127,7 +136,7 @@ def train_step(
     clock.lap("advantage")
     update_metrics, weights = roles.update(ray.put(batch), objective_for(stage), stage.updates_per_batch,
                                            stage.micro_batch_tokens, measure_kl or stage.kl_coef > 0)
-    metrics.update(update_metrics)
+    metrics.update(per_source_means(update_metrics))
     clock.lap("update")
     roles.sync_weights(int(metrics["policy_version"]), weights)  # taken up by the next rollout
     metrics["actor_restarts"] = roles.restarts - restarts

@@ -45,13 +45,15 @@ class TokenBatch:
 
     ``old_log_probs`` are the policy's log-probs before this batch's first optimizer step and
     ``ref_log_probs`` the stage's start policy's (None unless the update asked for them); both
-    detached.
+    detached. ``sources``: each response token's row's source (an index into
+    ``pipeline.batch.SOURCES``; -1 for prompt tokens).
     """
 
     response_mask: torch.Tensor
     advantages: torch.Tensor
     old_log_probs: torch.Tensor
     ref_log_probs: torch.Tensor | None
+    sources: torch.Tensor
 
 
 Objective = Callable[[torch.Tensor, TokenBatch], tuple[torch.Tensor, dict[str, float]]]
@@ -318,7 +320,8 @@ class Learner:
                 log_probs, entropy = self._token_stats(self.model, packed, with_entropy=True)
                 mask = packed.response_mask.to(self.device)
                 old_lp = old[mini_index][micro_index] if old else log_probs.detach()
-                tokens = TokenBatch(mask, packed.advantages.to(self.device), old_lp, ref_lp)
+                tokens = TokenBatch(mask, packed.advantages.to(self.device), old_lp, ref_lp,
+                                    packed.sources.to(self.device))
                 loss, metrics = objective(log_probs, tokens)
                 share = float(mask.sum()) / max(total_tokens, 1.0) if real[mini_index][micro_index] else 0.0
                 (loss * share * grad_scale).backward()

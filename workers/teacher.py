@@ -27,11 +27,12 @@ class TeacherWorker:
         num_threads: int | None = None,
         reward_timeout_s: float = 10.0,
         reward_workers: int = 1,
+        answer_extraction: str = "strict",
     ):
         if num_threads:
             torch.set_num_threads(num_threads)
         self.tokenizer = AutoTokenizer.from_pretrained(policy_tokenizer_path, local_files_only=True)
-        self.rewards = RewardGuard(reward_function, reward_timeout_s, reward_workers)
+        self.rewards = RewardGuard(reward_function, reward_timeout_s, reward_workers, extraction=answer_extraction)
         self.teacher = None
         if teacher_model_path:
             self.teacher, self.teacher_tokenizer = load_policy(teacher_model_path)

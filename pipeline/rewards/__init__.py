@@ -7,6 +7,7 @@ A user reward file is executed as Python code when it is loaded: only load files
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +19,11 @@ ComputeScore = Callable[..., float]
 __all__ = ["ComputeScore", "default_compute_score", "load_reward_function"]
 
 
-def load_reward_function(path: str | None) -> ComputeScore:
-    """``compute_score`` from a Python file, or the built-in verifiers when ``path`` is None."""
+def load_reward_function(path: str | None, extraction: str = "strict") -> ComputeScore:
+    """``compute_score`` from a Python file, or the built-in verifiers with the answer
+    ``extraction`` (``verifiers.EXTRACTIONS``) when ``path`` is None."""
     if path is None:
-        return default_compute_score
+        return functools.partial(default_compute_score, extraction=extraction)
     spec = importlib.util.spec_from_file_location(f"user_reward_{Path(path).stem}", path)
     if spec is None or spec.loader is None:
         raise ValueError(f"reward function file {path} cannot be imported")

@@ -58,11 +58,11 @@ class _Worker:
     finalizer: weakref.finalize | None = field(default=None, repr=False)
 
     @classmethod
-    def start(cls, reward_function: str | None, start_timeout_s: float) -> _Worker:
+    def start(cls, reward_function: str | None, extraction: str, start_timeout_s: float) -> _Worker:
         root = str(Path(pipeline.__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.rewards.worker", reward_function or ""],
+            [sys.executable, "-m", "pipeline.rewards.worker", reward_function or "", extraction],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -110,21 +110,26 @@ class _Worker:
 class RewardGuard:
     """Scores calls in ``num_workers`` processes, each call bounded by ``timeout_s`` seconds.
 
-    ``reward_function``: a file defining ``compute_score``, or None for the built-in verifiers.
+    ``reward_function``: a file defining ``compute_score``, or None for the built-in verifiers,
+    which find a response's answer by ``extraction`` (``strict`` or ``lenient``).
     A file that cannot be loaded raises :class:`RewardFunctionError` here, before any scoring.
     """
 
     def __init__(self, reward_function: str | None = None, timeout_s: float = 10.0, num_workers: int = 1,
-                 start_timeout_s: float = 120.0):
+                 start_timeout_s: float = 120.0, extraction: str = "strict"):
         if timeout_s <= 0 or num_workers < 1:
             raise ValueError("a reward guard needs timeout_s > 0 and num_workers >= 1")
         self.reward_function, self.timeout_s, self.start_timeout_s = reward_function, timeout_s, start_timeout_s
+        self.extraction = extraction
         self._lock = threading.Lock()
-        self._workers = [_Worker.start(reward_function, start_timeout_s) for _ in range(num_workers)]
+        self._workers = [self._start() for _ in range(num_workers)]
+
+    def _start(self) -> _Worker:
+        return _Worker.start(self.reward_function, self.extraction, self.start_timeout_s)
 
     def _replace(self, worker: _Worker) -> None:
         worker.stop()
-        self._workers[self._workers.index(worker)] = _Worker.start(self.reward_function, self.start_timeout_s)
+        self._workers[self._workers.index(worker)] = self._start()
 
     def score(self, calls: Sequence[RewardCall]) -> ScoreReport:
         """One reward per call, in order."""

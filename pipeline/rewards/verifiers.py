@@ -1,11 +1,15 @@
 """The built-in verifiers: the final answer of a response against the ground truth.
 
 A response's final answer is its last ``\\boxed{...}``, or else the text after GSM8K's last
-``####``; a response without one scores 0, so no verifier rewards a stray number in the
-reasoning. Answers are compared by ``math-verify`` (equivalent numbers, fractions, LaTeX
-expressions, sets and intervals). Its own timeouts use ``signal.alarm``, which only works in a
-process's main thread, so they are switched off here: ``pipeline.rewards.guard`` bounds every call
-from outside instead.
+``####``; with the ``strict`` extraction (the default) a response without one scores 0, so no
+verifier rewards a stray number in the reasoning. The ``lenient`` extraction then looks further,
+as the GFT authors' verifier does (Qwen2.5-Math's evaluation harness, in their verl fork): the
+text after the last "the answer is" or "final answer is", else the last number. Answers are
+compared without percent signs, degree marks, dollar signs or a trailing unit (``10\\%`` is
+``10``, ``5 \\text{cm}`` is ``5``), as that harness compares them, then by ``math-verify``
+(equivalent numbers, fractions, LaTeX expressions, sets and intervals). Its own timeouts use
+``signal.alarm``, which only works in a process's main thread, so they are switched off here:
+``pipeline.rewards.guard`` bounds every call from outside instead.
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ CHOICE_LETTERS = "ABCDEFGHIJ"
 _NUMBER_WITH_THOUSANDS = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
 _SCIENTIFIC = re.compile(r"(-?\d+(?:\.\d+)?)\s*\\(?:times|cdot)\s*10\^\{?\s*(-?\d+)\s*\}?")
 _HASH_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.MULTILINE)
+_STATED_ANSWER = re.compile(r"(?:[Tt]he|[Ff]inal) answer is[:\s]*")
+_LAST_NUMBER = re.compile(r"-?\d*\.?\d+")
+_TRAILING_TEXT_UNIT = re.compile(r"^(.+?)\s*\\(?:text|mbox|mathrm)\{[^{}]*\}$")
+_NUMBER_AND_WORDS = re.compile(r"^(-?[\d.,]*\d)\s+[A-Za-z][A-Za-z .]*$")
+_UNIT_MARKS = ("\\%", "%", "^{\\circ}", "^\\circ", "\\$")
+EXTRACTIONS = ("strict", "lenient")
 _CHOICE = re.compile(r"^\(?\s*([A-J])\s*\)?(?:[.:)]|\s|$)")
 
 
@@ -44,13 +54,23 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def extract_final_answer(text: str) -> str | None:
-    """The last ``\\boxed{}`` content, else the text after the last ``####``, else None."""
+def extract_final_answer(text: str, extraction: str = "strict") -> str | None:
+    """The last ``\\boxed{}`` content, else the text after the last ``####``; then, ``lenient``,
+    what follows the last "the answer is" or "final answer is" (to the end of its line), else
+    the last number; else None."""
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed
     hashes = _HASH_ANSWER.findall(text)
-    return hashes[-1] if hashes else None
+    if hashes:
+        return hashes[-1]
+    if extraction == "strict":
+        return None
+    stated = list(_STATED_ANSWER.finditer(text))
+    if stated:
+        return text[stated[-1].end() :].split("\n")[0].strip()
+    numbers = _LAST_NUMBER.findall(text.replace(",", ""))
+    return numbers[-1] if numbers else None
 
 
 def _strip_math_delimiters(answer: str) -> str:
@@ -61,10 +81,22 @@ def _strip_math_delimiters(answer: str) -> str:
     return answer
 
 
+def _strip_units(answer: str) -> str:
+    """Percent signs, degree marks and dollar signs off, then a trailing ``\\text{}`` unit, or
+    words after a number (``5 \\text{ cm}``, ``12 dollars``), when something is left before it."""
+    for mark in _UNIT_MARKS:
+        answer = answer.replace(mark, "")
+    answer = answer.strip()
+    for pattern in (_TRAILING_TEXT_UNIT, _NUMBER_AND_WORDS):
+        if unit := pattern.fullmatch(answer):
+            answer = unit.group(1).strip()
+    return answer
+
+
 def normalize_answer(answer: str) -> str:
-    """Math delimiters off, a trailing full stop dropped, and a plain number written plainly:
-    ``1,080`` -> ``1080``, ``2.9 \\times 10^{-19}`` -> ``2.9e-19``."""
-    answer = _strip_math_delimiters(answer).rstrip(".").strip()
+    """Math delimiters and units off, a trailing full stop dropped, and a plain number written
+    plainly: ``1,080`` -> ``1080``, ``2.9 \\times 10^{-19}`` -> ``2.9e-19``, ``10\\%`` -> ``10``."""
+    answer = _strip_units(_strip_math_delimiters(answer).rstrip(".").strip()).rstrip(".").strip()
     if _NUMBER_WITH_THOUSANDS.fullmatch(answer):
         return answer.replace(",", "")
     if scientific := _SCIENTIFIC.fullmatch(answer):
@@ -98,8 +130,8 @@ def answers_match(predicted: str, gold: str) -> bool:
     return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=None))
 
 
-def math_score(solution_str: str, ground_truth: str) -> float:
-    answer = extract_final_answer(solution_str)
+def math_score(solution_str: str, ground_truth: str, extraction: str = "strict") -> float:
+    answer = extract_final_answer(solution_str, extraction)
     return float(answer is not None and answers_match(answer, ground_truth))
 
 
@@ -112,14 +144,16 @@ def choice_score(solution_str: str, ground_truth: str) -> float:
     return float(found is not None and found.group(1) == ground_truth.strip().upper())
 
 
-def default_compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info=None) -> float:
+def default_compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info=None,
+                          extraction: str = "strict") -> float:
     """The built-in verifier for a data source: the embedded task's own checker, letter matching
-    for multiple choice (``mmlu*``), and the math verifier for everything else."""
+    for multiple choice (``mmlu*``), and the math verifier, with ``extraction``, for everything
+    else."""
     if data_source == embedded_task.DATA_SOURCE:
         return embedded_task.verify(solution_str, ground_truth)
     if data_source.split("/")[-1].startswith(MULTIPLE_CHOICE_PREFIX):
         return choice_score(solution_str, ground_truth)
-    return math_score(solution_str, ground_truth)
+    return math_score(solution_str, ground_truth, extraction)
 
 
 # math-verify warns on every call that its signal-based timeouts are off; the guard replaces them

@@ -1,4 +1,4 @@
-"""A reward worker process: ``python -m pipeline.rewards.worker [REWARD_FILE]``.
+"""A reward worker process: ``python -m pipeline.rewards.worker REWARD_FILE|"" [EXTRACTION]``.
 
 Reads one JSON call ``[data_source, solution_str, ground_truth, extra_info]`` per stdin line and
 answers one JSON line: ``{"score": x}`` or ``{"error": "..."}``. The first line it writes says
@@ -35,7 +35,8 @@ def main() -> int:
     from pipeline.rewards import load_reward_function
 
     try:
-        compute_score = load_reward_function(sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None)
+        path, extraction = (sys.argv[1:] + ["", "strict"])[:2]
+        compute_score = load_reward_function(path or None, extraction)
     except Exception as err:  # noqa: BLE001  (any failure of the user's file is reported, not raised)
         send({"error": f"{type(err).__name__}: {err}"})
         return 1

@@ -15,7 +15,7 @@ SMALL = ["embedded.n_train=64", "embedded.n_test=16", "embedded.n_ood=16"]
 def experiment(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     recipe = load_recipe(None, SMALL)
-    pipelines = ["grpo", "sft", "dft", "gft", "sft_mix", "gft_nomix"]
+    pipelines = ["grpo", "sft", "dft", "gft", "sft_mix", "gft_nomix", "gft_dcr_offpolicy", "gft_source_norm"]
     return recipe, plan(recipe, pipelines, seeds=[0, 1], eval_every=25, cache=cache), cache
 
 
@@ -34,12 +34,17 @@ def test_every_pipeline_starts_from_the_shared_base_with_equal_budgets(experimen
         first = config.stages[0]
         assert (first.name, first.steps, first.prompts_per_step, first.lr, first.eval_every) == (
             "stage1", stage_one.steps, stage_one.prompts_per_step, stage_one.lr, 25)
-    groups = {p: experiment.runs[(p, 0)].stages[0] for p in ("sft", "dft", "gft", "sft_mix", "gft_nomix")}
+    groups = {p: experiment.runs[(p, 0)].stages[0] for p in ("sft", "dft", "gft", "sft_mix", "gft_nomix",
+                                                              "gft_dcr_offpolicy", "gft_source_norm")}
     assert (groups["sft"].algorithm, groups["sft"].group) == ("sft", GroupConfig(1, 0, 0))
     assert (groups["dft"].algorithm, groups["dft"].group) == ("dft", GroupConfig(1, 0, 0))
     assert (groups["gft"].algorithm, groups["gft"].group) == ("gft", GroupConfig(1, 3, 4))
     assert (groups["sft_mix"].algorithm, groups["sft_mix"].group) == ("sft", GroupConfig(1, 3, 0))
     assert (groups["gft_nomix"].algorithm, groups["gft_nomix"].group) == ("gft", GroupConfig(1, 0, 4))
+    # the ablations change one setting of the gft stage each, and nothing else
+    assert groups["gft_dcr_offpolicy"] == replace(groups["gft"], dcr_sources=["expert", "teacher"])
+    assert groups["gft_source_norm"] == replace(groups["gft"], advantage_groups="prompt_and_source")
+    assert groups["gft"].dcr_sources == ["expert", "teacher", "self"] and groups["gft"].advantage_groups == "prompt"
 
 
 def test_the_cache_key_is_what_the_run_computes(experiment):

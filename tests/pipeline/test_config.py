@@ -158,6 +158,9 @@ def test_wrong_type_names_the_key(recipe):
         (["reward.timeout_s=0"], "reward.timeout_s"),
         (["reward.num_workers=0"], "reward.num_workers"),
         (["reward.function=no/such/reward.py"], "reward.function"),
+        (["reward.extraction=loose"], "reward.extraction"),
+        (["stages.gft.dcr_sources=[expert,student]"], "stages.gft.dcr_sources"),
+        (["stages.gft.advantage_groups=source"], "stages.gft.advantage_groups"),
         (["eval.max_prompts=0"], "eval.max_prompts"),
         (["data.bad_rows=drop"], "data.bad_rows"),
         (["checkpoint.every=-1"], "checkpoint.every"),
@@ -170,6 +173,13 @@ def test_wrong_type_names_the_key(recipe):
 def test_impossible_values_are_refused_with_the_key_named(recipe, overrides, key):
     message = _error(recipe, *overrides)
     assert message.startswith(key), message
+
+
+def test_the_lenient_extraction_is_the_built_in_verifiers_only(recipe, tmp_path):
+    reward = tmp_path / "reward.py"
+    reward.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n    return 0.0\n")
+    message = _error(recipe, f"reward.function={reward}", "reward.extraction=lenient")
+    assert message.startswith("reward.extraction applies to the built-in verifiers"), message
 
 
 def test_duplicate_stage_names(recipe):
@@ -334,7 +344,8 @@ def test_qwen_gft_recipe_has_the_paper_settings(tmp_path):
     assert (gft.name, gft.algorithm) == ("gft", "gft")
     assert gft.tau == 0.1 and gft.group == GroupConfig(expert=1, teacher=3, self=4)
     assert gft.lr == 1e-6 and gft.prompts_per_step == 128 and gft.max_grad_norm == 1.0
-    assert gft.updates_per_batch == 1 and gft.kl_coef == 0.0
+    assert gft.updates_per_batch == 4 and gft.weight_decay == 0.01 and gft.kl_coef == 0.0  # the reference's
+    assert config.reward.extraction == "lenient"  # its verifier's fallbacks
     assert gft.steps == 500 and gft.eval_every == 50
     _placeholders_filled(QWEN / "gft.yaml", tmp_path)
 

@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import dcr_coefficients, dft_loss, gft_loss, grpo_loss, sft_loss
+from pipeline.losses import (
+    dcr_coefficients,
+    dcr_diagnostics,
+    dft_loss,
+    gft_loss,
+    grpo_loss,
+    per_source_means,
+    sft_loss,
+)
 
 # Two response tokens over a 3-word vocabulary, both with target word 0:
 # token 0 is confident (p = e^2 / (e^2 + 2) ~ 0.787), token 1 is unlikely (p = 1 / (2 + e^3) ~ 0.045).
@@ -137,3 +145,47 @@ def test_grpo_loss_requires_reference_for_kl():
     x = torch.zeros(1, 2)
     with pytest.raises(ValueError, match="ref_log_probs"):
         grpo_loss(x, x, x, torch.ones(1, 2), kl_coef=0.1)
+
+
+def test_tokens_dcr_may_not_rectify_keep_coefficient_one():
+    """The ablation of DCR on some rows only: an unlikely token outside ``rectifiable`` is
+    weighted as plain NLL weighs it."""
+    tau, advantage = 0.1, 0.7
+    _, log_probs = _token_log_probs(LOGITS)
+    mask = torch.ones(1, 2, dtype=torch.float64)
+    advantages = torch.full((1, 2), advantage, dtype=torch.float64)
+    loss, metrics = gft_loss(log_probs, advantages, mask, tau, rectifiable=torch.tensor([[True, False]]))
+    assert loss.item() == pytest.approx(-advantage * (math.log(P_CONFIDENT) + math.log(P_UNLIKELY)) / 2, rel=1e-12)
+    assert metrics["rectified_fraction"] == 0.0 and metrics["mean_coefficient"] == 1.0
+    everywhere, _ = gft_loss(log_probs, advantages, mask, tau, rectifiable=torch.tensor([[True, True]]))
+    assert everywhere.item() == pytest.approx(gft_loss(log_probs, advantages, mask, tau)[0].item(), rel=1e-12)
+
+
+def test_dcr_diagnostics_by_source_against_a_hand_computation():
+    # five response tokens (one row of padding): expert, expert, teacher, self, self; tau 0.1
+    probs = torch.tensor([[0.5, 0.05, 0.2, 0.01, 0.8, 1.0]], dtype=torch.float64)
+    advantages = torch.tensor([[1.0, 1.0, 0.5, -0.7, -0.7, 9.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0]], dtype=torch.float64)
+    sources = torch.tensor([[0, 0, 1, 2, 2, -1]])
+    metrics = dcr_diagnostics(probs.log(), advantages, mask, sources, ("expert", "teacher", "self"), tau=0.1)
+    assert metrics["token_share/expert"] == pytest.approx(2 / 5)
+    assert metrics["token_share/self"] == pytest.approx(2 / 5)
+    # rectified (p <= 0.1): the expert's second token and the first self token
+    assert metrics["rectified_fraction_share/expert"] == pytest.approx(1 / 5)
+    assert metrics["rectified_fraction_share/teacher"] == 0.0
+    # A * c: c = 1 above tau, p below it
+    assert metrics["advantage_coefficient_share/expert"] == pytest.approx((1.0 * 1 + 1.0 * 0.05) / 5)
+    assert metrics["advantage_coefficient_share/self"] == pytest.approx((-0.7 * 0.01 - 0.7 * 1) / 5)
+
+    means = per_source_means({**metrics, "loss": 0.3})
+    assert means["loss"] == 0.3 and means["token_share/teacher"] == pytest.approx(1 / 5)
+    assert means["rectified_fraction/expert"] == pytest.approx(1 / 2)
+    assert means["rectified_fraction/self"] == pytest.approx(1 / 2)
+    assert means["advantage_coefficient/teacher"] == pytest.approx(0.5)
+    assert means["advantage_coefficient/self"] == pytest.approx((-0.007 - 0.7) / 2)
+    assert not [key for key in means if "_share/" in key and not key.startswith("token_share/")]
+
+
+def test_per_source_means_skip_a_source_without_tokens():
+    means = per_source_means({"token_share/teacher": 0.0, "rectified_fraction_share/teacher": 0.0})
+    assert "rectified_fraction/teacher" not in means

@@ -1,13 +1,18 @@
-"""The Learner without Ray: skipped non-finite updates, and a resume point that restores it."""
+"""The Learner without Ray: skipped non-finite updates, a resume point that restores it, and
+the GFT update's diagnostics."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from pipeline.batch import make_batch, with_column
+from pipeline.config import StageConfig
 from pipeline.data import load_prompts
+from pipeline.losses import per_source_means
+from pipeline.objectives import objective_for
 from pipeline.resume import Progress, latest_point
 from workers.learner import Learner
 
@@ -86,3 +91,47 @@ def test_bf16_compute_keeps_float32_master_weights(assets, batch):
     moved = sum(int((after[k] != v).sum()) for k, v in before.items())
     moved_in_bf16 = sum(int((after[k].bfloat16() != v.bfloat16()).sum()) for k, v in before.items())
     assert moved > 10 * moved_in_bf16  # a bf16 copy of the weights would have kept almost none of it
+
+
+def test_a_gft_update_reports_where_dcr_acts_by_source(assets, tokenizer):
+    """Per-source rectified fractions and mean A x c of a GFT update, over several micro-batches,
+    against the same quantities computed from the policy's log-probs before it."""
+    records = load_prompts(assets.train, tokenizer, 512)[:3]
+    rows = [(r, source, ids) for r in records
+            for source, ids in [("expert", r.expert[0]), *[("teacher", t) for t in r.teacher[:2]], ("self", r.teacher[2])]]
+    batch = make_batch(group_id=[r.uid for r, _, _ in rows], source=[s for _, s, _ in rows],
+                       prompt_ids=[r.prompt_ids for r, _, _ in rows], response_ids=[ids for _, _, ids in rows],
+                       ground_truth=[r.ground_truth for r, _, _ in rows])
+    advantages = np.random.default_rng(0).standard_normal(batch.num_rows).astype(np.float32)
+    batch = with_column(batch, "advantage", advantages)
+    learner = Learner(str(assets.base_model))
+    learner.start_stage(str(assets.base_model), lr=1e-3)
+    probs = [np.exp(lp) for lp in learner.response_log_probs(batch)]  # the weights the update starts from
+    # the untrained model is nearly flat (p about 1/vocabulary): a tau that splits its tokens
+    stage = StageConfig(name="gft", algorithm="gft", tau=float(np.median(np.concatenate(probs))))
+
+    metrics = per_source_means(learner.update(batch, objective_for(stage), 1, 96, False))
+    sources = batch.column("source").to_pylist()
+    for source in ("expert", "teacher", "self"):
+        mine = [i for i, s in enumerate(sources) if s == source]
+        p = np.concatenate([probs[i] for i in mine])
+        a = np.concatenate([np.full(len(probs[i]), advantages[i]) for i in mine])
+        assert metrics[f"rectified_fraction/{source}"] == pytest.approx((p <= stage.tau).mean(), abs=1e-6)
+        assert metrics[f"advantage_coefficient/{source}"] == pytest.approx(
+            (a * np.where(p > stage.tau, 1.0, p)).mean(), abs=1e-5)
+    assert 0.3 < metrics["rectified_fraction/self"] < 0.7
+    total = sum(len(p) for p in probs)
+    assert metrics["token_share/self"] == pytest.approx(sum(len(probs[i]) for i, s in enumerate(sources)
+                                                            if s == "self") / total, abs=1e-6)
+    assert "entropy" in metrics  # the batch's policy entropy
+
+    # the ablation of DCR on off-policy rows only: self tokens keep c = 1, so A x c is A there
+    offpolicy = replace(stage, dcr_sources=["expert", "teacher"])
+    learner = Learner(str(assets.base_model))
+    learner.start_stage(str(assets.base_model), lr=1e-3)
+    metrics = per_source_means(learner.update(batch, objective_for(offpolicy), 1, 96, False))
+    mine = [i for i, s in enumerate(sources) if s == "self"]
+    assert metrics["rectified_fraction/self"] == 0.0
+    assert metrics["advantage_coefficient/self"] == pytest.approx(
+        np.concatenate([np.full(len(probs[i]), advantages[i]) for i in mine]).mean(), abs=1e-5)
+    assert metrics["rectified_fraction/expert"] > 0

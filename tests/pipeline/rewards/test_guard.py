@@ -66,6 +66,13 @@ def test_builtin_math_verifier_off_the_main_thread():
         assert _in_a_thread(lambda: guard.score(calls)).rewards == [1.0, 1.0, 0.0]
 
 
+def test_the_builtin_verifier_scores_with_the_extraction_it_is_given():
+    calls = [("openai/gsm8k", "so the answer is 72.", "72", None), ("math_eval/x", "\\boxed{10\\%}", "10", None)]
+    for extraction, rewards in (("strict", [0.0, 1.0]), ("lenient", [1.0, 1.0])):
+        with closing(RewardGuard(timeout_s=30, extraction=extraction)) as guard:
+            assert guard.score(calls).rewards == rewards
+
+
 @pytest.mark.parametrize(
     ("source", "message"),
     [("def compute_score(:\n", "SyntaxError"), ("x = 1\n", "defines no compute_score function")],

@@ -22,6 +22,20 @@ def test_extract_final_answer(text, answer):
     assert extract_final_answer(text) == answer
 
 
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("so \\boxed{3} and the answer is 4", "3"),  # a box still wins
+        ("5 apples, so the answer is 7.\nDone: 8", "7."),  # the stated answer, to the end of its line
+        ("The final answer is $\\frac{1}{2}$", "$\\frac{1}{2}$"),
+        ("first 3, then 1,250 and -0.5 left", "-0.5"),  # else the last number (thousands joined)
+        ("no number at all", None),
+    ],
+)
+def test_lenient_extraction_falls_back_as_the_reference_verifier_does(text, answer):
+    assert extract_final_answer(text, "lenient") == answer
+
+
 def test_last_boxed_prefers_the_last_of_boxed_and_fbox():
     assert last_boxed("\\boxed{1} \\fbox{2}") == "2"
 
@@ -38,6 +52,11 @@ def test_last_boxed_prefers_the_last_of_boxed_and_fbox():
         ("x=3", "3"),
         ("[-2,1)", "[-2, 1)"),
         ("2.88e-19", "2.88 \\times 10^{-19}"),
+        ("10\\%", "10"),  # percent signs, units and marks are not part of the answer
+        ("5 \\text{ cm}", "5"),
+        ("12 dollars", "12"),
+        ("\\$1,200", "1200"),
+        ("90^\\circ", "90"),
     ],
 )
 def test_equivalent_forms_match(predicted, gold):
@@ -46,7 +65,8 @@ def test_equivalent_forms_match(predicted, gold):
 
 @pytest.mark.parametrize(
     ("predicted", "gold"),
-    [("0.6", "\\frac{1}{2}"), ("28", "27.0"), ("5.89e-7", "7.4e-12"), ("\\sqrt{2}", "\\sqrt{3}"), ("", "1")],
+    [("0.6", "\\frac{1}{2}"), ("28", "27.0"), ("5.89e-7", "7.4e-12"), ("\\sqrt{2}", "\\sqrt{3}"), ("", "1"),
+     ("11\\%", "10"), ("\\text{cm}", "5")],
 )
 def test_different_answers_do_not_match(predicted, gold):
     assert not answers_match(predicted, gold)
@@ -60,3 +80,12 @@ def test_dispatch_by_data_source():
     assert default_compute_score("math_eval/mmlu_stem", "\\boxed{(B)}", "B") == 1.0
     assert default_compute_score("math_eval/mmlu_stem", "\\boxed{B. Cyclic AMP}", "B") == 1.0
     assert default_compute_score("math_eval/mmlu_stem", "\\boxed{C}", "B") == 0.0
+
+
+def test_the_extraction_decides_whether_a_response_without_a_final_answer_scores():
+    response = "48 + 24 = 72, so the answer is 72 clips."
+    assert default_compute_score("openai/gsm8k", response, "72") == 0.0  # strict: no \\boxed{}, no ####
+    assert default_compute_score("openai/gsm8k", response, "72", extraction="lenient") == 1.0
+    assert default_compute_score("math", "\\boxed{10\\%}", "10") == 1.0  # either way
+    # the embedded task keeps its own checker, which wants its boxed answer
+    assert default_compute_score(DATA_SOURCE, "1+2=3, the answer is 3", "3", extraction="lenient") == 0.0
