@@ -80,14 +80,15 @@ def _render(headers: list[str], rows: list[list]) -> str:
 
 
 def format_table(results: dict[str, dict[str, dict]], k: int) -> str:
-    """Policies as rows, ``split accuracy`` and ``split pass@k`` as columns (percent)."""
-    splits = sorted({split for per_split in results.values() for split in per_split})
-    headers = ["policy"] + [f"{s} acc" for s in splits] + [f"{s} pass@{k}" for s in splits]
+    """Policies as rows; for each split in the order first met, ``split acc`` then ``split
+    pass@k`` (percent), as the README's tables have them."""
+    splits = list(dict.fromkeys(split for per_split in results.values() for split in per_split))
+    headers = ["policy"] + [f"{s} {name}" for s in splits for name in ("acc", f"pass@{k}")]
     rows = []
     for policy, per_split in results.items():
         cells = [policy]
-        for key in ["accuracy", f"pass@{k}"]:
-            cells += [f"{100 * per_split[s][key]:.1f}" if s in per_split else "-" for s in splits]
+        for s in splits:
+            cells += [f"{100 * per_split[s][key]:.1f}" if s in per_split else "-" for key in ("accuracy", f"pass@{k}")]
         rows.append(cells)
     return _render(headers, rows)
 

@@ -25,6 +25,10 @@ def test_summary_and_table():
     assert metrics["response_length"] == 6.0
     table = format_table({"base": {"test": metrics}}, k=2)
     assert "test acc" in table and "50.0" in table
+    other = {**metrics, "accuracy": 0.25, "pass@2": 0.125}
+    header, _, row = format_table({"gft": {"test": metrics, "ood": other}}, k=2).splitlines()
+    assert header.split() == ["policy", "test", "acc", "test", "pass@2", "ood", "acc", "ood", "pass@2"]
+    assert row.split() == ["gft", "50.0", "50.0", "25.0", "12.5"]  # each split's columns side by side
 
 
 def test_pass_curve_from_n_samples():
