@@ -151,20 +151,34 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     import shlex
 
-    from pipeline.compare import execute, plan
+    from pipeline.compare import choose_lrs, execute, plan, plan_sweep, shared_inputs
     from pipeline.config import load_recipe
+    from pipeline.configio import ConfigError
     from pipeline.report import Run, write_report
     from pipeline.run import run
 
     overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
     recipe = load_recipe(args.recipe, overrides)
     seeds = [recipe.seed + i for i in range(args.seeds)]
+    pipelines = args.pipelines.split(",")
     cache = args.out.resolve() / "runs"  # absolute, so the cache keys do not depend on the working directory
-    experiment = plan(recipe, args.pipelines.split(","), seeds, args.eval_every, cache)
+    try:
+        sweep_lrs = sorted({float(lr) for lr in args.sweep_lr.split(",")}) if args.sweep_lr else []
+    except ValueError as err:
+        raise ConfigError(f"--sweep-lr: expected comma-separated learning rates, got {args.sweep_lr!r}") from err
+    inputs = shared_inputs(recipe, cache, args.val_prompts if sweep_lrs else 0)
+    choices = None
+    if sweep_lrs:
+        sweep = plan_sweep(recipe, pipelines, sweep_lrs, seeds[0], cache, inputs)
+        execute(sweep, cache, run)
+        choices = choose_lrs(sweep, cache)
+    lrs = {name: choice.lr for name, choice in choices.items()} if choices else None
+    experiment = plan(recipe, pipelines, seeds, args.eval_every, cache, inputs, lrs)
     folders = execute(experiment, cache, run)
     runs = [Run.load(pipeline, seed, folder) for (pipeline, seed), folder in folders.items()]
     split = args.split or recipe.eval.splits[0]
-    report = write_report(runs, args.out / "report", split, recipe.eval.pass_k, "gft " + shlex.join(args.argv))
+    report = write_report(runs, args.out / "report", split, recipe.eval.pass_k, "gft " + shlex.join(args.argv),
+                          choices)
     print(report.read_text().split("## The paper's direction")[0].strip())
     print(f"\nreport: {report} (and report.html beside it)")
     return 0
@@ -231,6 +245,11 @@ def _add_compare_parser(commands) -> None:
     parser.add_argument("--pipelines", default=",".join(DEFAULT_PIPELINES),
                         help=f"comma-separated, of {', '.join(PIPELINES)} (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per pipeline (default: %(default)s)")
+    parser.add_argument("--sweep-lr", metavar="LR,LR,...",
+                        help="give each method the stage-1 learning rate, of these, that does best on prompts held "
+                             "out of the training data (first seed), then run it")
+    parser.add_argument("--val-prompts", type=int, default=256,
+                        help="training prompts held out for --sweep-lr (default: %(default)s)")
     parser.add_argument("--eval-every", type=int, default=25, help="held-out eval every N steps of each stage")
     parser.add_argument("--split", help="eval split the report is about (default: the first of eval.splits)")
     parser.add_argument("--out", type=Path, default=Path("runs/compare"),

@@ -7,6 +7,12 @@ the recipe's GRPO stage, once per seed. All runs share the eval sets and the GRP
 
 Every run is cached under a hash of its full config: a run folder holding ``eval.json`` is
 finished (``run`` writes it last), so calling again reuses it and trains nothing.
+
+A fair comparison gives each method its own learning rate: with ``sweep_lrs``, prompts drawn
+from the training data (never from test) are held out as a ``val`` split that no run trains
+on; each stage-1 method runs at every rate for the first seed, and the rate whose stage-1
+policy answers most ``val`` prompts greedily (the smaller rate on a tie) is the one its runs
+use, GRPO included.
 """
 
 from __future__ import annotations
@@ -18,12 +24,17 @@ from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline.config import EMBEDDED, GroupConfig, RunConfig, StageConfig, validate, validate_stages
 from pipeline.configio import ConfigError, to_dict
+from pipeline.files import atomic_path
 
 CACHE_VERSION = 1  # bump when a code change makes cached runs incomparable
+VAL_SPLIT = "val"
 
 
 def _stage_one(algorithm: str, group: Callable[[StageConfig], GroupConfig], **settings):
@@ -55,10 +66,29 @@ DEFAULT_PIPELINES = ("grpo", "sft", "dft", "gft")
 
 @dataclass
 class Experiment:
-    """The runs of one comparison: the base, then every (pipeline, seed)."""
+    """The runs of one comparison: the base, then every (pipeline, seed); or, for a learning-rate
+    sweep, every (pipeline, lr)."""
 
     base: RunConfig | None  # None: the recipe's model is the base as it is
-    runs: dict[tuple[str, int], RunConfig] = field(default_factory=dict)
+    runs: dict[tuple[str, int | float], RunConfig] = field(default_factory=dict)
+
+
+@dataclass
+class Inputs:
+    """The model, training files and eval files every run of a comparison shares."""
+
+    model: str
+    train: list[str]
+    evals: dict[str, str]
+    val: str | None = None  # prompts held out of ``train`` to choose learning rates on
+
+
+@dataclass
+class LrChoice:
+    """A method's learning rate, and why: the ``val`` accuracy after stage 1 at every rate tried."""
+
+    lr: float
+    val_accuracy: dict[float, float]
 
 
 def config_hash(config: RunConfig) -> str:
@@ -95,13 +125,27 @@ def _with_inputs(recipe: RunConfig, model_path: str, train: list[str], evals: di
     return config
 
 
-def plan(recipe: RunConfig, pipelines: list[str], seeds: list[int], eval_every: int, cache: Path) -> Experiment:
-    """The configs of every run. Builds the embedded task (cheap, deterministic) when the recipe
-    uses it, so that every run names its model and data by path."""
-    unknown = [p for p in pipelines if p not in PIPELINES]
-    if unknown:
-        raise ConfigError(f"--pipelines: unknown {', '.join(unknown)}; known: {', '.join(PIPELINES)}")
-    base_stages, stage_one, grpo = _split_recipe(recipe)
+def hold_out(train_files: list[str], count: int, folder: Path) -> tuple[str, str]:
+    """The training files' rows as two parquet files in ``folder``: ``count`` rows drawn at
+    random (a fixed seed) held out as the validation split, and the rest to train on."""
+    table = pa.concat_tables([pq.read_table(path) for path in train_files], promote_options="default")
+    if not 0 < count < table.num_rows:
+        raise ConfigError(f"--val-prompts: {count} prompts held out of {table.num_rows} training rows; "
+                          "some must be left to train on")
+    held = np.zeros(table.num_rows, dtype=bool)
+    held[np.random.default_rng(0).choice(table.num_rows, count, replace=False)] = True
+    paths = []
+    for name, rows in (("train", ~held), (VAL_SPLIT, held)):
+        with atomic_path(folder / f"{name}.parquet") as tmp:
+            pq.write_table(table.filter(pa.array(rows)), tmp)
+        paths.append(str(folder / f"{name}.parquet"))
+    return paths[0], paths[1]
+
+
+def shared_inputs(recipe: RunConfig, cache: Path, val_prompts: int = 0) -> Inputs:
+    """The model and data of every run: the recipe's, or the embedded task built into ``cache``
+    (cheap, deterministic), so that every run names them by path; with ``val_prompts``, that
+    many training prompts held out as the ``val`` split."""
     model, train, evals = recipe.model.path, recipe.data.train_files, recipe.data.eval_files
     if model == EMBEDDED:
         from pipeline.embedded import build_embedded_assets
@@ -111,27 +155,86 @@ def plan(recipe: RunConfig, pipelines: list[str], seeds: list[int], eval_every: 
                                        n_ood=e.n_ood, n_teacher=e.n_teacher)
         model, train = str(assets.base_model), train or [str(assets.train)]
         evals = evals or {"test": str(assets.test), "ood": str(assets.ood)}
+    if not val_prompts:
+        return Inputs(model, list(train), dict(evals))
+    kept, val = hold_out(list(train), val_prompts, cache / f"holdout-{val_prompts}")
+    return Inputs(model, [kept], dict(evals), val)
 
-    experiment = Experiment(base=None)
-    if base_stages:
-        base = _with_inputs(recipe, model, train, evals)
-        base.name, base.stages = "base", base_stages
-        experiment.base = base
-        model = str(run_folder(cache, base) / "checkpoints" / base_stages[-1].name)
+
+def _base(recipe: RunConfig, inputs: Inputs, cache: Path) -> tuple[RunConfig | None, str]:
+    """The base run (the recipe's stages before stage 1), if any, and the model stage 1 starts from."""
+    base_stages, _, _ = _split_recipe(recipe)
+    if not base_stages:
+        return None, inputs.model
+    base = _with_inputs(recipe, inputs.model, inputs.train, inputs.evals)
+    base.name, base.stages = "base", base_stages
+    validate(base)
+    return base, str(run_folder(cache, base) / "checkpoints" / base_stages[-1].name)
+
+
+def _check_pipelines(pipelines: list[str]) -> None:
+    unknown = [p for p in pipelines if p not in PIPELINES]
+    if unknown:
+        raise ConfigError(f"--pipelines: unknown {', '.join(unknown)}; known: {', '.join(PIPELINES)}")
+
+
+def plan(recipe: RunConfig, pipelines: list[str], seeds: list[int], eval_every: int, cache: Path,
+         inputs: Inputs | None = None, lrs: dict[str, float] | None = None) -> Experiment:
+    """The configs of every run, from ``inputs`` (default: :func:`shared_inputs`), stage 1 of
+    each pipeline at its rate in ``lrs`` (default: the recipe's)."""
+    _check_pipelines(pipelines)
+    _, stage_one, grpo = _split_recipe(recipe)
+    inputs = inputs or shared_inputs(recipe, cache)
+    base, model = _base(recipe, inputs, cache)
+    experiment = Experiment(base=base)
     for name in pipelines:
         for seed in seeds:
-            config = _with_inputs(recipe, model, train, evals)
+            config = _with_inputs(recipe, model, inputs.train, inputs.evals)
             config.name, config.seed = f"{name}-seed{seed}", seed
             make_stage_one = PIPELINES[name]
             stages = [] if make_stage_one is None else [replace(make_stage_one(stage_one), name="stage1")]
+            if stages and lrs:
+                stages = [replace(stages[0], lr=lrs[name])]
             # fixed stage names: the report reads "stage1" and "grpo" whatever the recipe calls them
             config.stages = [replace(s, eval_every=eval_every) for s in [*stages, replace(grpo, name="grpo")]]
             experiment.runs[(name, seed)] = config
-    if experiment.base is not None:
-        validate(experiment.base)
     for config in experiment.runs.values():  # their model, the base checkpoint, may not exist yet
         validate_stages(config)
     return experiment
+
+
+def plan_sweep(recipe: RunConfig, pipelines: list[str], lrs: list[float], seed: int, cache: Path,
+               inputs: Inputs) -> Experiment:
+    """Stage 1 alone of every pipeline that has one, at every rate in ``lrs``, for ``seed``,
+    evaluated on the held-out ``val`` split only."""
+    _check_pipelines(pipelines)
+    if inputs.val is None:
+        raise ConfigError("a learning-rate sweep needs prompts held out of the training data (--val-prompts)")
+    _, stage_one, _ = _split_recipe(recipe)
+    base, model = _base(recipe, inputs, cache)
+    experiment = Experiment(base=base)
+    for name in pipelines:
+        if PIPELINES[name] is None:
+            continue
+        for lr in lrs:
+            config = _with_inputs(recipe, model, inputs.train, {VAL_SPLIT: inputs.val})
+            config.name, config.seed = f"sweep-{name}-lr{lr:g}", seed
+            config.eval.splits = [VAL_SPLIT]
+            config.stages = [replace(PIPELINES[name](stage_one), name="stage1", lr=lr, eval_every=0)]
+            validate_stages(config)
+            experiment.runs[(name, lr)] = config
+    return experiment
+
+
+def choose_lrs(sweep: Experiment, cache: Path) -> dict[str, LrChoice]:
+    """Each pipeline's rate with the highest ``val`` greedy accuracy after stage 1 (the smaller
+    rate on a tie), from the finished sweep runs."""
+    accuracy: dict[str, dict[float, float]] = {}
+    for (name, lr), config in sweep.runs.items():
+        evals = json.loads((run_folder(cache, config) / "eval.json").read_text())["evals"]
+        accuracy.setdefault(name, {})[lr] = evals["stage1"][VAL_SPLIT]["accuracy"]
+    return {name: LrChoice(max(sorted(scores), key=lambda lr: (scores[lr], -lr)), scores)
+            for name, scores in accuracy.items()}
 
 
 def execute(experiment: Experiment, cache: Path, run: Callable[..., object]) -> dict[tuple[str, int], Path]:

@@ -223,8 +223,24 @@ def _plot_pass_at_k(runs: list[Run], split: str, path: Path) -> Path:
     return _save(figure, axes, "k", f"{split} pass@k (%)", path)
 
 
-def write_report(runs: list[Run], out: Path, split: str, k: int, command: str) -> Path:
-    """report.md, report.html (offline: plots inlined), the PNGs and summary.json in ``out``."""
+def _lr_section(choices: dict) -> list[str]:
+    """Which learning rate each method got, and the ``val`` accuracies it was chosen from."""
+    rates = sorted({lr for choice in choices.values() for lr in choice.val_accuracy})
+    lines = ["## Learning rates, chosen on held-out training prompts", "",
+             ("Each method's stage 1 ran at every rate (first seed) and was scored greedily on prompts held out of the "
+             "training data (`val`; no run trains on them, and test is never used to choose). The rate with the "
+             "highest `val` accuracy (the smaller on a tie) is the one its runs above use."), "",
+             "| pipeline | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | chosen |",
+             "| --- |" + " --- |" * (len(rates) + 1)]
+    for name, choice in choices.items():
+        cells = [f"{100 * choice.val_accuracy[lr]:.1f}" if lr in choice.val_accuracy else "-" for lr in rates]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {choice.lr:g} |")
+    return [*lines, ""]
+
+
+def write_report(runs: list[Run], out: Path, split: str, k: int, command: str, lr_choices: dict | None = None) -> Path:
+    """report.md, report.html (offline: plots inlined), the PNGs and summary.json in ``out``;
+    with ``lr_choices`` (method -> ``compare.LrChoice``), the learning rates and why."""
     out.mkdir(parents=True, exist_ok=True)
     table = summarize_runs(runs, split, k)
     plots = {
@@ -251,12 +267,16 @@ def write_report(runs: list[Run], out: Path, split: str, k: int, command: str) -
         "its AUC is that gain averaged over the GRPO stage's eval points. Entropy is the policy's mean token "
         "entropy on its own samples of the eval prompts; the grad-norm is the largest pre-clip norm of stage 1."),
         "", _markdown_table(table, k), "", "## The paper's direction, paired by seed", "", *claims, "",
+        *(_lr_section(lr_choices) if lr_choices else []),
     ]
     for title, path in plots.items():
         lines += [f"## {title}", "", f"![{title}]({path.name})", ""]
     markdown = "\n".join(lines)
     (out / "report.md").write_text(markdown)
-    (out / "summary.json").write_text(json.dumps({"split": split, "k": k, "table": table}, indent=2))
+    chosen = {name: {"lr": c.lr, "val_accuracy": {f"{lr:g}": a for lr, a in c.val_accuracy.items()}}
+              for name, c in (lr_choices or {}).items()}
+    (out / "summary.json").write_text(json.dumps({"split": split, "k": k, "table": table, "learning_rates": chosen},
+                                                 indent=2))
     (out / "report.html").write_text(_html(markdown, plots))
     return out / "report.md"
 

@@ -1,8 +1,11 @@
-"""`gft compare` end to end on a tiny budget: the runs, the report, and a second call that is
-answered from the cache without training."""
+"""`gft compare` end to end on a tiny budget, with a learning-rate sweep: the runs, the report,
+and a second call that is answered from the cache without training."""
+
+import json
 
 import pytest
 import ray
+import yaml
 
 from pipeline import run as run_module
 from pipeline.cli import main
@@ -17,7 +20,8 @@ TINY = ["stages.warmup.steps=4", "stages.gft.steps=2", "stages.grpo.steps=2", "e
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    argv = ["compare", *TINY, "--pipelines", "grpo,sft,gft", "--seeds", "2", "--eval-every", "1", "--out", str(out)]
+    argv = ["compare", *TINY, "--pipelines", "grpo,sft,gft", "--seeds", "2", "--eval-every", "1", "--out", str(out),
+            "--sweep-lr", "1e-4,1e-3", "--val-prompts", "16"]
     assert main(argv) == 0
     yield argv, out
     ray.shutdown()
@@ -26,11 +30,20 @@ def compared(tmp_path_factory):
 def test_the_report_covers_every_pipeline_and_seed(compared):
     _, out = compared
     runs = sorted(p.name.rsplit("-", 1)[0] for p in (out / "runs").iterdir() if (p / "eval.json").exists())
-    assert runs == ["base", "gft-seed0", "gft-seed1", "grpo-seed0", "grpo-seed1", "sft-seed0", "sft-seed1"]
+    assert runs == ["base", "gft-seed0", "gft-seed1", "grpo-seed0", "grpo-seed1", "sft-seed0", "sft-seed1",
+                    "sweep-gft-lr0.0001", "sweep-gft-lr0.001", "sweep-sft-lr0.0001", "sweep-sft-lr0.001"]
     report = (out / "report" / "report.md").read_text()
     for pipeline in ("grpo", "sft", "gft"):
         assert f"\n| {pipeline} | " in report
     assert "Seeds [0, 1]" in report and "GFT -> GRPO beats SFT -> GRPO" in report
+    # each method's runs use the rate its sweep chose on the held-out prompts, and the report says so
+    chosen = json.loads((out / "report" / "summary.json").read_text())["learning_rates"]
+    assert set(chosen) == {"sft", "gft"} and set(chosen["gft"]["val_accuracy"]) == {"0.0001", "0.001"}
+    for pipeline in ("sft", "gft"):
+        (folder,) = (out / "runs").glob(f"{pipeline}-seed1-*")
+        stage_one = yaml.safe_load((folder / "config.yaml").read_text())["stages"][0]
+        assert stage_one["lr"] == chosen[pipeline]["lr"]
+    assert "## Learning rates, chosen on held-out training prompts" in report
     assert (out / "report" / "report.html").stat().st_size > 10_000  # the four plots are inside
 
 

@@ -1,10 +1,13 @@
-"""Planning a comparison: every pipeline from one base, equal budgets, cache keys."""
+"""Planning a comparison: every pipeline from one base, equal budgets, cache keys, and a
+learning-rate sweep on prompts held out of the training data."""
 
+import json
 from dataclasses import replace
 
+import pyarrow.parquet as pq
 import pytest
 
-from pipeline.compare import config_hash, plan, run_folder
+from pipeline.compare import choose_lrs, config_hash, plan, plan_sweep, run_folder, shared_inputs
 from pipeline.config import GroupConfig, load_recipe
 from pipeline.configio import ConfigError
 
@@ -62,3 +65,50 @@ def test_unknown_pipeline_and_unfit_recipe_are_refused(tmp_path):
     no_grpo = load_recipe(None, [*SMALL, "stages=[{name: a, algorithm: sft, steps: 1, group: {self: 0}}]"])
     with pytest.raises(ConfigError, match="end in a stage 1"):
         plan(no_grpo, ["gft"], [0], 25, tmp_path)
+
+
+def key(table) -> list[str]:
+    return sorted(json.dumps(row, sort_keys=True) for row in table.to_pylist())
+
+
+def test_held_out_prompts_are_drawn_from_train_and_never_trained_on(tmp_path):
+    recipe = load_recipe(None, SMALL)
+    inputs = shared_inputs(recipe, tmp_path / "cache", val_prompts=16)
+    original = pq.read_table(tmp_path / "cache" / "embedded" / "train.parquet")
+    kept, val = pq.read_table(inputs.train[0]), pq.read_table(inputs.val)
+    assert (kept.num_rows, val.num_rows) == (original.num_rows - 16, 16)
+    assert sorted(key(kept) + key(val)) == key(original)  # a partition of the training rows
+    assert not set(key(kept)) & set(key(val))
+    assert "test" in inputs.evals and inputs.evals["test"] != inputs.val  # the test split is untouched
+    again = shared_inputs(recipe, tmp_path / "cache", val_prompts=16)
+    assert key(pq.read_table(again.val)) == key(val)  # the same draw every time
+    with pytest.raises(ConfigError, match="--val-prompts: 64 prompts held out of 64"):
+        shared_inputs(recipe, tmp_path / "other", val_prompts=64)
+
+
+def test_a_sweep_runs_stage_one_alone_on_val_and_the_runs_take_each_methods_rate(tmp_path):
+    recipe = load_recipe(None, SMALL)
+    cache = tmp_path / "cache"
+    inputs = shared_inputs(recipe, cache, val_prompts=16)
+    sweep = plan_sweep(recipe, ["grpo", "sft", "gft"], [1e-4, 1e-3], seed=0, cache=cache, inputs=inputs)
+    assert sorted(sweep.runs) == [("gft", 1e-4), ("gft", 1e-3), ("sft", 1e-4), ("sft", 1e-3)]  # grpo has no stage 1
+    for (_, lr), config in sweep.runs.items():
+        assert [(s.name, s.lr) for s in config.stages] == [("stage1", lr)]
+        assert config.eval.splits == ["val"] and config.data.eval_files == {"val": inputs.val}
+        assert config.data.train_files == inputs.train and config.seed == 0
+
+    # sweep results, as the runs would leave them: sft ties at both rates, gft is best at 1e-3
+    accuracy = {("sft", 1e-4): 0.5, ("sft", 1e-3): 0.5, ("gft", 1e-4): 0.25, ("gft", 1e-3): 0.75}
+    for key, config in sweep.runs.items():
+        folder = run_folder(cache, config)
+        folder.mkdir(parents=True)
+        (folder / "eval.json").write_text(json.dumps({"evals": {"stage1": {"val": {"accuracy": accuracy[key]}}}}))
+    choices = choose_lrs(sweep, cache)
+    assert {name: choice.lr for name, choice in choices.items()} == {"sft": 1e-4, "gft": 1e-3}  # a tie: the smaller
+    assert choices["gft"].val_accuracy == {1e-4: 0.25, 1e-3: 0.75}
+
+    experiment = plan(recipe, ["grpo", "sft", "gft"], [0, 1], 25, cache, inputs, {n: c.lr for n, c in choices.items()})
+    assert experiment.base == sweep.base  # one base, trained on the same rows
+    assert experiment.runs[("gft", 1)].stages[0].lr == 1e-3 and experiment.runs[("sft", 0)].stages[0].lr == 1e-4
+    assert experiment.runs[("gft", 0)].stages[1] == replace(recipe.stage("grpo"), name="grpo", eval_every=25)
+    assert "val" not in experiment.runs[("gft", 0)].data.eval_files
