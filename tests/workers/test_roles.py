@@ -111,7 +111,8 @@ def test_a_rollout_worker_killed_mid_call_is_restarted_and_the_call_retried(role
     params = SamplingParams(n=8, temperature=1.0, max_new_tokens=256)  # a call of a few seconds
     started = time.perf_counter()
     expected, _ = roles.rollout(records, params, seed=11)
-    kill_after = (time.perf_counter() - started) / 3
+    # early in the call: under a changing load the same call can run several times faster
+    kill_after = (time.perf_counter() - started) / 10
 
     worker, restarts = roles.rollouts[0], roles.restarts
     pid = _pid(worker)
