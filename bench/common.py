@@ -25,10 +25,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
 from pipeline.batch import concat_batches, make_batch, with_column
+from pipeline.checkpoint import load_policy
 from pipeline.config import GroupConfig, RunConfig, StageConfig, load_recipe
 from pipeline.data import PromptRecord, load_prompts
 from pipeline.embedded import EmbeddedAssets, build_embedded_assets, verify
-from workers.hf_generate import SamplingParams
+from workers.hf_generate import SamplingParams, _left_pad
 from workers.rollout import RolloutWorker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,9 +97,9 @@ def grpo_batch(worker: RolloutWorker, records: list[PromptRecord], size: Size, s
     return scored(worker.rollout(records, params, seed)[0], worker.tokenizer)
 
 
-def gft_batch(worker: RolloutWorker, records: list[PromptRecord], size: Size, seed: int = 0) -> pa.RecordBatch:
-    """A GFT step's batch grouped as the default recipe does: per prompt 1 expert, 3 teacher and
-    ``size.group // 2`` self rows, scored together."""
+def gft_rows(worker: RolloutWorker, records: list[PromptRecord], size: Size, seed: int = 0) -> pa.RecordBatch:
+    """A GFT step's rows grouped as the default recipe does: per prompt 1 expert, 3 teacher and
+    ``size.group // 2`` self rows, not yet scored."""
     off_policy = [(r, source, ids) for r in records
                   for source, ids in [("expert", r.expert[0])] + [("teacher", t) for t in r.teacher[:3]]]
     rows = make_batch(group_id=[r.uid for r, _, _ in off_policy], source=[s for _, s, _ in off_policy],
@@ -107,7 +108,12 @@ def gft_batch(worker: RolloutWorker, records: list[PromptRecord], size: Size, se
                       ground_truth=[r.ground_truth for r, _, _ in off_policy])
     params = SamplingParams(n=max(1, size.group // 2), temperature=1.0, max_new_tokens=size.max_new_tokens)
     self_rows, _ = worker.rollout(records, params, seed)
-    return scored(concat_batches([rows, self_rows]), worker.tokenizer)
+    return concat_batches([rows, self_rows])
+
+
+def gft_batch(worker: RolloutWorker, records: list[PromptRecord], size: Size, seed: int = 0) -> pa.RecordBatch:
+    """:func:`gft_rows`, scored together."""
+    return scored(gft_rows(worker, records, size, seed), worker.tokenizer)
 
 
 def interleaved_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
@@ -181,12 +187,39 @@ class LocalRoles:
         ray.shutdown()
 
 
-def response_tokens(sequences: torch.Tensor, prompt_width: int, eos: int, pad: int) -> int:
+def sync(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":  # CUDA runs ahead of Python: time the work, not its launch
+        torch.cuda.synchronize()
+
+
+def _response_tokens(sequences: torch.Tensor, prompt_width: int, eos: int, pad: int) -> int:
     """Real tokens of ``generate``'s output: up to the first EOS, the rest is padding."""
     responses = sequences[:, prompt_width:]
     is_eos = responses == eos
     after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
     return int((~after_eos & (responses != pad)).sum())
+
+
+def raw_generate(model_path: str, records: list[PromptRecord], params: SamplingParams, counts: list[int],
+                 dtype: str = "float32", device: str | torch.device = "cpu") -> Callable[[], None]:
+    """The rollout's raw reference: a call of ``model.generate(do_sample=True,
+    num_return_sequences=n)`` on the left-padded prompts, with the model as transformers loads it
+    (sdpa attention, its own cache), appending its real response tokens to ``counts``."""
+    model, tokenizer = load_policy(model_path, dtype)
+    model.to(device).eval()
+    ids, mask = _left_pad([r.prompt_ids for r in records], tokenizer.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+
+    @torch.no_grad()
+    def raw():
+        out = model.generate(input_ids=ids, attention_mask=mask.long(), do_sample=True, temperature=params.temperature,
+                             top_k=0, top_p=params.top_p, num_return_sequences=params.n,
+                             max_new_tokens=params.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id)
+        counts.append(_response_tokens(out, ids.shape[1], tokenizer.eos_token_id, tokenizer.pad_token_id))
+        sync(device)
+
+    return raw
 
 
 def qwen_shaped_model(folder: Path, tokenizer_path: str) -> str:

@@ -34,50 +34,36 @@ from transformers import AutoTokenizer
 from bench.common import (
     arguments,
     embedded_assets,
+    gft_rows,
     interleaved_seconds,
     prompts,
     qwen_shaped_model,
+    raw_generate,
     report,
-    response_tokens,
+    sync,
     workdir,
 )
 from bench.learner import _raw_packed_step, _tokens
-from pipeline.batch import concat_batches, groups_together, make_batch, to_packed, with_column
+from pipeline.batch import groups_together, to_packed, with_column
 from pipeline.checkpoint import load_policy
 from pipeline.config import StageConfig
 from pipeline.objectives import objective_for
 from workers.attention import PACKED_ATTENTION
-from workers.hf_generate import SamplingParams, _left_pad
+from workers.hf_generate import SamplingParams
 from workers.learner import Learner, _micro_batches
 from workers.rollout import RolloutWorker
 
 H200_BF16_TFLOPS = 989.0  # dense, NVIDIA's H200 datasheet (1,979 with sparsity)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":  # CUDA runs ahead of Python: time the work, not its launch
-        torch.cuda.synchronize()
-
-
 def _sampler(worker: RolloutWorker, model_path: str, records, params: SamplingParams, device, dtype, repeats: int):
-    model, tokenizer = load_policy(model_path, dtype)
-    model.to(device).eval()
-    ids, mask = _left_pad([r.prompt_ids for r in records], tokenizer.pad_token_id)
-    ids, mask = ids.to(device), mask.to(device)
     counts: dict[str, list[int]] = {"ours": [], "raw": []}
 
     def ours():
         counts["ours"].append(worker.rollout(records, params, seed=len(counts["ours"]))[1]["rollout_tokens"])
-        _sync(device)
+        sync(device)
 
-    @torch.no_grad()
-    def raw():
-        out = model.generate(input_ids=ids, attention_mask=mask.long(), do_sample=True, temperature=1.0, top_k=0,
-                             top_p=1.0, num_return_sequences=params.n, max_new_tokens=params.max_new_tokens,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        counts["raw"].append(response_tokens(out, ids.shape[1], tokenizer.eos_token_id, tokenizer.pad_token_id))
-        _sync(device)
-
+    raw = raw_generate(model_path, records, params, counts["raw"], dtype, device)
     times = interleaved_seconds({"ours": ours, "raw": raw}, repeats)
     rates = {name: sum(counts[name][1:]) / sum(times[name]) for name in times}
     return {"part": "sampler", "ours_tokens_per_s": rates["ours"], "raw_tokens_per_s": rates["raw"],
@@ -85,15 +71,9 @@ def _sampler(worker: RolloutWorker, model_path: str, records, params: SamplingPa
 
 
 def _gft_batch(worker: RolloutWorker, records, size, seed: int = 0):
-    """Per prompt 1 expert, 3 teacher and ``group // 2`` self rows; random advantages."""
-    off_policy = [(r, source, ids) for r in records
-                  for source, ids in [("expert", r.expert[0])] + [("teacher", t) for t in r.teacher[:3]]]
-    rows = make_batch(group_id=[r.uid for r, _, _ in off_policy], source=[s for _, s, _ in off_policy],
-                      prompt_ids=[r.prompt_ids for r, _, _ in off_policy],
-                      response_ids=[ids for _, _, ids in off_policy],
-                      ground_truth=[r.ground_truth for r, _, _ in off_policy])
-    params = SamplingParams(n=size.group // 2, temperature=1.0, max_new_tokens=size.max_new_tokens)
-    batch = concat_batches([rows, worker.rollout(records, params, seed)[0]])
+    """A GFT step's rows (``bench.common.gft_rows``) with random advantages: scoring them needs
+    verl, which this machine lacks, and the update's cost does not depend on their values."""
+    batch = gft_rows(worker, records, size, seed)
     return with_column(batch, "advantage", np.random.default_rng(seed).standard_normal(batch.num_rows))
 
 
@@ -123,12 +103,12 @@ def _learner(worker: RolloutWorker, model_path: str, records, size, dtype: str, 
 
     def ours():
         learner.update(batch, objective, 1, stage.micro_batch_tokens, False)
-        _sync(device)
+        sync(device)
 
     def raw():
         with autocast:
             _raw_packed_step(raw_model, optimizer, micro, response_tokens_total)
-        _sync(device)
+        sync(device)
 
     times = interleaved_seconds({"ours": ours, "raw": raw}, repeats)
     ours_s, raw_s = statistics.median(times["ours"]), statistics.median(times["raw"])

@@ -22,7 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import ray
-import torch
 from transformers import AutoTokenizer
 
 from bench.common import (
@@ -31,15 +30,14 @@ from bench.common import (
     interleaved_seconds,
     prompts,
     qwen_shaped_model,
+    raw_generate,
     report,
-    response_tokens,
     workdir,
 )
-from pipeline.checkpoint import load_policy
 from pipeline.config import RunConfig
 from pipeline.roles import ALLOCATOR_ENV, start_ray
 from pipeline.rollout_env import rollout_runtime_env
-from workers.hf_generate import SamplingParams, _left_pad
+from workers.hf_generate import SamplingParams
 from workers.rollout import RolloutWorker
 
 BACKENDS = [("hf", "float32"), ("vllm", "float32"), ("vllm", "bfloat16")]
@@ -49,21 +47,6 @@ def _worker(config: RunConfig, model_path: str, backend: str, dtype: str, thread
     config.rollout.backend = backend
     actor = ray.remote(num_cpus=0, runtime_env=rollout_runtime_env(config, ALLOCATOR_ENV))(RolloutWorker)
     return actor.remote(model_path, backend, dtype, num_threads=threads, max_num_seqs=1024)
-
-
-def _raw_generate(model_path: str, records, params: SamplingParams, counts: list[int]):
-    model, tokenizer = load_policy(model_path)
-    model.eval()
-    ids, mask = _left_pad([r.prompt_ids for r in records], tokenizer.pad_token_id)
-
-    @torch.no_grad()
-    def raw():
-        out = model.generate(input_ids=ids, attention_mask=mask.long(), do_sample=True, temperature=1.0, top_k=0,
-                             top_p=1.0, num_return_sequences=params.n, max_new_tokens=params.max_new_tokens,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        counts.append(response_tokens(out, ids.shape[1], tokenizer.eos_token_id, tokenizer.pad_token_id))
-
-    return raw
 
 
 def _rollout(worker, records, params: SamplingParams, counts: list[int]):
@@ -100,7 +83,7 @@ def main() -> None:
                 runs[name] = _rollout(workers[-1], records, params, counts.setdefault(name, []))
             if model == "embedded":
                 name = "raw-generate float32"
-                runs[name] = _raw_generate(path, records, params, counts.setdefault(name, []))
+                runs[name] = raw_generate(path, records, params, counts.setdefault(name, []))
             times = interleaved_seconds(runs, size.repeats)
             for worker in workers:
                 ray.kill(worker)

@@ -97,13 +97,14 @@ def dcr_diagnostics(
     mask = response_mask.to(log_probs.dtype)
     rectified = _rectified(log_probs, tau, rectifiable).to(mask.dtype)
     weight = advantages * dcr_coefficients(log_probs, tau, rectifiable)
-    metrics = {}
+    names, values = [], []
     for index, name in enumerate(source_names):
         member = (sources == index).to(mask.dtype) * mask
-        metrics[f"token_share/{name}"] = _token_mean(member, mask).item()
-        metrics[f"rectified_fraction_share/{name}"] = _token_mean(member * rectified, mask).item()
-        metrics[f"advantage_coefficient_share/{name}"] = _token_mean(member * weight, mask).item()
-    return metrics
+        for quantity, value in (("token", member), ("rectified_fraction", member * rectified),
+                                ("advantage_coefficient", member * weight)):
+            names.append(f"{quantity}_share/{name}")
+            values.append(_token_mean(value, mask))
+    return dict(zip(names, torch.stack(values).tolist()))  # one device sync, not one a value
 
 
 def per_source_means(metrics: dict[str, float]) -> dict[str, float]:

@@ -134,8 +134,10 @@ def train_step(
         write_batch(batch, batch_dump)
 
     clock.lap("advantage")
+    # only GRPO's ratio reads the pre-update log-probs; freezing them costs a forward a mini-batch
     update_metrics, weights = roles.update(ray.put(batch), objective_for(stage), stage.updates_per_batch,
-                                           stage.micro_batch_tokens, measure_kl or stage.kl_coef > 0)
+                                           stage.micro_batch_tokens, measure_kl or stage.kl_coef > 0,
+                                           stage.algorithm == "grpo")
     metrics.update(per_source_means(update_metrics))
     clock.lap("update")
     roles.sync_weights(int(metrics["policy_version"]), weights)  # taken up by the next rollout

@@ -43,9 +43,9 @@ GATHER_TO_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
 class TokenBatch:
     """What an objective sees for one micro-batch; every tensor is ``[N]`` over packed tokens.
 
-    ``old_log_probs`` are the policy's log-probs before this batch's first optimizer step and
-    ``ref_log_probs`` the stage's start policy's (None unless the update asked for them); both
-    detached. ``sources``: each response token's row's source (an index into
+    ``old_log_probs`` are the policy's log-probs before this batch's first optimizer step (the
+    live ones unless the update asked for them) and ``ref_log_probs`` the stage's start policy's
+    (None unless the update asked for them); both detached. ``sources``: each response token's row's source (an index into
     ``pipeline.batch.SOURCES``; -1 for prompt tokens).
     """
 
@@ -278,11 +278,13 @@ class Learner:
 
     def update(
         self, batch: pa.RecordBatch, objective: Objective, updates_per_batch: int, micro_batch_tokens: int,
-        with_reference: bool = True,
+        with_reference: bool = True, with_old_log_probs: bool = True,
     ) -> dict[str, float]:
         """Optimizer step(s) on ``batch``; returns loss, grad-norm, entropy, objective metrics and,
         ``with_reference``, the KL to the stage's start policy (whose log-probs it also gives the
-        objective; that costs one more forward).
+        objective; that costs one more forward). ``with_old_log_probs``: freeze the pre-update
+        log-probs for the objective, a forward more when there are several mini-batches; an
+        objective that does not read them (all but GRPO's) can do without.
 
         The batch's rows are split into ``updates_per_batch`` mini-batches (one optimizer step
         each) and each mini-batch into micro-batches of at most ``micro_batch_tokens`` tokens whose
@@ -304,7 +306,8 @@ class Learner:
         packed_minis = [[filler if packed is None else packed for packed in micro] for micro in mine]
         # With one update per batch the pre-update log-probs are the live ones, detached: no
         # extra forward. With several, they must be frozen before the first step.
-        old = [self._detached_log_probs(self.model, micro) for micro in packed_minis] if len(minis) > 1 else None
+        old = ([self._detached_log_probs(self.model, micro) for micro in packed_minis]
+               if len(minis) > 1 and with_old_log_probs else None)
         ref = [self._detached_log_probs(self.reference, micro) if with_reference else [None] * len(micro)
                for micro in packed_minis]
         # FSDP averages gradients over the ranks; the step needs their sum
