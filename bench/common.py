@@ -138,11 +138,7 @@ def machine() -> dict:
 
 def report(name: str, args: argparse.Namespace, columns: list[str], rows: list[list], extra: dict | None = None) -> dict:
     """Print ``rows`` as a table and write them, the sizes and the machine as JSON."""
-    widths = [max(len(str(c)), *(len(_cell(r[i])) for r in rows)) for i, c in enumerate(columns)]
-    print(" | ".join(str(c).ljust(w) for c, w in zip(columns, widths)))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(_cell(v).ljust(w) for v, w in zip(row, widths)))
+    print_table(columns, rows)
     result = {"benchmark": name, "size": asdict(args.size), "machine": machine(),
               "rows": [dict(zip(columns, row)) for row in rows], **(extra or {})}
     out = args.out or RESULTS / f"{name}.json"
@@ -150,6 +146,14 @@ def report(name: str, args: argparse.Namespace, columns: list[str], rows: list[l
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten: {out}")
     return result
+
+
+def print_table(columns: list[str], rows: list[list]) -> None:
+    widths = [max(len(str(c)), *(len(_cell(r[i])) for r in rows)) for i, c in enumerate(columns)]
+    print(" | ".join(str(c).ljust(w) for c, w in zip(columns, widths)))
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(_cell(v).ljust(w) for v, w in zip(row, widths)))
 
 
 def _cell(value) -> str:

@@ -13,7 +13,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from pipeline.files import atomic_dir
+from pipeline.files import atomic_dir, safetensors_os_errors
 
 # per-load progress bars would interleave across actors' logs
 transformers.utils.logging.disable_progress_bar()
@@ -55,5 +55,6 @@ def write_policy_files(model, tokenizer, folder: Path, state_dict: dict | None =
     if state_dict is not None:  # copies share no storage, so transformers cannot see tied weights
         aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - dict(model.named_parameters()).keys()
         state_dict = {name: value for name, value in state_dict.items() if name not in aliases}
-    model.save_pretrained(str(folder), state_dict=state_dict, safe_serialization=True)
+    with safetensors_os_errors(folder):
+        model.save_pretrained(str(folder), state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(str(folder))

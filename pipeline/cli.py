@@ -19,7 +19,6 @@ def _cmd_build_default(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import load_recipe
-    from pipeline.configio import ConfigError
     from pipeline.run import run, summary
 
     overrides = list(args.overrides)
@@ -29,19 +28,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config = load_recipe(args.recipe, overrides)
         result = run(config)
     else:
-        from pipeline.resume import is_point, run_dir_of
-
-        point = args.resume if is_point(args.resume) else None
-        run_dir = run_dir_of(point) if point else args.resume
-        if args.recipe:
-            raise ConfigError(f"--resume continues the recipe saved in {run_dir}; give no recipe file")
-        config = _resumed_config(run_dir, overrides)
+        run_dir, point, config = _resume_target(args.resume, args.recipe, overrides)
         if (run_dir / "eval.json").exists() and point is None:
             print(f"{run_dir} has finished (eval.json is there); nothing to resume")
             return 0
         result = run(config, run_dir=run_dir, resume=True, resume_point=point)
     print(summary(result, config.eval.pass_k))
     return 0
+
+
+def _resume_target(resume: Path, recipe: str | None, overrides: list[str]):
+    """(run folder, the resume point named or None, its recipe with ``overrides``) of ``--resume``."""
+    from pipeline.configio import ConfigError
+    from pipeline.resume import is_point, run_dir_of
+
+    point = resume if is_point(resume) else None
+    run_dir = run_dir_of(point) if point else resume
+    if recipe:
+        raise ConfigError(f"--resume continues the recipe saved in {run_dir}; give no recipe file")
+    return run_dir, point, _resumed_config(run_dir, overrides)
 
 
 def _resumed_config(run_dir: Path, overrides: list[str]):
@@ -188,9 +193,16 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     from pipeline.config import load_recipe
     from pipeline.submit import follow, submit, submitted_recipe
 
-    config = load_recipe(args.recipe, args.overrides)  # a bad recipe is refused here, before any upload
-    job_id = submit(config, args.address, args.job_id, args.python)
-    output_dir = submitted_recipe(config)["output_dir"]
+    if args.resume is None:
+        config = load_recipe(args.recipe, args.overrides)  # a bad recipe is refused here, before any upload
+        output_dir = submitted_recipe(config)["output_dir"]
+    else:  # the run folder must be where this machine and the cluster both see it
+        run_dir, point, config = _resume_target(args.resume, args.recipe, args.overrides)
+        if (run_dir / "eval.json").exists() and point is None:
+            print(f"{run_dir} has finished (eval.json is there); nothing to resume")
+            return 0
+        output_dir = run_dir.resolve()
+    job_id = submit(config, args.address, args.job_id, args.python, args.resume, args.overrides, args.stop_grace)
     print(f"gft: note: the job writes its run folder under {output_dir} on the cluster; that must be storage "
           "the cluster keeps and you can read (its working dir is deleted when the job ends)", file=sys.stderr)
     where = f"--address {args.address}"
@@ -231,7 +243,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 def _cmd_stop(args: argparse.Namespace) -> int:
     from pipeline.submit import stop
 
-    state, message = stop(args.address, args.job)
+    state, message = stop(args.address, args.job, args.timeout)
     print(f"{args.job}: {state}" + (f"\n{message}" if message else ""))
     return 0
 
@@ -259,7 +271,7 @@ def _add_compare_parser(commands) -> None:
 
 
 def _add_job_parsers(commands) -> None:
-    from pipeline.submit import DEFAULT_ADDRESS, default_address
+    from pipeline.submit import DEFAULT_ADDRESS, STOP_GRACE_S, STOP_TIMEOUT_S, default_address
 
     address = {"default": default_address(),
                "help": f"the Ray head's dashboard, http://HEAD:8265 (default: $RAY_ADDRESS, else {DEFAULT_ADDRESS})"}
@@ -273,6 +285,12 @@ def _add_job_parsers(commands) -> None:
     submit.add_argument("--python", default="python",
                         help="the cluster's interpreter with this project's dependencies (default: python on "
                              "the PATH the head's `ray start` ran with); an absolute path where that is another")
+    submit.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                        help="continue a stopped or killed run (its folder on storage the cluster shares) as a job; "
+                             "overrides apply to its saved recipe, as with gft run --resume")
+    submit.add_argument("--stop-grace", type=int, default=STOP_GRACE_S, metavar="S",
+                        help="seconds `gft stop` lets the run finish its step and write a resume point before Ray "
+                             "kills it (default: %(default)s)")
     submit.set_defaults(handler=_cmd_submit)
     for name, text, handler in [("status", "a submitted job's status and message", _cmd_status),
                                 ("logs", "a submitted job's output", _cmd_logs),
@@ -282,6 +300,9 @@ def _add_job_parsers(commands) -> None:
         parser.add_argument("--address", **address)
         if name == "logs":
             parser.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+        if name == "stop":
+            parser.add_argument("--timeout", type=float, default=STOP_TIMEOUT_S, metavar="S",
+                                help="seconds to wait for the job to end (default: %(default)s)")
         parser.set_defaults(handler=handler)
 
 
@@ -375,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pipeline.configio import ConfigError
     from pipeline.data import DataError
-    from pipeline.errors import RoleFailed, TrainingStopped
+    from pipeline.errors import RoleFailed, StopRequested, TrainingStopped
     from pipeline.rewards.guard import RewardFunctionError
     from pipeline.submit import JobError
 
@@ -391,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, RewardFunctionError, JobError) as err:  # the user's input: fix and rerun
         print(f"gft: error: {err}", file=sys.stderr)
         return 2
+    except StopRequested as err:  # SIGTERM, handled: 128 + 15, what schedulers read as "terminated"
+        print(f"gft: stopped: {err}", file=sys.stderr)
+        return 128 + 15
     except (TrainingStopped, RoleFailed) as err:  # the run stopped; its last resume point is kept
         print(f"gft: stopped: {err}", file=sys.stderr)
         return 3

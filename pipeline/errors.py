@@ -1,5 +1,6 @@
 """Errors that end a run without a user's mistake, each kept light to import (the CLI maps them
-to exit code 3). Mistakes in a user's input have their own: ``ConfigError``, ``DataError``,
+to exit code 3, and a stop on SIGTERM to 143, as a shell reports a process that SIGTERM ended).
+Mistakes in a user's input have their own: ``ConfigError``, ``DataError``,
 ``RewardFunctionError``."""
 
 
@@ -11,3 +12,18 @@ class TrainingStopped(RuntimeError):
 class RoleFailed(RuntimeError):
     """A role's process died for good: the learner (its state cannot be rebuilt), or a rollout or
     teacher actor that died more often than ``ray.max_actor_restarts``."""
+
+
+class PolicyNotFinite(RuntimeError):
+    """A rollout sampled from next-token probabilities that are not finite: finite weights grown
+    so large that the logits overflow. A rollout worker raises it; the driver turns it into a
+    :class:`TrainingStopped` that names the stage and step."""
+
+
+class StopRequested(TrainingStopped):
+    """The run stopped on SIGTERM at a step boundary, with a resume point of the last step done."""
+
+
+class DiskFull(TrainingStopped):
+    """A write into the run folder found no space left; it was abandoned whole, and the message
+    says how much a checkpoint needs."""

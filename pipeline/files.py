@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from safetensors import SafetensorError
 
 FILE_MODE = 0o644  # mkstemp makes 0600 files; readers may be other users' workers
 DIR_MODE = 0o755  # and mkdtemp 0700 folders
@@ -65,3 +68,17 @@ def write_json_lines(rows: list[dict], path: str | os.PathLike[str]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     return Path(path)
+
+
+@contextmanager
+def safetensors_os_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """safetensors reports a failed write (a full disk, say) as a ``SafetensorError`` whose text
+    holds the OS error number; raise it as the ``OSError`` it is, naming ``path``, so that
+    callers can tell a full disk (ENOSPC) from a bug."""
+    try:
+        yield
+    except SafetensorError as err:
+        number = re.search(r"os error (\d+)", str(err))
+        if number is None:
+            raise
+        raise OSError(int(number[1]), os.strerror(int(number[1])), str(path)) from err

@@ -92,12 +92,21 @@ def summarize_runs(runs: list[Run], split: str, k: int) -> dict[str, dict]:
             "stage1_entropy": [r.evals[r.before_grpo()][split].get("entropy", math.nan) for r in mine],
             "stage1_max_grad_norm": [max((v for _, v in r.step_curve("stage1", "grad_norm")), default=math.nan)
                                      for r in mine],
+            # the entropy drift's suspected driver (docs/results.md): the self rows' mean advantage, and
+            # A x c, what DCR leaves of it, averaged over stage 1's steps
+            **{f"stage1_mean_{key.replace('/', '_')}": [_stage_mean(r, key) for r in mine]
+               for key in DRIFT_DIAGNOSTICS[1:]},
         }
         table[pipeline] = {"seeds": [r.seed for r in mine]}
         for name, values in per_seed.items():
             mean, ci95 = mean_ci95(values)
             table[pipeline][name] = {"values": values, "mean": mean, "ci95": ci95}
     return table
+
+
+def _stage_mean(run: Run, key: str, stage: str = "stage1") -> float:
+    values = [v for _, v in run.step_curve(stage, key) if v is not None]
+    return float(np.mean(values)) if values else math.nan
 
 
 def paired_difference(table: dict, better: str, worse: str, metric: str) -> tuple[float, float] | None:
@@ -122,6 +131,9 @@ def verdict(difference: tuple[float, float] | None) -> str:
         return "reversed"
     return "inconclusive (the CI includes 0)"
 
+
+# stage-1 step metrics that show GFT's entropy drift and what drives it (pipeline.losses.dcr_diagnostics)
+DRIFT_DIAGNOSTICS = ["entropy", "advantage/self", "advantage_coefficient/self", "rectified_fraction/self"]
 
 CLAIMS = [  # (question, better pipeline, worse pipeline, metric), each in the paper's direction
     ("GFT -> GRPO beats SFT -> GRPO (accuracy after GRPO)", "gft", "sft", "grpo_accuracy"),
@@ -223,6 +235,35 @@ def _plot_pass_at_k(runs: list[Run], split: str, path: Path) -> Path:
     return _save(figure, axes, "k", f"{split} pass@k (%)", path)
 
 
+def _plot_drift(runs: list[Run], path: Path, smooth: int = 5) -> Path:
+    """Stage 1's step metrics of ``DRIFT_DIAGNOSTICS``, one panel each, per pipeline that logs them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    for axis, key in zip(axes.flat, DRIFT_DIAGNOSTICS):
+        for color, pipeline in _pipeline_colors(runs):
+            curves = [c for r in runs if r.pipeline == pipeline
+                      and (c := [(x, v) for x, v in r.step_curve("stage1", key) if v is not None])]
+            if not curves:
+                continue
+            x, mean, _ = _mean_curve(curves)
+            if len(mean) >= smooth:
+                x, mean = x[smooth - 1 :], np.convolve(mean, np.ones(smooth) / smooth, "valid")
+            axis.plot(x, mean, label=pipeline, color=color)
+        axis.set_title(key)
+        axis.grid(alpha=0.3)
+    for axis in axes[1]:
+        axis.set_xlabel("stage-1 step")
+    axes[0][0].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def _lr_section(choices: dict) -> list[str]:
     """Which learning rate each method got, and the ``val`` accuracies it was chosen from."""
     rates = sorted({lr for choice in choices.values() for lr in choice.val_accuracy})
@@ -252,6 +293,8 @@ def write_report(runs: list[Run], out: Path, split: str, k: int, command: str, l
         "Grad-norm before clipping (moving mean of 5 steps)": _plot_stages(
             runs, lambda r, s: r.step_curve(s, "grad_norm"), "grad-norm", out / "grad_norm.png", smooth=5),
         "pass@k against k": _plot_pass_at_k(runs, split, out / "pass_at_k.png"),
+        "Stage 1's entropy and its drivers on the training batches (moving mean of 5 steps)": _plot_drift(
+            runs, out / "drift.png"),
     }
     claims = []
     for question, better, worse, metric in CLAIMS:

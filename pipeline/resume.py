@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipeline.configio import ConfigError
-from pipeline.files import atomic_dir
+from pipeline.files import atomic_dir, safetensors_os_errors
 
 STATE_FILE = "trainer_state.json"
 LEARNER_STATE_FILE = "learner_state.safetensors"
@@ -45,6 +45,7 @@ class Progress:
     evals: dict[str, dict] = field(default_factory=dict)  # policy -> split -> metrics
     checkpoints: dict[str, str] = field(default_factory=dict)  # stage -> its final checkpoint
     metrics_bytes: int = 0  # length of metrics.jsonl up to this point
+    consecutive_skips: int = 0  # updates skipped in a row up to this point (``max_consecutive_skips``)
 
 
 @dataclass
@@ -151,7 +152,8 @@ def save_learner_state(optimizer_state: dict[str, dict[str, torch.Tensor]], path
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors |= {f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-    save_file(tensors, str(path))
+    with safetensors_os_errors(path):
+        save_file(tensors, str(path))
 
 
 def load_learner_state(path: Path) -> dict[str, dict[str, torch.Tensor]]:

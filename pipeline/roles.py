@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -215,16 +216,24 @@ class Roles:
         step gets the same result it would have had: nothing is lost or sampled twice."""
         futures = [submit(actor) for actor, submit in calls]
         results = []
-        for (actor, submit), future in zip(calls, futures):
-            for attempt in range(self.max_restarts + 1):
-                try:
-                    results.append(ray.get(future))
-                    break
-                except RayActorError as err:
-                    if attempt == self.max_restarts:
-                        raise RoleFailed(f"an actor died {attempt + 1} times in one call: {err}") from err
-                    self._recover(actor, err)
-                    future = submit(actor)
+        try:
+            for index, (actor, submit) in enumerate(calls):
+                for attempt in range(self.max_restarts + 1):
+                    try:
+                        results.append(ray.get(futures[index]))
+                        break
+                    except RayActorError as err:
+                        if attempt == self.max_restarts:
+                            raise RoleFailed(f"an actor died {attempt + 1} times in one call: {err}") from err
+                        self._recover(actor, err)
+                        futures[index] = submit(actor)
+        except Exception:
+            # the other calls fail as a rule for the same reason: read their errors too, or Ray logs
+            # each with its traceback as unhandled
+            for future in futures:
+                with contextlib.suppress(Exception):
+                    ray.get(future, timeout=RESTART_TIMEOUT_S)
+            raise
         return results
 
     def _recover(self, actor: ActorHandle, err: RayActorError) -> None:

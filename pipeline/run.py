@@ -6,9 +6,12 @@ GFT policy hands off to GRPO exactly as a user's model would (a Hugging Face fol
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +26,7 @@ from pipeline.config import EMBEDDED, RunConfig, StageConfig, learning_rate
 from pipeline.configio import ConfigError, to_dict
 from pipeline.data import PromptRecord, PromptSampler, read_prompt_file
 from pipeline.embedded import build_embedded_assets
-from pipeline.errors import RoleFailed, TrainingStopped
+from pipeline.errors import DiskFull, PolicyNotFinite, RoleFailed, StopRequested, TrainingStopped
 from pipeline.evaluation import (
     EvalSet,
     format_benchmark_table,
@@ -33,7 +36,7 @@ from pipeline.evaluation import (
 )
 from pipeline.files import atomic_path, write_json_lines
 from pipeline.metrics import MetricsLogger
-from pipeline.resume import Progress, ResumePoint, chosen_point, latest_point, prune, write_point
+from pipeline.resume import Progress, ResumePoint, chosen_point, latest_point, points, prune, write_point
 from pipeline.roles import Roles, start_ray
 from pipeline.rollout_env import check_rollout_environment
 from pipeline.stages import EvalOutcome, evaluate, train_step
@@ -117,20 +120,48 @@ def _save_generations(outcomes: dict[str, EvalOutcome], tokenizer, folder: Path)
         write_json_lines(generation_rows(split, outcome.greedy, outcome.sampled, tokenizer), folder / f"{split}.jsonl")
 
 
+class _StopSignal:
+    """SIGTERM, as ``gft stop``, ``kill`` and cluster schedulers send it, asks the driver to stop
+    at the next step boundary (see ``_Driver.stop_if_asked``) instead of dying mid-write. A second
+    SIGTERM ends the process at once, as the handler before this one would have."""
+
+    def __init__(self):
+        self.received, self.previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+        signal.signal(signal.SIGTERM, self.previous)
+        logger.warning("SIGTERM received: stopping after the step under way, with a resume point")
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
 class _Driver:
     """The stages of one run, step by step, keeping :class:`Progress` so that every resume point
     (``pipeline.resume``) says exactly where to pick the run back up."""
 
     def __init__(self, config: RunConfig, run_dir: Path, inputs: Inputs, roles: Roles, logger: MetricsLogger,
-                 start: ResumePoint | None, on_step: Callable[[], None] | None):
+                 start: ResumePoint | None, on_step: Callable[[], None] | None, stop: _StopSignal):
         self.config, self.run_dir, self.inputs, self.roles, self.logger = config, run_dir, inputs, roles, logger
-        self.start, self.on_step = start, on_step
+        self.start, self.on_step, self.stop = start, on_step, stop
         self.progress = start.progress if start else Progress(stage_start=inputs.base_model)
         self.sampler = PromptSampler(inputs.train_records, config.seed)
         self.sampler.seek(*self.progress.sampler)
-        self.skips = 0  # updates skipped in a row
 
     def run(self) -> None:
+        try:
+            self.run_stages()
+        except PolicyNotFinite as err:  # raised in a rollout actor: its own message, not Ray's traceback
+            raise TrainingStopped(self.blown_up(getattr(err, "cause", err))) from None
+
+    def run_stages(self) -> None:
         if "base" not in self.progress.evals:
             self.record_eval("base")
         for index, stage in enumerate(self.config.stages):
@@ -142,6 +173,30 @@ class _Driver:
                 self.train(stage)
             self.progress.stage_index, self.progress.step = index + 1, 0
             self.save_point(learner=False)
+
+    def stop_if_asked(self, stage: StageConfig) -> None:
+        """After SIGTERM, between two steps: write a resume point of the last step done and stop."""
+        if not self.stop.received:
+            return
+        p = self.progress
+        point = self.save_point(learner=p.step > 0)  # at a stage's start, its start checkpoint is the policy
+        raise StopRequested(
+            f"SIGTERM: stopped before step {p.step + 1} of stage {stage.name} (global step {p.global_step} done); "
+            f"resume point: {point}. Continue with: gft run --resume {self.run_dir} (on a cluster: gft submit "
+            f"--resume {self.run_dir})")
+
+    def blown_up(self, err: PolicyNotFinite) -> str:
+        """What to say when the policy's weights have grown too large to sample from."""
+        p = self.progress
+        stage = self.config.stages[min(p.stage_index, len(self.config.stages) - 1)]
+        point = latest_point(self.run_dir)
+        where = (f"its newest resume point, {point.folder}, holds the weights of global step "
+                 f"{point.progress.global_step}. Lower the learning rate (stages.{stage.name}.lr={stage.lr:g} now) and "
+                 f"continue with: gft run --resume {self.run_dir} stages.{stage.name}.lr=..." if point else
+                 "the run has no resume point yet; run it again with a lower learning rate "
+                 f"(stages.{stage.name}.lr={stage.lr:g} now)")
+        return f"stage {stage.name}, after step {p.step} (global step {p.global_step}): {err}. The weights have grown " \
+               f"too large for the logits to stay finite; {where}"
 
     def record_eval(self, policy: str) -> None:
         outcomes = _evaluate_sets(self.roles, self.inputs.eval_sets, self.config)
@@ -162,16 +217,17 @@ class _Driver:
         else:
             self.roles.load_policy(p.stage_start, p.policy_version)
             self.roles.on_learners("start_stage", p.stage_start, stage.lr, stage.weight_decay, stage.max_grad_norm)
-        bar = tqdm(total=stage.steps, initial=p.step, desc=f"{stage.name} ({stage.algorithm})", unit="step",
-                   dynamic_ncols=True, disable=self.on_step is not None)
-        for step in range(p.step + 1, stage.steps + 1):
-            metrics = self.step(stage, step)
-            bar.update(1)
-            bar.set_postfix({"reward": f"{metrics['reward']:.3f}", "loss": f"{metrics['loss']:.4f}"})
-            every = self.config.checkpoint.every
-            if every and step % every == 0 and step < stage.steps:
-                self.save_point(learner=True)
-        bar.close()
+        # closed however the loop ends, so that a stop's message starts on a line of its own
+        with tqdm(total=stage.steps, initial=p.step, desc=f"{stage.name} ({stage.algorithm})", unit="step",
+                  dynamic_ncols=True, disable=self.on_step is not None) as bar:
+            for step in range(p.step + 1, stage.steps + 1):
+                self.stop_if_asked(stage)
+                metrics = self.step(stage, step)
+                bar.update(1)
+                bar.set_postfix({"reward": f"{metrics['reward']:.3f}", "loss": f"{metrics['loss']:.4f}"})
+                every = self.config.checkpoint.every
+                if every and step % every == 0 and step < stage.steps:
+                    self.save_point(learner=True)
         checkpoint = self.roles.on_learners("save", str(self.run_dir / "checkpoints" / stage.name))
         p.checkpoints[stage.name] = p.stage_start = checkpoint
         self.record_eval(stage.name)
@@ -197,18 +253,19 @@ class _Driver:
     def check_skips(self, stage: StageConfig, step: int, metrics: dict) -> None:
         """Count updates skipped in a row (a non-finite loss or grad-norm leaves the weights as
         they were); too many stop the run with a resume point of the last good weights."""
+        p = self.progress  # the count is part of every resume point: a resume does not reset it
         if not metrics["skipped_updates"]:
-            self.skips = 0
+            p.consecutive_skips = 0
             return
-        self.skips += 1
+        p.consecutive_skips += 1
         limit = self.config.max_consecutive_skips
         logger.warning("stage %s step %d: update skipped, loss %s, grad-norm %s (%d in a row, limit %d)",
-                       stage.name, step, metrics["loss"], metrics["grad_norm"], self.skips, limit)
-        if self.skips >= limit:
+                       stage.name, step, metrics["loss"], metrics["grad_norm"], p.consecutive_skips, limit)
+        if p.consecutive_skips >= limit:
             point = self.save_point(learner=True)
             raise TrainingStopped(
-                f"stage {stage.name}, step {step}: {self.skips} updates in a row were skipped because the loss or "
-                f"the grad-norm was not finite (max_consecutive_skips={limit}). The weights of the last good update "
+                f"stage {stage.name}, step {step}: {p.consecutive_skips} updates in a row were skipped because the "
+                f"loss or the grad-norm was not finite (max_consecutive_skips={limit}). The weights of the last good update "
                 f"are in {point}. Look at the learning rate (stages.{stage.name}.lr), the rewards and the data, then "
                 f"continue with: gft run --resume {self.run_dir} [key=value ...]")
 
@@ -235,6 +292,22 @@ def run(config: RunConfig, run_dir: Path | None = None, on_step: Callable[[], No
     started = time.perf_counter()
     check_rollout_environment(config)
     run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(config)
+    try:
+        result = _run(config, run_dir, on_step, resume, resume_point)
+        result.wall_time_s = time.perf_counter() - started
+        # written last and atomically: its presence says the run finished (``gft compare`` relies on it)
+        with atomic_path(run_dir / "eval.json") as tmp:
+            tmp.write_text(json.dumps({"evals": result.evals, "wall_time_s": result.wall_time_s}, indent=2))
+    except OSError as err:
+        full = getattr(err, "cause", err)  # the learner's writes fail inside its actor
+        if not isinstance(full, OSError) or full.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFull(_disk_full_message(run_dir, full)) from None
+    return result
+
+
+def _run(config: RunConfig, run_dir: Path, on_step: Callable[[], None] | None, resume: bool,
+         resume_point: Path | None) -> RunResult:
     fresh = not run_dir.exists()
     try:
         inputs = _load_inputs(config, run_dir)
@@ -256,25 +329,38 @@ def run(config: RunConfig, run_dir: Path | None = None, on_step: Callable[[], No
                        start.progress.stage_index, start.progress.step, start.progress.global_step, start.folder)
 
     start_ray(config)
-    roles = Roles(config, inputs.base_model)
-    try:
-        keep_bytes = start.progress.metrics_bytes if start else (0 if resume else None)
-        with MetricsLogger(run_dir, keep_bytes=keep_bytes) as metrics_logger:
-            driver = _Driver(config, run_dir, inputs, roles, metrics_logger, start, on_step)
-            driver.run()
-    except (RayActorError, RoleFailed) as err:
-        raise RoleFailed(f"{err}\nThe run can continue from its last resume point: gft run --resume {run_dir}") from err
-    finally:
-        roles.close()
+    with _StopSignal() as stop:  # after ray.init, which sets a SIGTERM handler of its own
+        roles = Roles(config, inputs.base_model)
+        try:
+            keep_bytes = start.progress.metrics_bytes if start else (0 if resume else None)
+            with MetricsLogger(run_dir, keep_bytes=keep_bytes) as metrics_logger:
+                driver = _Driver(config, run_dir, inputs, roles, metrics_logger, start, on_step, stop)
+                driver.run()
+        except (RayActorError, RoleFailed) as err:
+            raise RoleFailed(f"{err}\nThe run can continue from its last resume point: gft run --resume {run_dir}") \
+                from err
+        finally:
+            roles.close()
 
     progress = driver.progress
-    result = RunResult(run_dir, {k: Path(v) for k, v in progress.checkpoints.items()}, progress.evals,
-                       skipped_rows=sum(len(rows) for rows in inputs.skipped_rows.values()))
-    result.wall_time_s = time.perf_counter() - started
-    # written last and atomically: its presence says the run finished (``gft compare`` relies on it)
-    with atomic_path(run_dir / "eval.json") as tmp:
-        tmp.write_text(json.dumps({"evals": result.evals, "wall_time_s": result.wall_time_s}, indent=2))
-    return result
+    return RunResult(run_dir, {k: Path(v) for k, v in progress.checkpoints.items()}, progress.evals,
+                     skipped_rows=sum(len(rows) for rows in inputs.skipped_rows.values()))
+
+
+def _disk_full_message(run_dir: Path, err: OSError) -> str:
+    """Where the disk filled, how much a checkpoint of this run needs, and what was kept."""
+    free = shutil.disk_usage(run_dir if run_dir.exists() else run_dir.parent).free
+    stage_checkpoints = [f for f in (run_dir / "checkpoints").glob("*")
+                         if f.is_dir() and f.name != "resume" and not f.name.startswith(".")]  # hidden: unfinished
+    folders = [p.folder for p in points(run_dir)] + stage_checkpoints
+    sizes = [sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) for folder in folders]
+    needed = f"{max(sizes):,} bytes, the size of the largest it has written" if sizes else "unknown until one is written"
+    latest = latest_point(run_dir)
+    kept = f"its newest resume point, {latest.folder}, is intact" if latest else "it has no resume point yet"
+    return (f"no space left on the device holding {run_dir} while writing {err.filename or 'a file'}: "
+            f"{free:,} bytes free; a checkpoint or resume point of this run needs about {needed}. The write was "
+            f"abandoned and nothing written before it was touched: {kept}. Free space, then continue with: "
+            f"gft run --resume {run_dir}")
 
 
 def summary(result: RunResult, k: int) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -34,7 +35,11 @@ PROJECT_PARTS = ("pipeline", "workers", "recipes", "pyproject.toml")  # what a j
 SUBMITTED_RECIPE = "submitted_recipe.yaml"
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-STOP_TIMEOUT_S = 60.0  # Ray sends SIGTERM, then SIGKILL after 3 s; the status follows soon after
+# `gft stop` makes Ray send the job SIGTERM, then SIGKILL after RAY_JOB_STOP_WAIT_TIME_S (Ray's
+# default 3 s; set per job by `submit`); the driver needs that long to finish its step and write
+# a resume point. The status says STOPPED once the driver is gone.
+STOP_GRACE_S = 120
+STOP_TIMEOUT_S = STOP_GRACE_S + 60.0
 
 
 class JobError(RuntimeError):
@@ -47,9 +52,10 @@ def default_address() -> str:
     return os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
 
 
-def entrypoint(python: str = "python") -> str:
-    """The job's command, run by a shell in the job's working dir on the cluster."""
-    return f"{shlex.quote(python)} -m pipeline.cli run {SUBMITTED_RECIPE}"
+def entrypoint(python: str = "python", run_args: list[str] | None = None) -> str:
+    """The job's command, run by a shell in the job's working dir on the cluster: ``gft run``
+    with ``run_args`` (default: the staged recipe)."""
+    return f"{shlex.quote(python)} -m pipeline.cli run {shlex.join(run_args or [SUBMITTED_RECIPE])}"
 
 
 def submitted_recipe(config: RunConfig) -> dict:
@@ -80,32 +86,55 @@ def submitted_recipe(config: RunConfig) -> dict:
     return tree
 
 
-def stage(config: RunConfig, folder: Path) -> Path:
+def resume_overrides(config: RunConfig) -> list[str]:
+    """Overrides that make a resumed run's saved recipe (``config``) name what it reads by
+    absolute paths, as ``submitted_recipe`` does for a new one; a job joins its own cluster."""
+    from pipeline.configio import to_dict
+
+    tree, saved = submitted_recipe(config), to_dict(config)
+    keys = [("model", "path"), ("data", "train_files"), ("data", "eval_files"), ("teacher", "model_path"),
+            ("reward", "function"), ("rollout", "python"), ("ray", "address")]
+    return [f"{section}.{key}={json.dumps(tree[section][key])}" for section, key in keys
+            if tree[section][key] != saved[section][key]]
+
+
+def stage(config: RunConfig, folder: Path, with_recipe: bool = True) -> Path | None:
     """Fill ``folder`` with what the job runs: the project's code (no caches, runs, tests or
-    virtual environment) and ``submitted_recipe.yaml``, whose path is returned."""
+    virtual environment) and, ``with_recipe``, ``submitted_recipe.yaml``, whose path is returned."""
     for part in PROJECT_PARTS:
         source = PROJECT_ROOT / part
         if source.is_dir():
             shutil.copytree(source, folder / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(source, folder / part)
+    if not with_recipe:
+        return None
     recipe = folder / SUBMITTED_RECIPE
     recipe.write_text(yaml.safe_dump(submitted_recipe(config), sort_keys=False), encoding="utf-8")
     return recipe
 
 
-def submit(config: RunConfig, address: str, job_id: str | None = None, python: str = "python") -> str:
+def submit(config: RunConfig, address: str, job_id: str | None = None, python: str = "python",
+           resume: Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+           stop_grace_s: int = STOP_GRACE_S) -> str:
     """Submit ``config`` as a job to the cluster whose dashboard is at ``address``; returns the
-    job's id. ``python`` is the interpreter on the cluster that has this project's dependencies."""
+    job's id. ``python`` is the interpreter on the cluster that has this project's dependencies.
+    ``resume``: a run folder (or one of its resume points) that the job continues, ``config``
+    being its saved recipe with ``overrides``. ``stop_grace_s``: how long `gft stop` lets the
+    driver stop cleanly before Ray kills it."""
+    run_args = None
+    if resume is not None:
+        run_args = ["--resume", os.path.abspath(resume), *overrides, *resume_overrides(config)]
     with tempfile.TemporaryDirectory(prefix="gft-submit-") as folder:
-        stage(config, Path(folder))
+        stage(config, Path(folder), with_recipe=resume is None)
         with _cluster(address, job_id) as client:
             # Ray zips and uploads the folder before submit_job returns, so it may go right after.
             return client.submit_job(
-                entrypoint=entrypoint(python),
+                entrypoint=entrypoint(python, run_args),
                 submission_id=job_id,
                 # the driver's stdout is a file: unbuffered, `gft logs --follow` shows progress live
-                runtime_env={"working_dir": folder, "env_vars": {"PYTHONUNBUFFERED": "1"}},
+                runtime_env={"working_dir": folder, "env_vars": {
+                    "PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": str(stop_grace_s)}},
             )
 
 

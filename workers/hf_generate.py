@@ -109,7 +109,8 @@ def _inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) 
     total = cdf[:, -1:]
     draw = torch.rand(total.shape, generator=generator, device=probs.device, dtype=torch.float64) * total
     draw = torch.minimum(draw, torch.nextafter(total, torch.zeros_like(total)))  # stays below total
-    return torch.searchsorted(cdf, draw, right=True)[:, 0]
+    # NaN probabilities (a blown-up policy) find no entry; the rollout worker reports their NaN log-probs
+    return torch.searchsorted(cdf, draw, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
 
 
 def _choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):

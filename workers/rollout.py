@@ -12,12 +12,14 @@ import os
 import sys
 import time
 
+import numpy as np
 import pyarrow as pa
 import torch
 
 from pipeline.batch import make_batch
 from pipeline.checkpoint import load_policy, torch_dtype
 from pipeline.data import PromptRecord
+from pipeline.errors import PolicyNotFinite
 from workers.hf_generate import Generation, SamplingParams, generate, prepare_for_sampling
 from workers.weights import FlatWeights, SharedWeights
 
@@ -106,6 +108,7 @@ class RolloutWorker:
         started = time.perf_counter()
         out = self.sample([r.prompt_ids for r in records], params, seed)
         elapsed = time.perf_counter() - started
+        _check_finite(out, self.version)
         repeat = [r for r in records for _ in range(params.n)]
         batch = make_batch(
             group_id=[r.uid for r in repeat],
@@ -124,3 +127,11 @@ class RolloutWorker:
             lengths = [len(ids) for ids in out.response_ids]
             metrics["rollout_entropy"] = sum(e * n for e, n in zip(out.entropy, lengths)) / out.num_tokens
         return batch, metrics
+
+
+def _check_finite(out: Generation, version: int) -> None:
+    """Rows drawn from NaN probabilities are noise, not samples: refuse them."""
+    finite = [bool(np.isfinite(values).all()) for values in out.logprobs]
+    if not all(finite):
+        raise PolicyNotFinite(f"policy version {version} sampled {finite.count(False)} of {len(finite)} responses "
+                              "from next-token probabilities that are not finite (its logits overflow)")

@@ -1,5 +1,6 @@
 """Faults injected into real runs of the `gft` command: a SIGKILL of the whole process group at
-several moments, then ``--resume``; and non-finite updates that stop the run."""
+several moments, then ``--resume``; non-finite updates and a blown-up policy that stop the run.
+Faults at random moments, SIGTERM and a full disk among them, are in tests/bench/test_chaos.py."""
 
 import json
 import os
@@ -120,14 +121,34 @@ def test_non_finite_updates_stop_the_run_and_it_resumes_once_fixed(tmp_path):
     assert all(torch.equal(kept[k], warmup[k]) for k in warmup)
     assert not (run_dir / "eval.json").exists()
 
+    # resumed unfixed with a limit of 3, the count goes on from the 2 before the stop: one more skip
+    # ends it (a count reset by the resume would run to step 5)
+    code, err = finish(gft("run", "--resume", str(run_dir), "max_consecutive_skips=3"))
+    assert code == 3, err
+    assert "stage gft, step 3: 3 updates in a row were skipped" in err
+
     # the built-in verifier instead of the broken reward: the run goes on from the stop
     code, err = finish(gft("run", "--resume", str(run_dir), "reward.function=null"))
     assert code == 0, err
     rows = metric_lines(run_dir)
     assert [(r["stage"], r["step"]) for r in rows if r["stage"] in STAGES] == [
         (stage, step) for stage, steps in zip(STAGES, (3, 5, 3)) for step in range(1, steps + 1)]
-    assert all(r["skipped_updates"] == 0 for r in rows if r["stage"] == "gft" and r["step"] > 2)
+    assert all(r["skipped_updates"] == 0 for r in rows if r["stage"] == "gft" and r["step"] > 3)
     assert (run_dir / "eval.json").exists() and len(points(run_dir)) == 2
+
+
+def test_a_policy_too_large_to_sample_from_stops_the_run_with_a_message(tmp_path):
+    """lr 1e30: the first GFT update leaves finite weights whose logits overflow; the next
+    rollout draws from NaN probabilities."""
+    out = tmp_path / "runs"
+    code, err = finish(gft("run", *SMALL, f"output_dir={out}", "stages.gft.lr=1e30"))
+    assert code == 3, err
+    run_dir = only_run_dir(out)
+    assert "gft: stopped: stage gft, after step 1 (global step 4): policy version 4 sampled 8 of 8 responses from " \
+           "next-token probabilities that are not finite" in err
+    assert f"continue with: gft run --resume {run_dir} stages.gft.lr=" in err
+    assert "Traceback" not in err and "Unhandled error" not in err
+    assert latest_point(run_dir).progress.global_step == 3  # the warm-up's end: weights from before the blow-up
 
 
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):

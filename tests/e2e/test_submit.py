@@ -4,6 +4,7 @@ as a user runs it, so nothing here shares Ray state with the other tests."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -108,17 +109,6 @@ def gft(head: Head, *args: str, cwd: Path | None = None, timeout: float = 120) -
                           cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def _wait_for_status(head: Head, job: str, wanted: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done = gft(head, "status", job)
-        assert done.returncode == 0, done.stderr
-        if wanted in done.stdout or any(s in done.stdout for s in ("FAILED", "STOPPED", "SUCCEEDED")):
-            return done.stdout
-        time.sleep(1)
-    return done.stdout
-
-
 def test_a_submitted_recipe_runs_on_the_cluster_to_the_end(head, tmp_path):
     # The head's `python` is not this venv's (ray was started without activating it): --python
     # names the interpreter, as a user does when the cluster's PATH leads elsewhere.
@@ -138,16 +128,40 @@ def test_a_submitted_recipe_runs_on_the_cluster_to_the_end(head, tmp_path):
     assert f"checkpoint grpo: {checkpoints[0].parent}" in logs.stdout
 
 
-def test_stop_ends_a_running_job(head, tmp_path):
+def test_a_stopped_job_resumes_as_a_new_job_where_it_stopped(head, tmp_path):
     done = gft(head, "submit", *SMALL, "--job-id", "gft-e2e-stop", "--python", sys.executable, "--no-wait",
                cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "gft stop gft-e2e-stop" in done.stdout
-    assert "gft-e2e-stop: RUNNING" in _wait_for_status(head, "gft-e2e-stop", "RUNNING", timeout=120)
+    deadline = time.monotonic() + 300
+    while not _logged_steps(tmp_path) and time.monotonic() < deadline:  # stopped mid-run, not while it starts
+        time.sleep(0.2)
     stopped = gft(head, "stop", "gft-e2e-stop")
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.stdout.startswith("gft-e2e-stop: STOPPED")
-    assert gft(head, "status", "gft-e2e-stop").stdout.startswith("gft-e2e-stop: STOPPED")
+    # SIGTERM, handled: a resume point of the last step done, then a clean exit that says how to go on
+    logs = gft(head, "logs", "gft-e2e-stop").stdout
+    (run_dir,) = tmp_path.glob("runs/*")
+    assert "gft: stopped: SIGTERM: stopped before step" in logs, logs[-3000:]
+    assert f"gft submit --resume {run_dir}" in logs
+    done_before = len(_logged_steps(tmp_path))
+    assert 0 < done_before < 8 and not (run_dir / "eval.json").exists()
+
+    resumed = gft(head, "submit", "--resume", str(run_dir), "--job-id", "gft-e2e-resume", "--python",
+                  sys.executable, cwd=tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "job gft-e2e-resume: SUCCEEDED" in resumed.stdout
+    # every step once, in order: what the stop had done was kept, nothing was redone or skipped
+    assert _logged_steps(tmp_path) == [(stage, step) for stage, steps in (("warmup", 3), ("gft", 3), ("grpo", 2))
+                                       for step in range(1, steps + 1)]
+    assert (run_dir / "eval.json").exists()
+
+
+def _logged_steps(folder: Path) -> list[tuple[str, int]]:
+    logged = list(folder.glob("runs/*/metrics.jsonl"))
+    lines = logged[0].read_text().splitlines(keepends=True) if logged else []
+    rows = [json.loads(line) for line in lines if line.endswith("\n")]  # not one being written
+    return [(row["stage"], row["step"]) for row in rows if row["stage"] != "eval"]
 
 
 def test_an_unknown_job_is_named_without_a_traceback(head):

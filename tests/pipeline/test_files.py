@@ -1,11 +1,13 @@
 """Atomic writes: the old file survives a failed write, and no temporary file is left."""
 
+import errno
 import json
 import os
 
 import pytest
+from safetensors import SafetensorError
 
-from pipeline.files import atomic_dir, atomic_path, replace_dir, write_json_lines
+from pipeline.files import atomic_dir, atomic_path, replace_dir, safetensors_os_errors, write_json_lines
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -39,3 +41,13 @@ def test_a_failed_folder_write_keeps_the_old_folder(tmp_path):
         (tmp / "weights").write_text("v2, half")
         raise RuntimeError("killed")
     assert os.listdir(tmp_path) == ["ckpt"] and (target / "weights").read_text() == "v1"
+
+
+def test_safetensors_write_errors_become_the_os_errors_they_are(tmp_path):
+    """safetensors' text for a full disk, as a real one printed it (bench/chaos.py hits a real
+    full disk); any other SafetensorError passes through as it is."""
+    with pytest.raises(OSError) as raised, safetensors_os_errors(tmp_path / "model.safetensors"):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "model.safetensors")
+    with pytest.raises(SafetensorError), safetensors_os_errors(tmp_path):
+        raise SafetensorError("invalid dtype")

@@ -14,6 +14,7 @@ import yaml
 from pipeline import roles
 from pipeline.cli import main
 from pipeline.config import RunConfig, load_recipe
+from pipeline.configio import to_dict
 from pipeline.submit import PROJECT_ROOT, SUBMITTED_RECIPE, entrypoint, stage, submitted_recipe
 
 SMALL = ["embedded.n_train=256", "embedded.n_test=32", "embedded.n_ood=32", "eval.splits=[test]"]
@@ -33,7 +34,8 @@ class FakeClient:
         self.submitted = kwargs
         folder = Path(kwargs["runtime_env"]["working_dir"])
         self.staged = {str(p.relative_to(folder)) for p in folder.rglob("*")}
-        self.recipe = yaml.safe_load((folder / SUBMITTED_RECIPE).read_text())
+        recipe = folder / SUBMITTED_RECIPE
+        self.recipe = yaml.safe_load(recipe.read_text()) if recipe.exists() else None
         return kwargs["submission_id"] or "raysubmit_fake"
 
 
@@ -108,7 +110,8 @@ def test_submit_hands_ray_the_staged_code_and_the_run_command(tmp_path, monkeypa
     assert client.address == "http://head:8265"
     assert client.submitted["entrypoint"] == "python -m pipeline.cli run submitted_recipe.yaml"
     assert client.submitted["submission_id"] == "job-1"
-    assert client.submitted["runtime_env"]["env_vars"] == {"PYTHONUNBUFFERED": "1"}
+    # Ray's 3 s between SIGTERM and SIGKILL would cut a step short: the driver gets the grace
+    assert client.submitted["runtime_env"]["env_vars"] == {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": "120"}
     assert {"pipeline/cli.py", "workers/rollout.py", SUBMITTED_RECIPE} <= client.staged
     assert client.recipe["output_dir"] == str(tmp_path / "runs") and client.recipe["embedded"]["n_train"] == 256
     assert not Path(client.submitted["runtime_env"]["working_dir"]).exists()  # the staging folder is gone
@@ -116,6 +119,32 @@ def test_submit_hands_ray_the_staged_code_and_the_run_command(tmp_path, monkeypa
     assert "submitted job job-1 to http://head:8265" in captured.out
     assert "gft status job-1 --address http://head:8265" in captured.out
     assert f"under {tmp_path / 'runs'} on the cluster" in captured.err and "deleted" in captured.err
+
+
+def test_submit_resume_continues_the_saved_recipe_with_absolute_paths(tmp_path, monkeypatch, fake_client, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "runs" / "gft-1"
+    run_dir.mkdir(parents=True)
+    saved = load_recipe(None, SMALL)
+    saved.data.train_files, saved.ray.address = ["data/train.parquet"], "127.0.0.1:6379"  # as a local run saved it
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.parquet").touch()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(saved)))
+    code = main(["submit", "--resume", "runs/gft-1", "stages.gft.lr=1e-5", "--address", "http://head:8265",
+                 "--job-id", "job-2", "--stop-grace", "30", "--no-wait"])
+    assert code == 0, capsys.readouterr().err
+    (client,) = fake_client.created
+    assert client.submitted["entrypoint"] == (
+        f"python -m pipeline.cli run --resume {run_dir} stages.gft.lr=1e-5 "
+        f"""'data.train_files=["{tmp_path}/data/train.parquet"]' ray.address=null""")
+    assert client.recipe is None and "pipeline/cli.py" in client.staged
+    assert client.submitted["runtime_env"]["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "30"
+    assert f"under {run_dir} on the cluster" in capsys.readouterr().err
+
+
+def test_submit_resume_refuses_a_folder_that_is_not_a_run(tmp_path, fake_client, capsys):
+    assert main(["submit", "--resume", str(tmp_path), "--address", "http://head:8265"]) == 2
+    assert "no config.yaml there" in capsys.readouterr().err and fake_client.created == []
 
 
 def test_python_names_the_interpreter_of_the_job():

@@ -151,6 +151,18 @@ def test_inverse_cdf_sampling_follows_the_weights_and_never_draws_a_zero():
     assert ((counts - expected).abs() <= 5 * spread + 1e-9).all()  # within 5 standard deviations
 
 
+def test_nan_probabilities_draw_tokens_in_range_with_nan_log_probs(sampler):
+    """Weights finite but so large that the logits overflow: the sampler must not index past the
+    vocabulary, and its NaN log-probs are what the rollout worker refuses."""
+    blown_up = copy.deepcopy(sampler)
+    with torch.no_grad():
+        blown_up.get_output_embeddings().weight.fill_(3e38)  # float32's largest is 3.4e38
+    out = generate(blown_up, PROMPTS, SamplingParams(n=2, temperature=1.0, max_new_tokens=3), [39], PAD,
+                   torch.Generator().manual_seed(0))
+    assert all(0 <= token < 40 for ids in out.response_ids for token in ids)
+    assert all(torch.tensor(values).isnan().all() for values in out.logprobs)
+
+
 def test_generate_refuses_a_model_not_prepared_for_sampling(model):
     with pytest.raises(ValueError, match="prepare_for_sampling"):
         generate(model, PROMPTS, SamplingParams(max_new_tokens=2), [39], PAD)
