@@ -8,9 +8,8 @@ without faults, then ``--runs`` times with faults, each in its own ``gft`` proce
 
 - ``kill_group``: SIGKILL of the driver's whole process group (its local Ray cluster included);
 - ``kill_rollout``, ``kill_teacher``, ``kill_learner``: SIGKILL of one actor's process, found
-  among the driver's descendants by the title Ray gives it (``ray::RolloutWorker`` ...); the run's
-  local cluster has no dashboard for Ray's state API to ask, and turning one on would change the
-  runs under test;
+  among the driver's descendants by the title Ray gives it (``ray::RolloutWorker`` ...), which
+  needs no connection to the run's cluster (Ray's state API would);
 - ``sigterm``: SIGTERM to the driver, as ``gft stop`` and cluster schedulers send it;
 - ``disk_full``: the run's output folder is a tmpfs of ``--tmpfs-mib`` (root only) and a file
   fills it to within 256 KiB, so the next checkpoint or resume point finds no space; the file is
