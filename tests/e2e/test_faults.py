@@ -14,19 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bench.chaos import RECIPE
 from pipeline.resume import latest_point, points
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = [
-    "embedded.n_train=256", "embedded.n_test=32", "embedded.n_ood=32",
-    "eval.splits=[test]", "eval.max_prompts=16", "eval.pass_k=2",
-    "stages.warmup.steps=3", "stages.warmup.prompts_per_step=8",
-    "stages.gft.steps=5", "stages.gft.prompts_per_step=4",
-    "stages.grpo.steps=3", "stages.grpo.prompts_per_step=4",
-    "checkpoint.every=2",
-]
+SMALL = RECIPE  # warm-up 3 steps, GFT 5, GRPO 3, a resume point every 2: the chaos benchmark's recipe
 STAGES = ("warmup", "gft", "grpo")
 TIMED = ("time", "step_time_s", "wall_time_s")  # wall-clock figures differ between any two runs
 
