@@ -156,7 +156,7 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     import shlex
 
-    from pipeline.compare import choose_lrs, execute, plan, plan_sweep, shared_inputs
+    from pipeline.compare import choose_lrs, execute, plan, plan_sweep, seeds_per_pipeline, shared_inputs
     from pipeline.config import load_recipe
     from pipeline.configio import ConfigError
     from pipeline.report import Run, write_report
@@ -164,8 +164,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
     recipe = load_recipe(args.recipe, overrides)
-    seeds = [recipe.seed + i for i in range(args.seeds)]
-    pipelines = args.pipelines.split(",")
+    seeds = seeds_per_pipeline(args.pipelines, recipe.seed, args.seeds)
     cache = args.out.resolve() / "runs"  # absolute, so the cache keys do not depend on the working directory
     try:
         sweep_lrs = sorted({float(lr) for lr in args.sweep_lr.split(",")}) if args.sweep_lr else []
@@ -174,11 +173,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     inputs = shared_inputs(recipe, cache, args.val_prompts if sweep_lrs else 0)
     choices = None
     if sweep_lrs:
-        sweep = plan_sweep(recipe, pipelines, sweep_lrs, seeds[0], cache, inputs)
+        sweep = plan_sweep(recipe, list(seeds), sweep_lrs, recipe.seed, cache, inputs)
         execute(sweep, cache, run)
         choices = choose_lrs(sweep, cache)
     lrs = {name: choice.lr for name, choice in choices.items()} if choices else None
-    experiment = plan(recipe, pipelines, seeds, args.eval_every, cache, inputs, lrs)
+    experiment = plan(recipe, seeds, args.eval_every, cache, inputs, lrs)
     folders = execute(experiment, cache, run)
     runs = [Run.load(pipeline, seed, folder) for (pipeline, seed), folder in folders.items()]
     split = args.split or recipe.eval.splits[0]
@@ -255,7 +254,8 @@ def _add_compare_parser(commands) -> None:
     parser.add_argument("recipe", nargs="?", help="recipe ending in stage 1 then grpo (default: the embedded default)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides of the recipe")
     parser.add_argument("--pipelines", default=",".join(DEFAULT_PIPELINES),
-                        help=f"comma-separated, of {', '.join(PIPELINES)} (default: %(default)s)")
+                        help=f"comma-separated, of {', '.join(PIPELINES)}; NAME:N gives that pipeline N seeds "
+                             "instead of --seeds (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per pipeline (default: %(default)s)")
     parser.add_argument("--sweep-lr", metavar="LR,LR,...",
                         help="give each method the stage-1 learning rate, of these, that does best on prompts held "

@@ -178,17 +178,31 @@ def _check_pipelines(pipelines: list[str]) -> None:
         raise ConfigError(f"--pipelines: unknown {', '.join(unknown)}; known: {', '.join(PIPELINES)}")
 
 
-def plan(recipe: RunConfig, pipelines: list[str], seeds: list[int], eval_every: int, cache: Path,
+def seeds_per_pipeline(text: str, first_seed: int, count: int) -> dict[str, list[int]]:
+    """``--pipelines`` read as pipeline -> its seeds: ``grpo,sft:13`` gives grpo ``count`` seeds
+    and sft 13, each from ``first_seed`` (the same seeds, so differences pair up by seed)."""
+    seeds = {}
+    for item in text.split(","):
+        name, _, wanted = item.strip().partition(":")
+        if wanted and not (wanted.isdigit() and int(wanted) > 0):
+            raise ConfigError(f"--pipelines: {item!r}: the seed count after ':' must be a positive integer")
+        seeds[name] = list(range(first_seed, first_seed + (int(wanted) if wanted else count)))
+    _check_pipelines(list(seeds))
+    return seeds
+
+
+def plan(recipe: RunConfig, seeds: dict[str, list[int]], eval_every: int, cache: Path,
          inputs: Inputs | None = None, lrs: dict[str, float] | None = None) -> Experiment:
-    """The configs of every run, from ``inputs`` (default: :func:`shared_inputs`), stage 1 of
-    each pipeline at its rate in ``lrs`` (default: the recipe's)."""
-    _check_pipelines(pipelines)
+    """The configs of every run (pipeline -> its seeds in ``seeds``), from ``inputs`` (default:
+    :func:`shared_inputs`), stage 1 of each pipeline at its rate in ``lrs`` (default: the recipe's).
+    Runs are ordered seed by seed, so an experiment cut short leaves pairs to compare."""
+    _check_pipelines(list(seeds))
     _, stage_one, grpo = _split_recipe(recipe)
     inputs = inputs or shared_inputs(recipe, cache)
     base, model = _base(recipe, inputs, cache)
     experiment = Experiment(base=base)
-    for name in pipelines:
-        for seed in seeds:
+    for seed in sorted({s for wanted in seeds.values() for s in wanted}):
+        for name in (n for n, wanted in seeds.items() if seed in wanted):
             config = _with_inputs(recipe, model, inputs.train, inputs.evals)
             config.name, config.seed = f"{name}-seed{seed}", seed
             make_stage_one = PIPELINES[name]

@@ -159,10 +159,11 @@ def _markdown_table(table: dict, k: int) -> str:
                ("rl_gain", "RL gain (acc)", True), ("rl_gain_auc", "RL gain AUC", True),
                ("stage1_entropy", "entropy after stage 1", False),
                ("stage1_max_grad_norm", "max grad-norm, stage 1", False)]
-    lines = ["| pipeline | " + " | ".join(title for _, title, _ in columns) + " |",
-             "| --- |" + " --- |" * len(columns)]
+    lines = ["| pipeline | seeds | " + " | ".join(title for _, title, _ in columns) + " |",
+             "| --- | --- |" + " --- |" * len(columns)]
     for pipeline, metrics in table.items():
-        lines.append(f"| {pipeline} | " + " | ".join(_cell(metrics[key], pct) for key, _, pct in columns) + " |")
+        lines.append(f"| {pipeline} | {len(metrics['seeds'])} | "
+                     + " | ".join(_cell(metrics[key], pct) for key, _, pct in columns) + " |")
     return "\n".join(lines)
 
 
@@ -299,13 +300,16 @@ def write_report(runs: list[Run], out: Path, split: str, k: int, command: str, l
     claims = []
     for question, better, worse, metric in CLAIMS:
         difference = paired_difference(table, better, worse, metric)
-        shown = "" if difference is None else f" (difference {difference[0]:.3g} ± {difference[1]:.2g})"
+        paired = 0 if difference is None else len(set(table[better]["seeds"]) & set(table[worse]["seeds"]))
+        shown = "" if difference is None else f" (difference {difference[0]:.3g} ± {difference[1]:.2g}, {paired} seeds)"
         claims.append(f"- {question}: **{verdict(difference)}**{shown}")
     seeds = sorted({r.seed for r in runs})
+    uneven = len({tuple(metrics["seeds"]) for metrics in table.values()}) > 1
     lines = [
         "# gft compare: RL compatibility of each initialisation", "",
         f"`{command}`", "",
-        (f"Seeds {seeds}; mean ± 95% CI over seeds (Student's t). Accuracy is greedy, pass@{k} from {k} samples "
+        (f"Seeds {seeds}{' (the seeds column says how many each pipeline ran, from the first)' if uneven else ''}; "
+         f"mean ± 95% CI over seeds (Student's t). Accuracy is greedy, pass@{k} from {k} samples "
         f"at the rollout temperature, on the `{split}` split, in %. RL gain = accuracy after GRPO minus before it; "
         "its AUC is that gain averaged over the GRPO stage's eval points. Entropy is the policy's mean token "
         "entropy on its own samples of the eval prompts; the grad-norm is the largest pre-clip norm of stage 1."),

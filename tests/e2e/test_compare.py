@@ -20,7 +20,7 @@ TINY = ["stages.warmup.steps=4", "stages.gft.steps=2", "stages.grpo.steps=2", "e
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    argv = ["compare", *TINY, "--pipelines", "grpo,sft,gft", "--seeds", "2", "--eval-every", "1", "--out", str(out),
+    argv = ["compare", *TINY, "--pipelines", "grpo:1,sft,gft", "--seeds", "2", "--eval-every", "1", "--out", str(out),
             "--sweep-lr", "1e-4,1e-3", "--val-prompts", "16"]
     assert main(argv) == 0
     yield argv, out
@@ -30,11 +30,11 @@ def compared(tmp_path_factory):
 def test_the_report_covers_every_pipeline_and_seed(compared):
     _, out = compared
     runs = sorted(p.name.rsplit("-", 1)[0] for p in (out / "runs").iterdir() if (p / "eval.json").exists())
-    assert runs == ["base", "gft-seed0", "gft-seed1", "grpo-seed0", "grpo-seed1", "sft-seed0", "sft-seed1",
+    assert runs == ["base", "gft-seed0", "gft-seed1", "grpo-seed0", "sft-seed0", "sft-seed1",  # grpo:1, one seed
                     "sweep-gft-lr0.0001", "sweep-gft-lr0.001", "sweep-sft-lr0.0001", "sweep-sft-lr0.001"]
     report = (out / "report" / "report.md").read_text()
-    for pipeline in ("grpo", "sft", "gft"):
-        assert f"\n| {pipeline} | " in report
+    for pipeline, seeds in (("grpo", 1), ("sft", 2), ("gft", 2)):
+        assert f"\n| {pipeline} | {seeds} | " in report
     assert "Seeds [0, 1]" in report and "GFT -> GRPO beats SFT -> GRPO" in report
     # each method's runs use the rate its sweep chose on the held-out prompts, and the report says so
     chosen = json.loads((out / "report" / "summary.json").read_text())["learning_rates"]

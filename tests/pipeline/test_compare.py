@@ -7,7 +7,15 @@ from dataclasses import replace
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.compare import choose_lrs, config_hash, plan, plan_sweep, run_folder, shared_inputs
+from pipeline.compare import (
+    choose_lrs,
+    config_hash,
+    plan,
+    plan_sweep,
+    run_folder,
+    seeds_per_pipeline,
+    shared_inputs,
+)
 from pipeline.config import GroupConfig, load_recipe
 from pipeline.configio import ConfigError
 
@@ -19,7 +27,7 @@ def experiment(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     recipe = load_recipe(None, SMALL)
     pipelines = ["grpo", "sft", "dft", "gft", "sft_mix", "gft_nomix", "gft_dcr_offpolicy", "gft_source_norm"]
-    return recipe, plan(recipe, pipelines, seeds=[0, 1], eval_every=25, cache=cache), cache
+    return recipe, plan(recipe, {p: [0, 1] for p in pipelines}, eval_every=25, cache=cache), cache
 
 
 def test_every_pipeline_starts_from_the_shared_base_with_equal_budgets(experiment):
@@ -61,10 +69,24 @@ def test_the_cache_key_is_what_the_run_computes(experiment):
 
 def test_unknown_pipeline_and_unfit_recipe_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="unknown ppo; known: grpo, sft"):
-        plan(load_recipe(None, SMALL), ["ppo"], [0], 25, tmp_path)
+        plan(load_recipe(None, SMALL), {"ppo": [0]}, 25, tmp_path)
     no_grpo = load_recipe(None, [*SMALL, "stages=[{name: a, algorithm: sft, steps: 1, group: {self: 0}}]"])
     with pytest.raises(ConfigError, match="end in a stage 1"):
-        plan(no_grpo, ["gft"], [0], 25, tmp_path)
+        plan(no_grpo, {"gft": [0]}, 25, tmp_path)
+
+
+def test_pipelines_may_run_more_seeds_than_the_rest(tmp_path):
+    seeds = seeds_per_pipeline("grpo, sft:4,gft:3", first_seed=7, count=2)
+    assert seeds == {"grpo": [7, 8], "sft": [7, 8, 9, 10], "gft": [7, 8, 9]}
+    experiment = plan(load_recipe(None, SMALL), seeds, 25, tmp_path)
+    # seed by seed, so an experiment cut short still has every pipeline's first seeds to pair
+    assert list(experiment.runs) == [("grpo", 7), ("sft", 7), ("gft", 7), ("grpo", 8), ("sft", 8), ("gft", 8),
+                                     ("sft", 9), ("gft", 9), ("sft", 10)]
+    for wrong in ("sft:0", "sft:x", "sft:-2"):
+        with pytest.raises(ConfigError, match=f"--pipelines: '{wrong}': the seed count after ':'"):
+            seeds_per_pipeline(wrong, 0, 2)
+    with pytest.raises(ConfigError, match="unknown ppo"):
+        seeds_per_pipeline("grpo,ppo:3", 0, 2)
 
 
 def key(table) -> list[str]:
@@ -107,7 +129,8 @@ def test_a_sweep_runs_stage_one_alone_on_val_and_the_runs_take_each_methods_rate
     assert {name: choice.lr for name, choice in choices.items()} == {"sft": 1e-4, "gft": 1e-3}  # a tie: the smaller
     assert choices["gft"].val_accuracy == {1e-4: 0.25, 1e-3: 0.75}
 
-    experiment = plan(recipe, ["grpo", "sft", "gft"], [0, 1], 25, cache, inputs, {n: c.lr for n, c in choices.items()})
+    experiment = plan(recipe, {p: [0, 1] for p in ("grpo", "sft", "gft")}, 25, cache, inputs,
+                      {n: c.lr for n, c in choices.items()})
     assert experiment.base == sweep.base  # one base, trained on the same rows
     assert experiment.runs[("gft", 1)].stages[0].lr == 1e-3 and experiment.runs[("sft", 0)].stages[0].lr == 1e-4
     assert experiment.runs[("gft", 0)].stages[1] == replace(recipe.stage("grpo"), name="grpo", eval_every=25)

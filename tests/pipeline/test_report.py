@@ -95,8 +95,9 @@ def test_summary_per_pipeline_and_paired_claims(runs):
 def test_report_files_open_offline(runs, tmp_path):
     report = write_report(runs, tmp_path / "report", "test", 2, "gft compare --seeds 2")
     text = report.read_text()
-    assert "| gft | 45.0 ± " in text and "| grpo | 0.0 |" in text
-    assert "GFT -> GRPO beats SFT -> GRPO (accuracy after GRPO): **reproduced**" in text
+    assert "| gft | 2 | 45.0 ± " in text and "| grpo | 1 | 0.0 |" in text  # pipeline, seeds, accuracy
+    assert "the seeds column says how many each pipeline ran" in text
+    assert "GFT -> GRPO beats SFT -> GRPO (accuracy after GRPO): **reproduced** (difference 0.2 ± " in text and ", 2 seeds)" in text
     for name in ("accuracy", "entropy", "grad_norm", "pass_at_k", "drift"):
         assert (tmp_path / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     html = (tmp_path / "report" / "report.html").read_text()
