@@ -160,6 +160,13 @@ class _Driver:
             self.run_stages()
         except PolicyNotFinite as err:  # raised in a rollout actor: its own message, not Ray's traceback
             raise TrainingStopped(self.blown_up(getattr(err, "cause", err))) from None
+        except (RayActorError, RoleFailed) as err:  # a role's process gone for good: say where the run stood
+            p = self.progress
+            raise RoleFailed(f"stage {self.current_stage().name}, after step {p.step} (global step {p.global_step}): "
+                             f"{err}") from err
+
+    def current_stage(self) -> StageConfig:
+        return self.config.stages[min(self.progress.stage_index, len(self.config.stages) - 1)]
 
     def run_stages(self) -> None:
         if "base" not in self.progress.evals:
@@ -187,8 +194,7 @@ class _Driver:
 
     def blown_up(self, err: PolicyNotFinite) -> str:
         """What to say when the policy's weights have grown too large to sample from."""
-        p = self.progress
-        stage = self.config.stages[min(p.stage_index, len(self.config.stages) - 1)]
+        p, stage = self.progress, self.current_stage()
         point = latest_point(self.run_dir)
         where = (f"its newest resume point, {point.folder}, holds the weights of global step "
                  f"{point.progress.global_step}. Lower the learning rate (stages.{stage.name}.lr={stage.lr:g} now) and "
@@ -337,7 +343,9 @@ def _run(config: RunConfig, run_dir: Path, on_step: Callable[[], None] | None, r
                 driver = _Driver(config, run_dir, inputs, roles, metrics_logger, start, on_step, stop)
                 driver.run()
         except (RayActorError, RoleFailed) as err:
-            raise RoleFailed(f"{err}\nThe run can continue from its last resume point: gft run --resume {run_dir}") \
+            point = latest_point(run_dir)
+            kept = f" (global step {point.progress.global_step})" if point else ""
+            raise RoleFailed(f"{err}\nThe run can continue from its last resume point{kept}: gft run --resume {run_dir}") \
                 from err
         finally:
             roles.close()
