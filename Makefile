@@ -2,7 +2,7 @@
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: setup vllm run test lint
+.PHONY: setup vllm run test test-fast lint
 
 setup:
 	@GFT_VENV=$(VENV) bash scripts/setup.sh
@@ -16,6 +16,10 @@ run: setup
 
 test: setup vllm
 	$(VENV)/bin/python -m pytest -q --durations=20 $(ARGS)
+
+# the unit tests only: no Ray cluster, no run, no vLLM; the edit loop's check
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not slow" --durations=10 $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline workers tests bench

@@ -2,9 +2,11 @@
 Is anything lost?
 
     python -m bench.chaos [--runs 20] [--seed 0] [--faults kill_group,sigterm,...] [--tear 0.3]
+    python -m bench.chaos --replay sigterm@2,kill_learner@6 [--tear 0.3]
 
 A small recipe (warm-up -> GFT -> GRPO, 11 steps, a resume point every 2 steps) runs once
-without faults, then ``--runs`` times with faults, each in its own ``gft`` process group:
+without faults (or ``--reference`` names such a run), then ``--runs`` times with faults, each in
+its own ``gft`` process group:
 
 - ``kill_group``: SIGKILL of the driver's whole process group (its local Ray cluster included);
 - ``kill_rollout``, ``kill_teacher``, ``kill_learner``: SIGKILL of one actor's process, found
@@ -22,7 +24,8 @@ which it hits (one with at least one more step after it) and a delay of up to ``
 killed rollout or teacher actor is survived in-run, leaving no resumed attempt for it). Before
 every resume, with probability ``--tear``, the newest resume point is torn (its largest file cut
 in half) or deleted. Each run goes on with ``gft run --resume`` until it exits 0 (at most 6
-attempts).
+attempts). ``--replay`` runs one run with the faults it names instead, in order, each hitting the
+next attempt once its global step is logged: a drawn run's faults again, or a chosen sequence.
 
 Per run it reports the faults, where each hit (the last step logged), every attempt's exit code
 and message, the resumes it took, and whether each stage's final checkpoint is bitwise equal to
@@ -33,6 +36,7 @@ which counts the faults it survived). A table is printed and the rows written as
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -47,9 +51,12 @@ from pathlib import Path
 
 import psutil
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from bench.common import RESULTS, ROOT, machine, print_table
+from pipeline.config import load_recipe
+from pipeline.configio import to_dict
 
 RECIPE = [
     "embedded.n_train=256", "embedded.n_test=32", "embedded.n_ood=32",
@@ -57,7 +64,7 @@ RECIPE = [
     "stages.warmup.steps=3", "stages.warmup.prompts_per_step=8",
     "stages.gft.steps=5", "stages.gft.prompts_per_step=4",
     "stages.grpo.steps=3", "stages.grpo.prompts_per_step=4",
-    "checkpoint.every=2",
+    "checkpoint.every=2", "save_batches=true",
 ]
 STEPS = [("warmup", 3), ("gft", 5), ("grpo", 3)]  # the recipe's stages and their steps, in order
 ACTORS = {"kill_rollout": "ray::RolloutWorker", "kill_teacher": "ray::TeacherWorker", "kill_learner": "ray::Learner"}
@@ -120,9 +127,47 @@ def plan(index: int, seed: int, kinds: list[str], max_delay_s: float = 0.5) -> C
     return ChaosRun(index, f"{seed}-{index}", faults)
 
 
+def replayed(spec: str) -> ChaosRun:
+    """The run ``--replay KIND@STEP,...`` names: its faults in order, each on the next attempt."""
+    last = sum(steps for _, steps in STEPS) - 1  # a fault needs a step after it to interrupt
+    faults = []
+    for item in spec.split(","):
+        kind, _, step = item.partition("@")
+        if kind not in KINDS or not step.isdigit() or not 1 <= int(step) <= last:
+            raise ValueError(f"--replay: {item!r} is not KIND@STEP with a kind of {', '.join(KINDS)} and a step "
+                             f"of 1..{last}")
+        faults.append(Fault(kind, int(step), 0.0))
+    if any(later.after <= fault.after for fault, later in itertools.pairwise(faults)):
+        raise ValueError(f"--replay: {spec}: each fault's step must come after the one before it")
+    return ChaosRun(0, "replay", faults)
+
+
 def gft(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def run_to_end(args: list[str], log: Path) -> Attempt:
+    """``gft ARGS`` run to its end, its stderr in ``log``."""
+    return finish(gft(*args), "gft " + " ".join(args[:2]), time.monotonic(), log)
+
+
+def fault_free_run(out: Path) -> Path:
+    """The recipe run once without faults in ``out``: the run every chaos run must end equal to."""
+    done = run_to_end(["run", *RECIPE, f"output_dir={out}"], out.with_name(f"{out.name}.log"))
+    if done.exit_code:
+        raise RuntimeError(f"the fault-free run failed (exit {done.exit_code}): {done.message}")
+    return run_dir_in(out)
+
+
+def check_reference(run_dir: Path) -> None:
+    """``run_dir`` must be a finished run of this recipe, or every comparison with it is void."""
+    if not (run_dir / "eval.json").is_file():
+        raise ValueError(f"{run_dir} is not a finished run (no eval.json)")
+    ran = yaml.safe_load((run_dir / "config.yaml").read_text())
+    expected = to_dict(load_recipe(None, RECIPE))
+    if {k: v for k, v in ran.items() if k != "output_dir"} != {k: v for k, v in expected.items() if k != "output_dir"}:
+        raise ValueError(f"{run_dir} is not a run of bench.chaos's recipe")
 
 
 def run_dir_in(out: Path) -> Path | None:
@@ -300,6 +345,10 @@ def main() -> int:
                         help="a fault hits up to this long after its trigger step is logged (default: %(default)s)")
     parser.add_argument("--tmpfs-mib", type=int, default=96, help="size of a disk_full run's output folder")
     parser.add_argument("--workdir", type=Path, help="where the runs go (default: a temporary folder, removed)")
+    parser.add_argument("--reference", type=Path, metavar="RUN_DIR",
+                        help="a finished fault-free run of this recipe to compare with (default: run one first)")
+    parser.add_argument("--replay", metavar="KIND@STEP,...",
+                        help="one run hit by exactly these faults, in order (instead of --runs and --faults)")
     parser.add_argument("--out", type=Path, help="the JSON file to write (default: bench/results/chaos.json)")
     args = parser.parse_args()
     if args.runs < 1:
@@ -308,28 +357,37 @@ def main() -> int:
     unknown = set(kinds) - set(KINDS)
     if unknown:
         parser.error(f"--faults: unknown {sorted(unknown)}; known: {', '.join(KINDS)}")
-    if "disk_full" in kinds and os.geteuid() != 0:
-        print("chaos: disk_full needs root to mount a tmpfs; left out of the draws")
-        kinds.remove("disk_full")
+    if args.replay:
+        try:
+            planned = [replayed(args.replay)]
+        except ValueError as err:
+            parser.error(str(err))
+        kinds = sorted({fault.kind for fault in planned[0].faults})
+        if "disk_full" in kinds and os.geteuid() != 0:
+            parser.error("--replay: disk_full needs root to mount a tmpfs")
+    else:
+        if "disk_full" in kinds and os.geteuid() != 0:
+            print("chaos: disk_full needs root to mount a tmpfs; left out of the draws")
+            kinds.remove("disk_full")
+        planned = [plan(index, args.seed, kinds, args.max_delay) for index in range(args.runs)]
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gft-chaos-"))
-    print(f"chaos: seed {args.seed}, {args.runs} runs, faults {', '.join(kinds)}; runs in {workdir}")
+    print(f"chaos: seed {args.seed}, {len(planned)} runs, faults {', '.join(kinds)}; runs in {workdir}")
     started = time.monotonic()
-    reference = workdir / "fault-free"
-    attempt = finish(gft("run", *RECIPE, f"output_dir={reference}"), "gft run", time.monotonic(),
-                     workdir / "fault-free.log")
-    if attempt.exit_code:
-        print(f"chaos: the fault-free run failed: {attempt.message}")
+    try:
+        if args.reference:
+            check_reference(args.reference)
+        reference = args.reference or fault_free_run(workdir / "fault-free")
+    except (RuntimeError, ValueError) as err:
+        print(f"chaos: {err}")
         return 1
-    reference = run_dir_in(reference)
     out = args.out or RESULTS / "chaos.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     runs = []
-    for index in range(args.runs):
-        run = plan(index, args.seed, kinds, args.max_delay)
-        chaos_run(run, workdir / f"run-{index:02d}", reference, args.tear, args.tmpfs_mib)
+    for run in planned:
+        chaos_run(run, workdir / f"run-{run.index:02d}", reference, args.tear, args.tmpfs_mib)
         runs.append(run)
-        print(f"run {index:2d}: {_row(run)[1]} -> {'recovered' if run.recovered else 'NOT recovered'}, "
+        print(f"run {run.index:2d}: {_row(run)[1]} -> {'recovered' if run.recovered else 'NOT recovered'}, "
               f"{'bitwise equal' if run.checkpoints_equal and run.metrics_equal else 'DIFFERENT'}", flush=True)
         totals = _totals(runs, started)
         out.write_text(json.dumps({"benchmark": "chaos", "seed": args.seed, "faults": kinds, "tear": args.tear,
@@ -344,9 +402,9 @@ def main() -> int:
     print(f"\n{totals['runs']} runs, {totals['recovered']} recovered, {totals['bitwise_equal']} bitwise equal "
           f"(checkpoints, metrics and evals); {totals['wall_s']:.0f} s")
     for run in runs:
-        for attempt in run.attempts:
-            if attempt.message:
-                print(f"  run {run.index} exit {attempt.exit_code}: {attempt.message[:300]}")
+        for tried in run.attempts:
+            if tried.message:
+                print(f"  run {run.index} exit {tried.exit_code}: {tried.message[:300]}")
     print(f"\nwritten: {out}")
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)

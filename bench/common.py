@@ -172,12 +172,16 @@ def grpo_stage(size: Size) -> tuple[StageConfig, RunConfig]:
 
 
 class LocalRoles:
-    """The run's roles (rollout, teacher, learner actors) on a local Ray cluster started here."""
+    """The run's roles (rollout, teacher, learner actors) on a local Ray cluster started here,
+    or on the one this process is already connected to, which it leaves up."""
 
     def __init__(self, config: RunConfig, model_path: str, threads: int):
+        import ray
+
         from pipeline.roles import Roles, start_ray
 
         config.ray.num_cpus = threads
+        self.started_ray = not ray.is_initialized()
         start_ray(config)
         self.roles = Roles(config, model_path)
 
@@ -188,7 +192,8 @@ class LocalRoles:
         import ray
 
         self.roles.close()
-        ray.shutdown()
+        if self.started_ray:
+            ray.shutdown()
 
 
 def sync(device: str | torch.device) -> None:

@@ -4,7 +4,6 @@ and a second call that is answered from the cache without training."""
 import json
 
 import pytest
-import ray
 import yaml
 
 from pipeline import run as run_module
@@ -14,17 +13,16 @@ pytestmark = pytest.mark.slow
 
 TINY = ["stages.warmup.steps=4", "stages.gft.steps=2", "stages.grpo.steps=2", "eval.splits=[test]",
         "eval.max_prompts=6", "eval.max_new_tokens=8", "rollout.max_new_tokens=8",
-        "embedded.n_train=128", "embedded.n_test=16", "embedded.n_ood=16"]
+        "embedded.n_train=128", "embedded.n_test=16", "embedded.n_ood=16", "rollout.num_workers=1"]
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory):
+def compared(ray_cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     argv = ["compare", *TINY, "--pipelines", "grpo:1,sft,gft", "--seeds", "2", "--eval-every", "1", "--out", str(out),
             "--sweep-lr", "1e-4,1e-3", "--val-prompts", "16"]
     assert main(argv) == 0
-    yield argv, out
-    ray.shutdown()
+    return argv, out
 
 
 def test_the_report_covers_every_pipeline_and_seed(compared):

@@ -5,7 +5,6 @@ the tiny model's accuracy is near zero."""
 import json
 
 import pytest
-import ray
 
 from pipeline.cli import main
 
@@ -13,14 +12,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", params=["hf", "vllm"])
-def eval_run(assets, shared_data, tmp_path_factory, request):
+def eval_run(ray_cluster, assets, shared_data, tmp_path_factory, request):
     out = tmp_path_factory.mktemp("eval")
     argv = ["eval", str(assets.base_model), "--benchmarks", "amc23,gaokao2023en",
             "--benchmark-dir", str(shared_data / "math_eval"), "--max-prompts", "6", "--k", "3",
             "--max-new-tokens", "12", "--max-prompt-length", "512", "--out", str(out), "--backend", request.param]
-    code = main(argv)
-    ray.shutdown()
-    return code, out
+    return main(argv), out
 
 
 def test_eval_writes_metrics_and_generations_per_benchmark(eval_run, capsys):

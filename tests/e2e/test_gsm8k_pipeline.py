@@ -5,7 +5,6 @@ verifier and an eval on converted GSM8K test rows."""
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from pipeline.cli import main
 from pipeline.config import load_recipe
@@ -25,7 +24,7 @@ def _converted(shared_data, tmp_path, split):
 
 
 @pytest.fixture(scope="module")
-def result(assets, shared_data, tmp_path_factory):
+def result(ray_cluster, assets, shared_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gsm8k")
     train, test = _converted(shared_data, tmp, "train"), _converted(shared_data, tmp, "test")
     stage = ("[{name: gft, algorithm: gft, steps: 2, prompts_per_step: 4, lr: 1.0e-4, "
@@ -36,8 +35,7 @@ def result(assets, shared_data, tmp_path_factory):
         "eval.splits=[gsm8k]", "eval.max_prompts=4", "eval.pass_k=2", "eval.max_new_tokens=8",
         "rollout.max_new_tokens=8", f"stages={stage}", "save_batches=true", f"output_dir={tmp / 'runs'}",
     ])
-    yield run(config)
-    ray.shutdown()
+    return run(config)
 
 
 def test_gft_groups_on_gsm8k_hold_expert_live_teacher_and_self_rows(result):

@@ -51,10 +51,6 @@ def _free_ports(n: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def head():
-    import ray
-
-    if ray.is_initialized():  # a cluster an earlier test left in this process is not the one under test
-        ray.shutdown()
     folder = Path(tempfile.mkdtemp(prefix="gft-head-"))  # short: Ray's socket paths must fit in 107 bytes
     token = folder / "auth_token"
     token.write_text(secrets.token_hex(32))
@@ -109,30 +105,13 @@ def gft(head: Head, *args: str, cwd: Path | None = None, timeout: float = 120) -
                           cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def test_a_submitted_recipe_runs_on_the_cluster_to_the_end(head, tmp_path):
+def test_a_job_stopped_mid_run_resumes_as_a_new_job_and_runs_to_the_end(head, tmp_path):
     # The head's `python` is not this venv's (ray was started without activating it): --python
     # names the interpreter, as a user does when the cluster's PATH leads elsewhere.
-    done = gft(head, "submit", *SMALL, "--job-id", "gft-e2e-run", "--python", sys.executable, cwd=tmp_path,
-               timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "submitted job gft-e2e-run" in done.stdout and "job gft-e2e-run: SUCCEEDED" in done.stdout
-    assert "run folder:" in done.stdout  # followed: the driver's summary came through
-    checkpoints = list(tmp_path.glob("runs/*/checkpoints/grpo/model.safetensors"))
-    assert len(checkpoints) == 1  # in the submitter's runs/, not in the job's deleted working dir
-
-    status = gft(head, "status", "gft-e2e-run")
-    assert status.returncode == 0 and status.stdout.startswith("gft-e2e-run: SUCCEEDED")
-    logs = gft(head, "logs", "gft-e2e-run")
-    assert logs.returncode == 0
-    assert f"run folder: {checkpoints[0].parents[2]}" in logs.stdout
-    assert f"checkpoint grpo: {checkpoints[0].parent}" in logs.stdout
-
-
-def test_a_stopped_job_resumes_as_a_new_job_where_it_stopped(head, tmp_path):
     done = gft(head, "submit", *SMALL, "--job-id", "gft-e2e-stop", "--python", sys.executable, "--no-wait",
                cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "gft stop gft-e2e-stop" in done.stdout
+    assert "submitted job gft-e2e-stop" in done.stdout and "gft stop gft-e2e-stop" in done.stdout
     deadline = time.monotonic() + 300
     while not _logged_steps(tmp_path) and time.monotonic() < deadline:  # stopped mid-run, not while it starts
         time.sleep(0.2)
@@ -141,7 +120,7 @@ def test_a_stopped_job_resumes_as_a_new_job_where_it_stopped(head, tmp_path):
     assert stopped.stdout.startswith("gft-e2e-stop: STOPPED")
     # SIGTERM, handled: a resume point of the last step done, then a clean exit that says how to go on
     logs = gft(head, "logs", "gft-e2e-stop").stdout
-    (run_dir,) = tmp_path.glob("runs/*")
+    (run_dir,) = tmp_path.glob("runs/*")  # in the submitter's runs/, not in the job's deleted working dir
     assert "gft: stopped: SIGTERM: stopped before step" in logs, logs[-3000:]
     assert f"gft submit --resume {run_dir}" in logs
     done_before = len(_logged_steps(tmp_path))
@@ -150,11 +129,19 @@ def test_a_stopped_job_resumes_as_a_new_job_where_it_stopped(head, tmp_path):
     resumed = gft(head, "submit", "--resume", str(run_dir), "--job-id", "gft-e2e-resume", "--python",
                   sys.executable, cwd=tmp_path, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "job gft-e2e-resume: SUCCEEDED" in resumed.stdout
+    assert "submitted job gft-e2e-resume" in resumed.stdout and "job gft-e2e-resume: SUCCEEDED" in resumed.stdout
+    assert f"run folder: {run_dir}" in resumed.stdout  # followed: the driver's summary came through
     # every step once, in order: what the stop had done was kept, nothing was redone or skipped
     assert _logged_steps(tmp_path) == [(stage, step) for stage, steps in (("warmup", 3), ("gft", 3), ("grpo", 2))
                                        for step in range(1, steps + 1)]
-    assert (run_dir / "eval.json").exists()
+    checkpoint = run_dir / "checkpoints" / "grpo"
+    assert (checkpoint / "model.safetensors").is_file() and (run_dir / "eval.json").exists()
+
+    status = gft(head, "status", "gft-e2e-resume")
+    assert status.returncode == 0 and status.stdout.startswith("gft-e2e-resume: SUCCEEDED")
+    logs = gft(head, "logs", "gft-e2e-resume")
+    assert logs.returncode == 0
+    assert f"run folder: {run_dir}" in logs.stdout and f"checkpoint grpo: {checkpoint}" in logs.stdout
 
 
 def _logged_steps(folder: Path) -> list[tuple[str, int]]:
@@ -165,11 +152,14 @@ def _logged_steps(folder: Path) -> list[tuple[str, int]]:
 
 
 def test_an_unknown_job_is_named_without_a_traceback(head):
-    for command in (["status"], ["logs"], ["logs", "--follow"], ["stop"]):
-        done = gft(head, *command, "no-such-job")
-        assert done.returncode == 2, done.stderr
-        assert f"no job 'no-such-job' on the Ray cluster at {head.address}" in done.stderr
-        assert "Traceback" not in done.stderr
+    commands = [["status"], ["logs"], ["logs", "--follow"], ["stop"]]
+    processes = [subprocess.Popen([sys.executable, "-m", "pipeline.cli", *command, "no-such-job", "--address",
+                                   head.address], env=head.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for command in commands]  # at once: each is independent of the others
+    for process in processes:
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 2, err
+        assert f"no job 'no-such-job' on the Ray cluster at {head.address}" in err and "Traceback" not in err
 
 
 def test_a_reused_job_id_is_refused(head, tmp_path):

@@ -4,7 +4,6 @@ in ``.venv-vllm``), on the embedded default at small sizes."""
 import numpy as np
 import pyarrow as pa
 import pytest
-import ray
 
 from pipeline.config import load_recipe
 from pipeline.run import run
@@ -22,10 +21,9 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
+def result(ray_cluster, tmp_path_factory):
     config = load_recipe(None, SMALL + [f"output_dir={tmp_path_factory.mktemp('runs')}"])
-    yield run(config)
-    ray.shutdown()
+    return run(config)
 
 
 def _batches(result, stage):

@@ -13,19 +13,23 @@ from pipeline.data import DataError, load_prompts
 from pipeline.dataprep import DatasetReport, check_dataset, convert_gsm8k, format_report
 from pipeline.rewards import default_compute_score
 
-GSM8K = Path(__file__).resolve().parents[3] / "shared/data/gsm8k"
 PROBLEM = re.compile(r"row (\d+): field '([^']+)'")
 
 
 @pytest.fixture(scope="module")
-def raw_train():
-    return pq.read_table(GSM8K / "train.parquet").to_pylist()
+def gsm8k(shared_data) -> Path:
+    return shared_data / "gsm8k"
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def raw_train(gsm8k):
+    return pq.read_table(gsm8k / "train.parquet").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def converted(gsm8k, tmp_path_factory):
     out = tmp_path_factory.mktemp("gsm8k") / "train.parquet"
-    assert convert_gsm8k(GSM8K / "train.parquet", out) == 7473
+    assert convert_gsm8k(gsm8k / "train.parquet", out) == 7473
     return out
 
 
@@ -63,12 +67,12 @@ def test_verifier_accepts_every_expert_and_rejects_them_against_other_answers(co
     assert all(default_compute_score("openai/gsm8k", e, t, None) == 0.0 for e, t in mismatched)
 
 
-def test_test_split_converts_and_is_named_after_the_file(tmp_path):
+def test_test_split_converts_and_is_named_after_the_file(gsm8k, tmp_path):
     out = tmp_path / "gsm8k_test.parquet"
-    assert convert_gsm8k(GSM8K / "test.parquet", out) == 1319
+    assert convert_gsm8k(gsm8k / "test.parquet", out) == 1319
     rows = pq.read_table(out).to_pylist()
     assert len(rows) == 1319 and {r["extra_info"]["split"] for r in rows} == {"test"}
-    assert convert_gsm8k(GSM8K / "test.parquet", out, split="heldout") == 1319
+    assert convert_gsm8k(gsm8k / "test.parquet", out, split="heldout") == 1319
     assert pq.read_table(out).to_pylist()[0]["extra_info"]["split"] == "heldout"
 
 

@@ -4,7 +4,6 @@ starts, naming what is wrong, with nothing left behind; a skip policy counts wha
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from pipeline.cli import main
 from pipeline.config import load_recipe
@@ -35,22 +34,22 @@ def _run_args(assets, train, out, *more):
      "row 1: field 'prompt[0].content' is not valid UTF-8 (byte 0xe9 at offset 3)"),
     ([{k: v for k, v in GOOD.items() if k != "reward_model"}], "missing column 'reward_model'"),
 ])
-def test_bad_training_data_is_refused_before_ray_starts(assets, tmp_path, capsys, rows, expected):
+def test_bad_training_data_is_refused_before_ray_starts(assets, tmp_path, capsys, ray_starts, rows, expected):
     train = _parquet(tmp_path / "train.parquet", rows)
     out = tmp_path / "runs"
     assert main(_run_args(assets, train, out)) == 2
     err = capsys.readouterr().err
     assert str(train) in err and expected in err and "Traceback" not in err
     assert not out.exists() or list(out.iterdir()) == []  # no run folder is left behind
-    assert not ray.is_initialized()
+    assert ray_starts == []
 
 
-def test_more_prompts_per_step_than_the_data_holds_is_refused(assets, tmp_path, capsys):
+def test_more_prompts_per_step_than_the_data_holds_is_refused(assets, tmp_path, capsys, ray_starts):
     train = _parquet(tmp_path / "train.parquet", [GOOD] * 3)
     assert main(_run_args(assets, train, tmp_path / "runs", *SMALL_STEPS, "stages.gft.prompts_per_step=4")) == 2
     err = capsys.readouterr().err
     assert "stages.gft.prompts_per_step: 4 prompts per step, but the training data holds 3" in err
-    assert not ray.is_initialized()
+    assert ray_starts == []
 
 
 def test_a_missing_model_or_data_path_is_named(tmp_path, capsys):

@@ -13,22 +13,18 @@ from ray import cloudpickle
 from safetensors import safe_open
 
 from pipeline.batch import make_batch, with_column
-from pipeline.config import RunConfig, StageConfig
+from pipeline.config import StageConfig
 from pipeline.data import load_prompts
 from pipeline.objectives import objective_for
 from pipeline.resume import Progress
-from pipeline.roles import start_ray
 from workers.learner import Learner
+
+pytestmark = pytest.mark.slow  # actors on the session's Ray cluster
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    config = RunConfig()
-    config.ray.num_cpus = 2
-    start_ray(config)
+def cluster(ray_cluster):
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # for __ray_call__ of a test function
-    yield
-    ray.shutdown()
 
 
 def _batch(assets, tokenizer):

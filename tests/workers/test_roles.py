@@ -15,23 +15,25 @@ from pipeline.batch import with_column
 from pipeline.config import RunConfig, StageConfig
 from pipeline.data import load_prompts
 from pipeline.objectives import objective_for
-from pipeline.roles import Roles, start_ray
+from pipeline.roles import Roles
+from pipeline.rollout_env import check_rollout_environment
 from pipeline.stages import train_step
 from workers.hf_generate import SamplingParams
 from workers.weights import FlatWeights, SharedWeights
 
+pytestmark = pytest.mark.slow  # actors on the session's Ray cluster
+
 
 @pytest.fixture(scope="module")
-def roles(assets, request):
+def roles(ray_cluster, assets, request):
     """Roles with the rollout backend the test names (``indirect`` parametrization), else hf."""
     config = RunConfig(seed=0)
-    config.ray.num_cpus = 2
+    config.ray.num_cpus = 2  # the actors' torch threads
     config.rollout.backend = getattr(request, "param", "hf")
-    start_ray(config)
+    check_rollout_environment(config)
     roles = Roles(config, str(assets.base_model))
     yield roles, config
     roles.close()
-    ray.shutdown()
 
 
 @pytest.mark.parametrize("roles", ["hf", "vllm"], indirect=True)
@@ -103,12 +105,12 @@ def _kill_soon(pid: int, delay_s: float) -> threading.Timer:
 @pytest.mark.parametrize("roles", ["hf", "vllm"], indirect=True)
 def test_a_rollout_worker_killed_mid_call_is_restarted_and_the_call_retried(roles, assets, tokenizer):
     roles, config = roles
-    records = load_prompts(assets.train, tokenizer, 512)[:48]
+    records = load_prompts(assets.train, tokenizer, 512)[:24]
     # move the policy off the base weights, which is what a restarted worker loads first
     stage = StageConfig(name="gft", algorithm="gft", lr=1e-2, prompts_per_step=6)
     ray.get(roles.learner.start_stage.remote(str(assets.base_model), stage.lr))
     train_step(roles, stage, records[:6], config, seed=1)
-    params = SamplingParams(n=8, temperature=1.0, max_new_tokens=256)  # a call of a few seconds
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=128)  # a call of a second or more
     started = time.perf_counter()
     expected, _ = roles.rollout(records, params, seed=11)
     # early in the call: under a changing load the same call can run several times faster

@@ -16,8 +16,7 @@ import torch
 from pipeline.checkpoint import load_policy
 from pipeline.config import RunConfig
 from pipeline.data import load_prompts
-from pipeline.roles import start_ray
-from pipeline.rollout_env import rollout_runtime_env
+from pipeline.rollout_env import check_rollout_environment, rollout_runtime_env
 from workers.hf_generate import SamplingParams
 from workers.rollout import RolloutWorker
 from workers.weights import FlatWeights
@@ -27,17 +26,15 @@ SHARPEN = 2.0  # the tied embedding's scale: the first token's distribution from
 
 
 @pytest.fixture(scope="module")
-def worker(assets):
+def worker(ray_cluster, assets):
     config = RunConfig()
     config.rollout.backend = "vllm"
-    config.ray.num_cpus = 2
-    start_ray(config)
+    check_rollout_environment(config)
     # colocated: as if it shared a GPU with a learner, where it would sleep between calls
     worker = ray.remote(num_cpus=1, runtime_env=rollout_runtime_env(config, {}))(RolloutWorker).remote(
         str(assets.base_model), "vllm", colocated=True)
     yield worker
     ray.kill(worker)
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
