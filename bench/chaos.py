@@ -4,7 +4,8 @@ Is anything lost?
     python -m bench.chaos [--runs 20] [--seed 0] [--faults kill_group,sigterm,...] [--tear 0.3]
     python -m bench.chaos --replay sigterm@2,kill_learner@6 [--tear 0.3]
 
-A small recipe (warm-up -> GFT -> GRPO, 11 steps, a resume point every 2 steps) runs once
+A small recipe (warm-up -> GFT -> GRPO, 11 steps, a resume point every 2 steps, one rollout
+worker) runs once
 without faults (or ``--reference`` names such a run), then ``--runs`` times with faults, each in
 its own ``gft`` process group:
 
@@ -64,7 +65,7 @@ RECIPE = [
     "stages.warmup.steps=3", "stages.warmup.prompts_per_step=8",
     "stages.gft.steps=5", "stages.gft.prompts_per_step=4",
     "stages.grpo.steps=3", "stages.grpo.prompts_per_step=4",
-    "checkpoint.every=2", "save_batches=true",
+    "checkpoint.every=2", "save_batches=true", "rollout.num_workers=1",
 ]
 STEPS = [("warmup", 3), ("gft", 5), ("grpo", 3)]  # the recipe's stages and their steps, in order
 ACTORS = {"kill_rollout": "ray::RolloutWorker", "kill_teacher": "ray::TeacherWorker", "kill_learner": "ray::Learner"}

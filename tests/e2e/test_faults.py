@@ -88,7 +88,7 @@ def test_a_policy_too_large_to_sample_from_stops_the_run_with_a_message(gft, tmp
     code, err = gft("run", *chaos.RECIPE, f"output_dir={out}", "stages.gft.lr=1e30")
     assert code == 3, err
     run_dir = chaos.run_dir_in(out)
-    assert "gft: stopped: stage gft, after step 1 (global step 4): policy version 4 sampled 8 of 8 responses from " \
+    assert "gft: stopped: stage gft, after step 1 (global step 4): policy version 4 sampled 16 of 16 responses from " \
            "next-token probabilities that are not finite" in err
     assert f"continue with: gft run --resume {run_dir} stages.gft.lr=" in err
     assert "Traceback" not in err and "Unhandled error" not in err

@@ -33,7 +33,7 @@ def result(ray_cluster, assets, shared_data, tmp_path_factory):
         f"model.path={assets.base_model}", f"teacher.model_path={assets.base_model}",
         f"data.train_files=[{train}]", f"data.eval_files={{gsm8k: {test}}}", "data.max_prompt_length=1200",
         "eval.splits=[gsm8k]", "eval.max_prompts=4", "eval.pass_k=2", "eval.max_new_tokens=8",
-        "rollout.max_new_tokens=8", f"stages={stage}", "save_batches=true", f"output_dir={tmp / 'runs'}",
+        "rollout.max_new_tokens=8", "rollout.num_workers=1", f"stages={stage}", "save_batches=true", f"output_dir={tmp / 'runs'}",
     ])
     return run(config)
 

@@ -28,7 +28,7 @@ SMALL = [
     "eval.splits=[test]", "eval.max_prompts=16", "eval.pass_k=2",
     "stages.warmup.steps=3", "stages.warmup.prompts_per_step=8",
     "stages.gft.steps=3", "stages.gft.prompts_per_step=4",
-    "stages.grpo.steps=2", "stages.grpo.prompts_per_step=4",
+    "stages.grpo.steps=2", "stages.grpo.prompts_per_step=4", "rollout.num_workers=1",
     "output_dir=runs",  # relative, as users write it: the job must still write here
 ]
 

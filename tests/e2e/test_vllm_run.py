@@ -11,7 +11,7 @@ from pipeline.run import run
 pytestmark = pytest.mark.slow
 
 SMALL = [
-    "rollout.backend=vllm", "save_batches=true",
+    "rollout.backend=vllm", "rollout.num_workers=1", "save_batches=true",
     "embedded.n_train=256", "embedded.n_test=32", "embedded.n_ood=32",
     "eval.splits=[test]", "eval.max_prompts=16", "eval.pass_k=2",
     "stages.warmup.steps=3", "stages.warmup.prompts_per_step=8",

@@ -26,10 +26,12 @@ pytestmark = pytest.mark.slow  # actors on the session's Ray cluster
 
 @pytest.fixture(scope="module")
 def roles(ray_cluster, assets, request):
-    """Roles with the rollout backend the test names (``indirect`` parametrization), else hf."""
+    """Roles with the rollout backend the test names (``indirect`` parametrization), else hf; two
+    hf workers, so that a call is split between them and a sync reaches each."""
     config = RunConfig(seed=0)
     config.ray.num_cpus = 2  # the actors' torch threads
     config.rollout.backend = getattr(request, "param", "hf")
+    config.rollout.num_workers = 2 if config.rollout.backend == "hf" else 1
     check_rollout_environment(config)
     roles = Roles(config, str(assets.base_model))
     yield roles, config
