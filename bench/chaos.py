@@ -56,8 +56,8 @@ import yaml
 from safetensors.torch import load_file
 
 from bench.common import RESULTS, ROOT, machine, print_table
-from pipeline.config import load_recipe
-from pipeline.configio import to_dict
+from pipeline.recipe.config import load_recipe
+from pipeline.recipe.configio import to_dict
 
 RECIPE = [
     "embedded.n_train=256", "embedded.n_test=32", "embedded.n_ood=32",
@@ -238,7 +238,7 @@ def _fill(out: Path) -> Path:
 
 
 def tear(run_dir: Path, rng: random.Random) -> str:
-    from pipeline.resume import latest_point
+    from pipeline.core.resume import latest_point
 
     point = latest_point(run_dir)
     if point is None:

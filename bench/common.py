@@ -24,13 +24,14 @@ import pyarrow as pa
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
-from pipeline.batch import concat_batches, make_batch, with_column
-from pipeline.checkpoint import load_policy
-from pipeline.config import GroupConfig, RunConfig, StageConfig, load_recipe
-from pipeline.data import PromptRecord, load_prompts
+from pipeline.core.batch import concat_batches, make_batch, with_column
+from pipeline.core.checkpoint import load_policy
+from pipeline.core.data import PromptRecord, load_prompts
 from pipeline.embedded import EmbeddedAssets, build_embedded_assets, verify
-from workers.hf_generate import SamplingParams, _left_pad
+from pipeline.recipe.config import GroupConfig, RunConfig, StageConfig, load_recipe
+from workers.hf_engine import _left_pad
 from workers.rollout import RolloutWorker
+from workers.sampling import SamplingParams
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -82,7 +83,7 @@ def prompts(assets: EmbeddedAssets, tokenizer, n: int) -> list[PromptRecord]:
 
 def scored(batch: pa.RecordBatch, tokenizer) -> pa.RecordBatch:
     """Rewards from the embedded verifier and group-normalised advantages, as a step makes them."""
-    from pipeline.advantages import group_advantages
+    from pipeline.core.advantages import group_advantages
 
     responses = tokenizer.batch_decode(batch.column("response_ids").to_pylist(), skip_special_tokens=True)
     rewards = np.asarray([verify(text, truth) for text, truth in zip(responses, batch.column("ground_truth").to_pylist())],
@@ -94,7 +95,7 @@ def scored(batch: pa.RecordBatch, tokenizer) -> pa.RecordBatch:
 def grpo_batch(worker: RolloutWorker, records: list[PromptRecord], size: Size, seed: int = 0) -> pa.RecordBatch:
     """A GRPO step's batch: ``size.group`` samples per prompt from the policy, scored."""
     params = SamplingParams(n=size.group, temperature=1.0, max_new_tokens=size.max_new_tokens)
-    return scored(worker.rollout(records, params, seed)[0], worker.tokenizer)
+    return scored(worker.rollout(records, params, seed)[0], worker.engine.tokenizer)
 
 
 def gft_rows(worker: RolloutWorker, records: list[PromptRecord], size: Size, seed: int = 0) -> pa.RecordBatch:
@@ -113,7 +114,7 @@ def gft_rows(worker: RolloutWorker, records: list[PromptRecord], size: Size, see
 
 def gft_batch(worker: RolloutWorker, records: list[PromptRecord], size: Size, seed: int = 0) -> pa.RecordBatch:
     """:func:`gft_rows`, scored together."""
-    return scored(gft_rows(worker, records, size, seed), worker.tokenizer)
+    return scored(gft_rows(worker, records, size, seed), worker.engine.tokenizer)
 
 
 def interleaved_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
@@ -178,7 +179,7 @@ class LocalRoles:
     def __init__(self, config: RunConfig, model_path: str, threads: int):
         import ray
 
-        from pipeline.roles import Roles, start_ray
+        from pipeline.driver.roles import Roles, start_ray
 
         config.ray.num_cpus = threads
         self.started_ray = not ray.is_initialized()

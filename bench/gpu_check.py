@@ -44,14 +44,14 @@ from bench.common import (
     workdir,
 )
 from bench.learner import _raw_packed_step, _tokens
-from pipeline.batch import groups_together, to_packed, with_column
-from pipeline.checkpoint import load_policy
-from pipeline.config import StageConfig
-from pipeline.objectives import objective_for
+from pipeline.core.batch import groups_together, to_packed, with_column
+from pipeline.core.checkpoint import load_policy
+from pipeline.recipe.algorithms import objective_for
+from pipeline.recipe.config import StageConfig
 from workers.attention import PACKED_ATTENTION
-from workers.hf_generate import SamplingParams
-from workers.learner import Learner, _micro_batches
+from workers.learner import Learner, UpdateSettings, _micro_batches
 from workers.rollout import RolloutWorker
+from workers.sampling import EngineOptions, SamplingParams
 
 H200_BF16_TFLOPS = 989.0  # dense, NVIDIA's H200 datasheet (1,979 with sparsity)
 
@@ -102,7 +102,7 @@ def _learner(worker: RolloutWorker, model_path: str, records, size, dtype: str, 
     autocast = torch.autocast(device.type, dtype=learner.compute_dtype, enabled=learner.compute_dtype != torch.float32)
 
     def ours():
-        learner.update(batch, objective, 1, stage.micro_batch_tokens, False)
+        learner.update(batch, UpdateSettings(objective, micro_batch_tokens=stage.micro_batch_tokens, with_reference=False))
         sync(device)
 
     def raw():
@@ -130,7 +130,7 @@ def main() -> None:
             model_path = qwen_shaped_model(Path(folder) / "qwen", model_path)
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         records = prompts(assets, tokenizer, size.prompts)
-        worker = RolloutWorker(model_path, dtype=dtype, num_threads=args.threads)
+        worker = RolloutWorker(model_path, options=EngineOptions(dtype=dtype), num_threads=args.threads)
         params = SamplingParams(n=size.group, temperature=1.0, max_new_tokens=size.max_new_tokens)
         rows = [_sampler(worker, model_path, records, params, device, dtype, size.repeats),
                 _learner(worker, model_path, records, size, dtype, device, size.repeats)]

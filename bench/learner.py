@@ -11,7 +11,7 @@ It is taken two ways, and the faster counts:
 - padded: the whole batch as one tensor in verl's layout (left-padded prompts, right-padded
   responses), the output layer on the response positions only, as TRL's trainer does;
 - packed: the same micro-batches as ours, each one packed row in which a group's rows share one
-  copy of their prompt (``pipeline.batch.PackedBatch``), attending within each row.
+  copy of their prompt (``pipeline.core.batch.PackedBatch``), attending within each row.
 The three are timed in turns. Throughput counts the batch's real (prompt + response) tokens,
 whatever the layout computes: ``computed_tokens`` is what the packed layout runs through the
 model, the padding fractions what a padded layout would add.
@@ -34,12 +34,12 @@ from bench.common import (
     report,
     workdir,
 )
-from pipeline.batch import PackedBatch, groups_together, to_packed, to_padded
-from pipeline.checkpoint import load_policy
-from pipeline.config import StageConfig
-from pipeline.objectives import objective_for
+from pipeline.core.batch import PackedBatch, groups_together, to_packed, to_padded
+from pipeline.core.checkpoint import load_policy
+from pipeline.recipe.algorithms import objective_for
+from pipeline.recipe.config import StageConfig
 from workers.attention import PACKED_ATTENTION
-from workers.learner import Learner, _micro_batches, packed_token_stats
+from workers.learner import Learner, UpdateSettings, _micro_batches, packed_token_stats
 from workers.rollout import RolloutWorker
 
 
@@ -79,7 +79,7 @@ def measure(stage: StageConfig, batch, model_path: str, repeats: int) -> dict:
     tokens = _tokens(batch)
     learner = Learner(model_path, num_threads=torch.get_num_threads())
     learner.start_stage(model_path, stage.lr)
-    objective = objective_for(stage)
+    settings = UpdateSettings(objective_for(stage), micro_batch_tokens=stage.micro_batch_tokens, with_reference=False)
     model, tokenizer = load_policy(model_path)
     optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr)
     pad = tokenizer.pad_token_id
@@ -91,7 +91,7 @@ def measure(stage: StageConfig, batch, model_path: str, repeats: int) -> dict:
     response_tokens = float(np.asarray(batch.column("response_ids").value_lengths()).sum())
     times = interleaved_seconds({
         # as a step of a stage without a KL loss runs it, on the 9 steps in 10 that do not log the KL
-        "ours": lambda: learner.update(batch, objective, 1, stage.micro_batch_tokens, False),
+        "ours": lambda: learner.update(batch, settings),
         "padded": lambda: _raw_padded_step(model, optimizer, batch, pad),
         "packed": lambda: _raw_packed_step(packed_model, packed_optimizer, micro, response_tokens),
     }, repeats)
@@ -110,7 +110,7 @@ def main() -> None:
     with workdir() as folder:
         assets = embedded_assets(folder)
         worker = RolloutWorker(str(assets.base_model), num_threads=args.threads)
-        records = prompts(assets, worker.tokenizer, size.prompts)
+        records = prompts(assets, worker.engine.tokenizer, size.prompts)
         stages = {
             "gft": (StageConfig(name="gft", algorithm="gft", lr=2e-4), gft_batch(worker, records, size)),
             "grpo": (StageConfig(name="grpo", algorithm="grpo", lr=5e-5), grpo_batch(worker, records, size)),

@@ -2,7 +2,7 @@
 
     python bench/overheads.py [--quick] [--threads N]
 
-A real step (``pipeline.stages.train_step``: rollout, scoring, update, weight sync) runs on the
+A real step (``pipeline.driver.stages.train_step``: rollout, scoring, update, weight sync) runs on the
 run's Ray roles on a local cluster; its median time is the denominator. On that step's own batch:
 - Arrow: building it from the sampled token lists (``make_batch``), adding the reward and
   advantage columns, and packing its micro-batches into tensors (``to_packed``);
@@ -33,8 +33,8 @@ from bench.common import (
     report,
     workdir,
 )
-from pipeline.batch import make_batch, to_packed, with_column
-from pipeline.stages import train_step
+from pipeline.core.batch import make_batch, to_packed, with_column
+from pipeline.driver.stages import train_step
 from workers.learner import _micro_batches
 
 
@@ -63,7 +63,7 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(str(assets.base_model), local_files_only=True)
         records = prompts(assets, tokenizer, size.prompts)
         with LocalRoles(config, str(assets.base_model), args.threads) as roles:
-            roles.on_learners("start_stage", str(assets.base_model), stage.lr)
+            roles.start_stage(str(assets.base_model), stage.lr, stage.weight_decay, stage.max_grad_norm)
             dump = folder / "batch.arrow"
             steps = [train_step(roles, stage, records, config, seed=i, batch_dump=dump)
                      for i in range(size.repeats + 1)][1:]

@@ -11,7 +11,7 @@ update, weight sync), whose medians are printed too.
 TRL's GRPOTrainer runs in a virtualenv of its own (``bench/trl_env.py`` makes it; TRL and verl
 0.9.1 break each other in one environment) on the same model, prompts, group size, completion
 budget, reward (the embedded verifier), learning rate and one optimizer step per batch
-(``bench/trl_grpo.py``), and with the allocator settings our actors get (``pipeline.roles``).
+(``bench/trl_grpo.py``), and with the allocator settings our actors get (``pipeline.driver.roles``).
 Both skip their first step (warm-up) and report steps / seconds.
 """
 
@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 
 from bench.common import ROOT, arguments, default_recipe, embedded_assets, report, workdir
 from bench.trl_env import ensure_trl_venv
-from pipeline.config import GroupConfig, StageConfig
-from pipeline.roles import ALLOCATOR_ENV
-from pipeline.run import run
+from pipeline.driver.roles import ALLOCATOR_ENV
+from pipeline.driver.run import run
+from pipeline.recipe.config import GroupConfig, StageConfig
 
 
 def ours(assets, folder: Path, args) -> list[dict]:
@@ -68,7 +68,7 @@ def trl(assets, folder: Path, args) -> dict:
             "lr": 5e-5, "temperature": 1.0, "seed": 0, "num_threads": args.threads}
     (folder / "trl_spec.json").write_text(json.dumps(spec))
     python = ensure_trl_venv(ROOT)
-    # the allocator settings our actors run with (pipeline.roles), so that TRL has them too
+    # the allocator settings our actors run with (pipeline.driver.roles), so that TRL has them too
     subprocess.run([str(python), str(ROOT / "bench" / "trl_grpo.py"), str(folder / "trl_spec.json"),
                     str(folder / "trl_out.json")], check=True, env={**os.environ, **ALLOCATOR_ENV})
     return json.loads((folder / "trl_out.json").read_text())

@@ -35,11 +35,11 @@ from bench.common import (
     report,
     workdir,
 )
-from pipeline.config import RunConfig
-from pipeline.roles import ALLOCATOR_ENV, start_ray
-from pipeline.rollout_env import rollout_runtime_env
-from workers.hf_generate import SamplingParams
+from pipeline.driver.roles import ALLOCATOR_ENV, start_ray
+from pipeline.driver.rollout_env import rollout_runtime_env
+from pipeline.recipe.config import RunConfig
 from workers.rollout import RolloutWorker
+from workers.sampling import EngineOptions, SamplingParams
 
 BACKENDS = [("hf", "float32"), ("vllm", "float32"), ("vllm", "bfloat16")]
 QUICK_BACKENDS = [("hf", "float32"), ("vllm", "bfloat16")]
@@ -48,7 +48,7 @@ QUICK_BACKENDS = [("hf", "float32"), ("vllm", "bfloat16")]
 def _worker(config: RunConfig, model_path: str, backend: str, dtype: str, threads: int):
     config.rollout.backend = backend
     actor = ray.remote(num_cpus=0, runtime_env=rollout_runtime_env(config, ALLOCATOR_ENV))(RolloutWorker)
-    return actor.remote(model_path, backend, dtype, num_threads=threads, max_num_seqs=1024)
+    return actor.remote(model_path, backend, EngineOptions(dtype=dtype, max_num_seqs=1024), num_threads=threads)
 
 
 def _rollout(worker, records, params: SamplingParams, counts: list[int]):

@@ -2,7 +2,7 @@
 
     python bench/scaling.py [--quick] [--threads N]
 
-Real steps (``pipeline.stages.train_step``) on the run's Ray roles, the default GRPO stage with
+Real steps (``pipeline.driver.stages.train_step``) on the run's Ray roles, the default GRPO stage with
 16 prompts: group sizes 4, 8, 16 at 48 new tokens, then budgets of 24, 48, 96 new tokens at
 group 8. The embedded base model rarely stops early, so responses fill most of the budget; the
 mean response length is reported. The exponent is the least-squares slope of log(step time)
@@ -18,7 +18,7 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from bench.common import LocalRoles, arguments, embedded_assets, grpo_stage, prompts, report, workdir
-from pipeline.stages import train_step
+from pipeline.driver.stages import train_step
 
 
 def exponent(sizes: list[int], seconds: list[float]) -> float:
@@ -37,7 +37,7 @@ def main() -> None:
         records = prompts(assets, tokenizer, size.prompts)
         stage, config = grpo_stage(size)
         with LocalRoles(config, str(assets.base_model), args.threads) as roles:
-            roles.on_learners("start_stage", str(assets.base_model), stage.lr)
+            roles.start_stage(str(assets.base_model), stage.lr, stage.weight_decay, stage.max_grad_norm)
             points = [("group", g, size.max_new_tokens) for g in groups] + [("length", size.group, n) for n in lengths]
             for axis, group, budget in points:
                 sized = dataclasses.replace(stage, group=dataclasses.replace(stage.group, self=group))

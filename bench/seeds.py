@@ -18,9 +18,9 @@ from pathlib import Path
 
 from bench.chaos import RECIPE
 from bench.common import arguments, report
-from pipeline.config import load_recipe
-from pipeline.report import mean_ci95
-from pipeline.run import run
+from pipeline.driver.run import run
+from pipeline.recipe.config import load_recipe
+from pipeline.tools.report import mean_ci95
 
 
 def seed_runs(seeds: int, overrides: list[str], folder: Path) -> dict[int, dict]:

@@ -18,8 +18,8 @@ def _cmd_build_default(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.config import load_recipe
-    from pipeline.run import run, summary
+    from pipeline.driver.run import run, summary
+    from pipeline.recipe.config import load_recipe
 
     overrides = list(args.overrides)
     if args.address:
@@ -39,8 +39,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _resume_target(resume: Path, recipe: str | None, overrides: list[str]):
     """(run folder, the resume point named or None, its recipe with ``overrides``) of ``--resume``."""
-    from pipeline.configio import ConfigError
-    from pipeline.resume import is_point, run_dir_of
+    from pipeline.core.errors import ConfigError
+    from pipeline.core.resume import is_point, run_dir_of
 
     point = resume if is_point(resume) else None
     run_dir = run_dir_of(point) if point else resume
@@ -52,8 +52,8 @@ def _resume_target(resume: Path, recipe: str | None, overrides: list[str]):
 def _resumed_config(run_dir: Path, overrides: list[str]):
     """The recipe a run was started with (``RUN_DIR/config.yaml``), plus ``overrides`` (say, a
     lower learning rate after a stop). The stages must stay the same ones, in the same order."""
-    from pipeline.config import load_recipe
-    from pipeline.configio import ConfigError
+    from pipeline.core.errors import ConfigError
+    from pipeline.recipe.config import load_recipe
 
     saved = run_dir / "config.yaml"
     if not saved.is_file():
@@ -67,10 +67,10 @@ def _resumed_config(run_dir: Path, overrides: list[str]):
 
 def _eval_config(args: argparse.Namespace):
     """The RunConfig of an eval-only job: the checkpoint as the policy, benchmarks as eval sets."""
-    from pipeline.benchmarks import BENCHMARKS
-    from pipeline.config import RunConfig, validate
-    from pipeline.configio import ConfigError
-    from pipeline.rollout_env import check_rollout_environment
+    from pipeline.core.errors import ConfigError
+    from pipeline.driver.rollout_env import check_rollout_environment
+    from pipeline.eval.benchmarks import BENCHMARKS
+    from pipeline.recipe.config import RunConfig, validate
 
     config = RunConfig(name="eval", seed=args.seed)
     config.model.path, config.model.dtype = str(args.checkpoint), args.dtype
@@ -93,7 +93,8 @@ def _eval_config(args: argparse.Namespace):
     config.rollout.python = args.rollout_python
     config.rollout.temperature = args.temperature
     config.reward.function, config.reward.timeout_s = args.reward_function, args.reward_timeout
-    config.reward.extraction = args.extraction
+    if args.extraction:
+        config.reward.extraction = args.extraction
     config.ray.address = args.address
     validate(config, training=False)
     check_rollout_environment(config)  # before the output folder is made
@@ -103,7 +104,7 @@ def _eval_config(args: argparse.Namespace):
 def _cmd_eval(args: argparse.Namespace) -> int:
     import time
 
-    from pipeline.run import eval_summary, evaluate_checkpoint
+    from pipeline.driver.evals import eval_summary, evaluate_checkpoint
 
     config = _eval_config(args)
     out = args.out or Path("runs") / "eval" / f"{args.checkpoint.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -114,15 +115,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from pipeline.files import write_json_lines
-    from pipeline.rescore import format_summary, rescore
+    from pipeline.core.files import write_json_lines
+    from pipeline.eval.rescore import format_summary, rescore
+    from pipeline.rewards.verifiers import DEFAULT_EXTRACTION
 
-    if args.reward_function and args.extraction != "strict":
-        from pipeline.configio import ConfigError
+    if args.reward_function and args.extraction:
+        from pipeline.core.errors import ConfigError
 
         raise ConfigError("--extraction applies to the built-in verifiers; a --reward-function file finds answers its "
                           "own way")
-    report = rescore(args.file, args.reward_function, args.timeout, args.workers, args.data_source, args.extraction)
+    report = rescore(args.file, args.reward_function, args.timeout, args.workers, args.data_source,
+                     args.extraction or DEFAULT_EXTRACTION)
     out = args.out or args.file.with_name(f"{args.file.stem}.scored.jsonl")
     write_json_lines(report.rows, out)
     print(format_summary(report.summary))
@@ -133,7 +136,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_convert(args: argparse.Namespace) -> int:
-    from pipeline.dataprep import convert_gsm8k
+    from pipeline.tools.dataprep import convert_gsm8k
 
     rows = convert_gsm8k(args.source, args.out, args.split)
     print(f"{rows} rows written to {args.out}")
@@ -141,7 +144,7 @@ def _cmd_data_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
-    from pipeline.dataprep import check_dataset, format_report
+    from pipeline.tools.dataprep import check_dataset, format_report
 
     tokenizer = None
     if args.tokenizer:
@@ -156,11 +159,18 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     import shlex
 
-    from pipeline.compare import choose_lrs, execute, plan, plan_sweep, seeds_per_pipeline, shared_inputs
-    from pipeline.config import load_recipe
-    from pipeline.configio import ConfigError
-    from pipeline.report import Run, write_report
-    from pipeline.run import run
+    from pipeline.core.errors import ConfigError
+    from pipeline.driver.run import run
+    from pipeline.recipe.config import load_recipe
+    from pipeline.tools.compare import (
+        choose_lrs,
+        execute,
+        plan,
+        plan_sweep,
+        seeds_per_pipeline,
+        shared_inputs,
+    )
+    from pipeline.tools.report import Run, write_report
 
     overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
     recipe = load_recipe(args.recipe, overrides)
@@ -189,8 +199,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline.config import load_recipe
-    from pipeline.submit import follow, submit, submitted_recipe
+    from pipeline.recipe.config import load_recipe
+    from pipeline.tools.submit import follow, submit, submitted_recipe
 
     if args.resume is None:
         config = load_recipe(args.recipe, args.overrides)  # a bad recipe is refused here, before any upload
@@ -222,7 +232,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from pipeline.submit import status
+    from pipeline.tools.submit import status
 
     state, message = status(args.address, args.job)
     print(f"{args.job}: {state}" + (f"\n{message}" if message else ""))
@@ -230,7 +240,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
-    from pipeline.submit import follow, logs
+    from pipeline.tools.submit import follow, logs
 
     if args.follow:
         follow(args.address, args.job, sys.stdout)
@@ -240,7 +250,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
-    from pipeline.submit import stop
+    from pipeline.tools.submit import stop
 
     state, message = stop(args.address, args.job, args.timeout)
     print(f"{args.job}: {state}" + (f"\n{message}" if message else ""))
@@ -248,7 +258,7 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _add_compare_parser(commands) -> None:
-    from pipeline.compare import DEFAULT_PIPELINES, PIPELINES
+    from pipeline.tools.compare import DEFAULT_PIPELINES, PIPELINES
 
     parser = commands.add_parser("compare", help="RL compatibility: GRPO from several initialisations, over seeds")
     parser.add_argument("recipe", nargs="?", help="recipe ending in stage 1 then grpo (default: the embedded default)")
@@ -271,7 +281,7 @@ def _add_compare_parser(commands) -> None:
 
 
 def _add_job_parsers(commands) -> None:
-    from pipeline.submit import DEFAULT_ADDRESS, STOP_GRACE_S, STOP_TIMEOUT_S, default_address
+    from pipeline.tools.submit import DEFAULT_ADDRESS, STOP_GRACE_S, STOP_TIMEOUT_S, default_address
 
     address = {"default": default_address(),
                "help": f"the Ray head's dashboard, http://HEAD:8265 (default: $RAY_ADDRESS, else {DEFAULT_ADDRESS})"}
@@ -326,13 +336,17 @@ def _add_eval_parser(commands) -> None:
                         help="auto: bfloat16 on a GPU, float32 on CPU")
     parser.add_argument("--reward-function", help="a .py file with verl's compute_score (default: built-in)")
     parser.add_argument("--reward-timeout", type=float, default=10.0, help="seconds per reward call")
-    parser.add_argument("--extraction", choices=["strict", "lenient"], default="strict",
-                        help="built-in verifier: strict (\\boxed{} or ####) or lenient (then 'the answer is', "
-                             "the last number)")
+    _add_extraction_option(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="output folder (default: runs/eval/CHECKPOINT-TIME)")
     parser.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     parser.set_defaults(handler=_cmd_eval)
+
+
+def _add_extraction_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--extraction", choices=["strict", "lenient"],
+                        help="built-in verifier: strict (\\boxed{} or ####; the default) or lenient (then 'the answer "
+                             "is', the last number)")
 
 
 def _add_score_parser(commands) -> None:
@@ -341,9 +355,7 @@ def _add_score_parser(commands) -> None:
     parser.add_argument("--reward-function", help="a .py file with verl's compute_score (default: built-in)")
     parser.add_argument("--data-source", default="math", help="for rows without one (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per reward call")
-    parser.add_argument("--extraction", choices=["strict", "lenient"], default="strict",
-                        help="built-in verifier: strict (\\boxed{} or ####) or lenient (then 'the answer is', "
-                             "the last number)")
+    _add_extraction_option(parser)
     parser.add_argument("--workers", type=int, default=1, help="scoring processes")
     parser.add_argument("--out", type=Path, help="scored JSON lines (default: FILE.scored.jsonl)")
     parser.set_defaults(handler=_cmd_score)
@@ -394,11 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.configio import ConfigError
-    from pipeline.data import DataError
-    from pipeline.errors import RoleFailed, StopRequested, TrainingStopped
+    from pipeline.core.errors import ConfigError, DataError, RoleFailed, StopRequested, TrainingStopped
     from pipeline.rewards.guard import RewardFunctionError
-    from pipeline.submit import JobError
+    from pipeline.tools.submit import JobError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)

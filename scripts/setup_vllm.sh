@@ -2,7 +2,7 @@
 # Creates .venv-vllm, the environment the vLLM rollout workers run in (rollout.backend=vllm).
 # vLLM pins its own torch and a transformers that verl (the learner's, in .venv) refuses, so it
 # cannot share .venv; Ray starts the rollout actors with this interpreter instead
-# (pipeline/rollout_env.py). Idempotent: it reinstalls only when this script or the versions it
+# (pipeline/driver/rollout_env.py). Idempotent: it reinstalls only when this script or the versions it
 # must match in .venv change.
 #
 # A machine with nvidia-smi gets vLLM's CUDA build (`vllm`), one without gets its CPU build

@@ -96,8 +96,8 @@ def ray_cluster():
     roles at once, while the actors' torch threads follow the machine's cores."""
     import ray
 
-    from pipeline.config import RunConfig
-    from pipeline.roles import start_ray
+    from pipeline.driver.roles import start_ray
+    from pipeline.recipe.config import RunConfig
 
     config = RunConfig()
     config.ray.num_cpus = 8
@@ -110,10 +110,10 @@ def ray_cluster():
 def ray_starts(monkeypatch) -> list:
     """A run's calls to start or join Ray, recorded instead of made: whatever a run refuses, it
     must refuse before the first (``ray.is_initialized`` cannot tell, with ``ray_cluster`` up)."""
-    import pipeline.run
+    import pipeline.driver.run
 
     calls = []
-    monkeypatch.setattr(pipeline.run, "start_ray", calls.append)
+    monkeypatch.setattr(pipeline.driver.run, "start_ray", calls.append)
     return calls
 
 

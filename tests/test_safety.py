@@ -112,6 +112,6 @@ def test_the_scanner_flags_what_it_should(source, flagged):
 def test_no_module_unpickles_or_evaluates_data():
     files = sorted(f for folder in SCANNED for f in folder.rglob("*.py")
                    if not any(part.startswith(".venv") for part in f.relative_to(ROOT).parts))  # TRL's bench venv
-    assert ROOT / "pipeline" / "checkpoint.py" in files and ROOT / "workers" / "learner.py" in files
+    assert ROOT / "pipeline" / "core" / "checkpoint.py" in files and ROOT / "workers" / "learner.py" in files
     findings = [f"{path.relative_to(ROOT)}: {finding}" for path in files for finding in scan(path.read_text())]
     assert findings == []

@@ -1,1 +1,1 @@
-"""Ray actors: rollout, teacher/scoring and learner roles (see DESIGN §3)."""
+"""Ray actors: rollout, teacher/scoring and learner roles (docs/design.md §3)."""

@@ -5,7 +5,7 @@ under their names, transformers builds no mask, and the model's own modules (pro
 embedding, norms, MLP) run unchanged around them.
 
 ``PACKED_ATTENTION`` (the learner). A micro-batch is packed into one row of N tokens, each
-distinct prompt once followed by the responses that share it (``pipeline.batch.PackedBatch``),
+distinct prompt once followed by the responses that share it (``pipeline.core.batch.PackedBatch``),
 so that the linear layers run on exactly the tokens that must be computed. For attention alone
 the rows are gathered into a right-padded ``[B, W]`` block, row b being its prompt then its
 response, whose layout comes through the model's forward (transformers hands extra forward
@@ -14,7 +14,7 @@ query only looks at earlier keys, the padding at the end of a row is never atten
 loop of one call per sequence cost up to twice as much (28 rows of 72 tokens, forward and
 backward: 7.9 against 4.0 ms a layer), and a dense N x N block mask eleven times as much.
 
-``DECODE_ATTENTION`` (the sampler, ``workers.hf_generate``). The caller passes its own key bias
+``DECODE_ATTENTION`` (the sampler, ``workers.hf_engine``). The caller passes its own key bias
 ``[B, 1, 1, capacity]`` (0 or -inf: left padding) as the layers' attention mask, and keeps keys
 and values in preallocated slots. One new token per row attends through two small matmuls,
 grouping query heads by their key-value head instead of copying keys and values for every query
@@ -37,7 +37,7 @@ def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                 attention_gather: torch.Tensor | None = None, attention_scatter: torch.Tensor | None = None,
                 sliding_window: int | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """``query`` ``[1, H, N, D]``, ``key``/``value`` ``[1, Hkv, N, D]`` of a packed batch, and its
-    attention layout (:class:`pipeline.batch.PackedBatch`): ``attention_gather`` ``[B, W]``, the
+    attention layout (:class:`pipeline.core.batch.PackedBatch`): ``attention_gather`` ``[B, W]``, the
     packed position of each slot of the right-padded block of rows, and ``attention_scatter``
     ``[N]``, the slot each packed position's output comes from. Returns ``[1, N, H, D]`` as
     transformers expects. A layer with a ``sliding_window`` S lets each query see itself and

@@ -1,7 +1,7 @@
 """The Learner role: the policy being trained, its optimizer and its checkpoints.
 
 It knows no algorithm. ``update`` computes per-token log-probs of the batch's response tokens
-(padding-free, packed), hands them to an *objective* (a pure loss from ``pipeline.losses``
+(padding-free, packed), hands them to an *objective* (a pure loss from ``pipeline.core.losses``
 wrapped by the stage), and steps the optimizer. Entropy, the KL to the stage's start policy and
 the pre-clip grad-norm are measured here because they need the logits and the weights.
 """
@@ -29,9 +29,15 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from pipeline.batch import PackedBatch, groups_together, shared_prompt_tokens, to_packed
-from pipeline.checkpoint import load_policy, save_policy, torch_dtype, write_policy_files
-from pipeline.resume import LEARNER_STATE_FILE, Progress, load_learner_state, save_learner_state, write_point
+from pipeline.core.batch import PackedBatch, groups_together, shared_prompt_tokens, to_packed
+from pipeline.core.checkpoint import load_policy, save_policy, torch_dtype, write_policy_files
+from pipeline.core.resume import (
+    LEARNER_STATE_FILE,
+    Progress,
+    load_learner_state,
+    save_learner_state,
+    write_point,
+)
 from workers.attention import PACKED_ATTENTION
 from workers.weights import FlatWeights, SharedWeights, WeightsBlock
 
@@ -46,7 +52,7 @@ class TokenBatch:
     ``old_log_probs`` are the policy's log-probs before this batch's first optimizer step (the
     live ones unless the update asked for them) and ``ref_log_probs`` the stage's start policy's
     (None unless the update asked for them); both detached. ``sources``: each response token's row's source (an index into
-    ``pipeline.batch.SOURCES``; -1 for prompt tokens).
+    ``pipeline.core.batch.SOURCES``; -1 for prompt tokens).
     """
 
     response_mask: torch.Tensor
@@ -59,9 +65,26 @@ class TokenBatch:
 Objective = Callable[[torch.Tensor, TokenBatch], tuple[torch.Tensor, dict[str, float]]]
 
 
+@dataclass(frozen=True)
+class UpdateSettings:
+    """How :meth:`Learner.update` trains on a batch.
+
+    ``updates_per_batch``: mini-batches, one optimizer step each. ``micro_batch_tokens``: the
+    packed tokens of one forward and backward. ``with_reference``: the stage's start policy's
+    log-probs for the objective, and the KL to it in the metrics (a forward of that policy).
+    ``with_old_log_probs``: freeze the pre-update log-probs for the objective, a forward more when
+    there are several mini-batches; an objective that does not read them can do without."""
+
+    objective: Objective
+    updates_per_batch: int = 1
+    micro_batch_tokens: int = 4096
+    with_reference: bool = True
+    with_old_log_probs: bool = True
+
+
 def _micro_batches(batch: pa.RecordBatch, max_tokens: int) -> list[pa.RecordBatch]:
     """Consecutive row slices whose packed tokens stay within ``max_tokens``, counting a prompt
-    once for consecutive rows of one group (:func:`~pipeline.batch.shared_prompt_tokens`); a
+    once for consecutive rows of one group (:func:`~pipeline.core.batch.shared_prompt_tokens`); a
     longer single row still gets its own slice."""
     alone = (np.asarray(batch.column("prompt_ids").value_lengths())
              + np.asarray(batch.column("response_ids").value_lengths())).tolist()
@@ -233,7 +256,7 @@ class Learner:
         return None
 
     def save_resume_point(self, run_dir: str, progress: Progress) -> str | None:
-        """A resume point with the policy, the optimizer state and the RNG (``pipeline.resume``)."""
+        """A resume point with the policy, the optimizer state and the RNG (``pipeline.core.resume``)."""
         weights, optimizer_state = self.state_dict(), self._optimizer_state()
         if self.rank != 0:
             return None
@@ -276,15 +299,9 @@ class Learner:
             mine += [None] * (math.ceil(len(micro) / self.world_size) - len(mine))
         return mine
 
-    def update(
-        self, batch: pa.RecordBatch, objective: Objective, updates_per_batch: int, micro_batch_tokens: int,
-        with_reference: bool = True, with_old_log_probs: bool = True,
-    ) -> dict[str, float]:
-        """Optimizer step(s) on ``batch``; returns loss, grad-norm, entropy, objective metrics and,
-        ``with_reference``, the KL to the stage's start policy (whose log-probs it also gives the
-        objective; that costs one more forward). ``with_old_log_probs``: freeze the pre-update
-        log-probs for the objective, a forward more when there are several mini-batches; an
-        objective that does not read them (all but GRPO's) can do without.
+    def update(self, batch: pa.RecordBatch, settings: UpdateSettings) -> dict[str, float]:
+        """Optimizer step(s) on ``batch``; returns loss, grad-norm, entropy, the objective's
+        metrics and, ``settings.with_reference``, the KL to the stage's start policy.
 
         The batch's rows are split into ``updates_per_batch`` mini-batches (one optimizer step
         each) and each mini-batch into micro-batches of at most ``micro_batch_tokens`` tokens whose
@@ -296,19 +313,20 @@ class Learner:
         """
         started = time.perf_counter()
         self.model.train()
-        mini_size = math.ceil(batch.num_rows / updates_per_batch)
+        objective = settings.objective
+        mini_size = math.ceil(batch.num_rows / settings.updates_per_batch)
         # within a mini-batch the order of rows does not change its loss; a group's rows side by
         # side share their prompt in one micro-batch
         minis = [groups_together(batch.slice(i, mini_size)) for i in range(0, batch.num_rows, mini_size)]
-        mine = [self._my_micro_batches(mini, micro_batch_tokens) for mini in minis]
+        mine = [self._my_micro_batches(mini, settings.micro_batch_tokens) for mini in minis]
         real = [[packed is not None for packed in micro] for micro in mine]
         filler = to_packed(batch.slice(0, 1)) if self.sharded else None  # a sharded rank's stand-in, weighted 0
         packed_minis = [[filler if packed is None else packed for packed in micro] for micro in mine]
         # With one update per batch the pre-update log-probs are the live ones, detached: no
         # extra forward. With several, they must be frozen before the first step.
         old = ([self._detached_log_probs(self.model, micro) for micro in packed_minis]
-               if len(minis) > 1 and with_old_log_probs else None)
-        ref = [self._detached_log_probs(self.reference, micro) if with_reference else [None] * len(micro)
+               if len(minis) > 1 and settings.with_old_log_probs else None)
+        ref = [self._detached_log_probs(self.reference, micro) if settings.with_reference else [None] * len(micro)
                for micro in packed_minis]
         # FSDP averages gradients over the ranks; the step needs their sum
         grad_scale = float(self.world_size) if self.sharded else 1.0

@@ -7,7 +7,7 @@ into the model are seen at once) without them: RMSNorm, the projections, the mod
 embedding module (so every RoPE variant is the model's), the key-value slots and the
 grouped-query attention of :func:`workers.attention.decode_attention`, and the gated MLP. On
 the embedded model it took a 128-row rollout from 0.205 to 0.175 s. Models of other shapes
-decode through their own forward (``workers.hf_generate``).
+decode through their own forward (``workers.hf_engine``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class LlamaDecodeStep:
     """``step(tokens [B], positions [B], key_bias [B, 1, 1, C], slots) -> logits [B, V]``: the
     model's next-token logits for one new token per row, its keys and values written to
-    ``slots`` (a :class:`workers.hf_generate.KVSlots` filled by the prompt's prefill)."""
+    ``slots`` (a :class:`workers.hf_engine.KVSlots` filled by the prompt's prefill)."""
 
     def __init__(self, model):
         if not supports(model):

@@ -10,10 +10,12 @@ import pyarrow as pa
 import torch
 from transformers import AutoTokenizer
 
-from pipeline.batch import with_column
-from pipeline.checkpoint import load_policy
+from pipeline.core.batch import with_column
+from pipeline.core.checkpoint import load_policy
 from pipeline.rewards.guard import RewardGuard
-from workers.hf_generate import SamplingParams, generate, prepare_for_sampling
+from pipeline.rewards.verifiers import DEFAULT_EXTRACTION
+from workers.hf_engine import generate, prepare_for_sampling
+from workers.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ class TeacherWorker:
         num_threads: int | None = None,
         reward_timeout_s: float = 10.0,
         reward_workers: int = 1,
-        answer_extraction: str = "strict",
+        answer_extraction: str = DEFAULT_EXTRACTION,
     ):
         if num_threads:
             torch.set_num_threads(num_threads)

@@ -1,4 +1,4 @@
-"""The rollout's ``vllm`` backend: a ``vllm.LLM`` behind the hf backend's interface.
+"""The rollout's ``vllm`` engine: a ``vllm.LLM`` behind ``workers.sampling.RolloutEngine``.
 
 vLLM pins its own torch and transformers, which verl (the learner's) refuses, so this module runs
 in a Python environment of its own (``.venv-vllm``, built by ``scripts/setup_vllm.sh``: vLLM's
@@ -19,7 +19,7 @@ How it keeps the rollout's contract:
   for backends that keep them in another layout (its CPU linear layers do).
 - **Sleep only where it exists.** Colocated with a learner on a GPU, the engine sleeps between
   calls (level 1: weights to host memory, KV cache freed). Platforms without sleep mode (CPU)
-  keep their memory; :attr:`VllmEngine.sleeps` says which, and the rollout worker reports it.
+  keep their memory; :meth:`VllmEngine.describe` says which, and the driver reports it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.hf_generate import Generation, SamplingParams
+from pipeline.core.checkpoint import torch_dtype
+from workers.sampling import EngineOptions, Generation, SamplingParams
 from workers.weights import FlatWeights, SharedWeights, WeightsBlock
 
 GIB = 1 << 30
@@ -83,8 +84,7 @@ class VllmEngine:
     vLLM would otherwise reserve a share of the machine's memory, default 1 GiB); on a GPU,
     ``gpu_memory_utilization`` bounds weights and cache together unless it is given."""
 
-    def __init__(self, model_path: str, dtype: str = "auto", seed: int = 0, sleep_when_idle: bool = False,
-                 max_num_seqs: int = 256, gpu_memory_utilization: float = 0.5, kv_cache_gib: float | None = None):
+    def __init__(self, model_path: str, options: EngineOptions):
         # the engine runs in this process: no engine-core and worker processes beside each
         # rollout actor (three processes where one does), and Ray's kill of the actor ends it
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -94,19 +94,19 @@ class VllmEngine:
         self._vllm = vllm
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_WeightlessRotaryNotice())
         on_cpu = current_platform.is_cpu()
-        if on_cpu and kv_cache_gib is None:
-            kv_cache_gib = 1.0
-        self.sleeps = sleep_when_idle and current_platform.is_sleep_mode_available()
+        kv_cache_gib = 1.0 if on_cpu and options.kv_cache_gib is None else options.kv_cache_gib
+        self.sleeps = options.sleep_when_idle and current_platform.is_sleep_mode_available()
         self.platform = current_platform.device_name
         self.llm = vllm.LLM(
             model=model_path,
-            dtype=dtype,
-            seed=seed,
+            # named exactly: vLLM's "auto" would cast a float32 policy down
+            dtype=str(torch_dtype(options.dtype)).removeprefix("torch."),
+            seed=options.seed,
             logprobs_mode="processed_logprobs",
             worker_extension_cls=f"{__name__}.WeightLoaderExtension",
             enable_sleep_mode=self.sleeps,
-            max_num_seqs=max_num_seqs,
-            gpu_memory_utilization=gpu_memory_utilization,
+            max_num_seqs=options.max_num_seqs,
+            gpu_memory_utilization=options.gpu_memory_utilization,
             kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * GIB),
             # vLLM compiles the model on CPU with inductor: 20 s more at start, no faster here
             enforce_eager=on_cpu,
@@ -118,6 +118,9 @@ class VllmEngine:
         self.block = WeightsBlock()  # where weights that came through the object store are put
         self.asleep = False
         self._rest()
+
+    def describe(self) -> dict:
+        return {"engine": f"vLLM {self._vllm.__version__} on {self.platform}", "sleeps": self.sleeps}
 
     def _wake(self) -> None:
         if self.asleep:

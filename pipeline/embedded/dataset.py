@@ -13,9 +13,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.checkpoint import save_policy
-from pipeline.data import CHAT_ROLES, verl_schema, write_parquet_atomic
-from pipeline.files import atomic_path
+from pipeline.core.checkpoint import save_policy
+from pipeline.core.data import CHAT_ROLES, verl_schema, write_parquet_atomic
+from pipeline.core.files import atomic_path
 
 from .model import TinyModelConfig, build_tiny_model
 from .task import (

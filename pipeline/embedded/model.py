@@ -1,6 +1,6 @@
 """A tiny randomly initialised Qwen2-architecture model, built locally (no download).
 
-Saved with ``pipeline.checkpoint.save_policy``, it is an ordinary Hugging Face folder, so the
+Saved with ``pipeline.core.checkpoint.save_policy``, it is an ordinary Hugging Face folder, so the
 real-model code path loads it.
 """
 

@@ -12,14 +12,14 @@ import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.rewards.verifiers import default_compute_score
+from pipeline.rewards.verifiers import DEFAULT_EXTRACTION, default_compute_score
 
 ComputeScore = Callable[..., float]
 
 __all__ = ["ComputeScore", "default_compute_score", "load_reward_function"]
 
 
-def load_reward_function(path: str | None, extraction: str = "strict") -> ComputeScore:
+def load_reward_function(path: str | None, extraction: str = DEFAULT_EXTRACTION) -> ComputeScore:
     """``compute_score`` from a Python file, or the built-in verifiers with the answer
     ``extraction`` (``verifiers.EXTRACTIONS``) when ``path`` is None."""
     if path is None:

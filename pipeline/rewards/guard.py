@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pipeline
+from pipeline.rewards.verifiers import DEFAULT_EXTRACTION
 
 RewardCall = tuple[str, str, str, dict | None]  # data_source, solution_str, ground_truth, extra_info
 
@@ -116,7 +117,7 @@ class RewardGuard:
     """
 
     def __init__(self, reward_function: str | None = None, timeout_s: float = 10.0, num_workers: int = 1,
-                 start_timeout_s: float = 120.0, extraction: str = "strict"):
+                 start_timeout_s: float = 120.0, extraction: str = DEFAULT_EXTRACTION):
         if timeout_s <= 0 or num_workers < 1:
             raise ValueError("a reward guard needs timeout_s > 0 and num_workers >= 1")
         self.reward_function, self.timeout_s, self.start_timeout_s = reward_function, timeout_s, start_timeout_s

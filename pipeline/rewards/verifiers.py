@@ -32,6 +32,7 @@ _TRAILING_TEXT_UNIT = re.compile(r"^(.+?)\s*\\(?:text|mbox|mathrm)\{[^{}]*\}$")
 _NUMBER_AND_WORDS = re.compile(r"^(-?[\d.,]*\d)\s+[A-Za-z][A-Za-z .]*$")
 _UNIT_MARKS = ("\\%", "%", "^{\\circ}", "^\\circ", "\\$")
 EXTRACTIONS = ("strict", "lenient")
+DEFAULT_EXTRACTION = "strict"
 _CHOICE = re.compile(r"^\(?\s*([A-J])\s*\)?(?:[.:)]|\s|$)")
 
 
@@ -54,7 +55,7 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def extract_final_answer(text: str, extraction: str = "strict") -> str | None:
+def extract_final_answer(text: str, extraction: str = DEFAULT_EXTRACTION) -> str | None:
     """The last ``\\boxed{}`` content, else the text after the last ``####``; then, ``lenient``,
     what follows the last "the answer is" or "final answer is" (to the end of its line), else
     the last number; else None."""
@@ -130,7 +131,7 @@ def answers_match(predicted: str, gold: str) -> bool:
     return bool(verify(gold_parsed, predicted_parsed, timeout_seconds=None))
 
 
-def math_score(solution_str: str, ground_truth: str, extraction: str = "strict") -> float:
+def math_score(solution_str: str, ground_truth: str, extraction: str = DEFAULT_EXTRACTION) -> float:
     answer = extract_final_answer(solution_str, extraction)
     return float(answer is not None and answers_match(answer, ground_truth))
 
@@ -145,7 +146,7 @@ def choice_score(solution_str: str, ground_truth: str) -> float:
 
 
 def default_compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info=None,
-                          extraction: str = "strict") -> float:
+                          extraction: str = DEFAULT_EXTRACTION) -> float:
     """The built-in verifier for a data source: the embedded task's own checker, letter matching
     for multiple choice (``mmlu*``), and the math verifier, with ``extraction``, for everything
     else."""

@@ -6,8 +6,8 @@ import json
 import pytest
 import yaml
 
-from pipeline import run as run_module
 from pipeline.cli import main
+from pipeline.driver import run as run_module
 
 pytestmark = pytest.mark.slow
 

@@ -30,7 +30,7 @@ def test_every_stage_writes_a_checkpoint_that_transformers_loads_and_every_polic
 
 
 def test_gft_batches_hold_every_source_with_group_normalised_advantages(fault_free_run):
-    """The step's own checks (tests/pipeline/test_stages.py) here on what a run fed the learner."""
+    """The step's own checks (tests/pipeline/driver/test_stages.py) here on what a run fed the learner."""
     batches = _batches(fault_free_run, "gft")
     assert len(batches) == dict(STEPS)["gft"]
     for table in batches:

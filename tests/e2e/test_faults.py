@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from bench import chaos
 from pipeline.cli import main
-from pipeline.resume import latest_point, points
+from pipeline.core.resume import latest_point, points
 
 pytestmark = pytest.mark.slow
 

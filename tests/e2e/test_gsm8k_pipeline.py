@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import load_recipe
-from pipeline.run import run
+from pipeline.driver.run import run
+from pipeline.recipe.config import load_recipe
 
 pytestmark = pytest.mark.slow
 

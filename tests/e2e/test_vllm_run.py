@@ -5,8 +5,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.config import load_recipe
-from pipeline.run import run
+from pipeline.driver.run import run
+from pipeline.recipe.config import load_recipe
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from pipeline.batch import make_batch, to_packed
-from pipeline.checkpoint import load_policy
+from pipeline.core.batch import make_batch, to_packed
+from pipeline.core.checkpoint import load_policy
 from workers.attention import PACKED_ATTENTION
 from workers.learner import packed_token_stats
 

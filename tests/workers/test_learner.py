@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.batch import make_batch, with_column
-from pipeline.config import StageConfig
-from pipeline.data import load_prompts
-from pipeline.losses import per_source_means
-from pipeline.objectives import objective_for
-from pipeline.resume import Progress, latest_point
-from workers.learner import Learner
+from pipeline.core.batch import make_batch, with_column
+from pipeline.core.data import load_prompts
+from pipeline.core.losses import per_source_means
+from pipeline.core.resume import Progress, latest_point
+from pipeline.recipe.algorithms import objective_for
+from pipeline.recipe.config import StageConfig
+from workers.learner import Learner, UpdateSettings
 
 
 @pytest.fixture
@@ -47,11 +47,11 @@ def test_a_non_finite_update_is_skipped_and_leaves_the_weights(assets, batch, ob
     learner = Learner(str(assets.base_model))
     learner.start_stage(str(assets.base_model), lr=1e-2)
     before = _weights(learner)
-    metrics = learner.update(batch, objective, updates_per_batch=2, micro_batch_tokens=64)
+    metrics = learner.update(batch, UpdateSettings(objective, updates_per_batch=2, micro_batch_tokens=64))
     assert metrics["skipped_updates"] == 2
     assert all(torch.equal(before[k], v) for k, v in learner.state_dict().items())
     assert learner.optimizer.state == {}  # no moment was touched either
-    metrics = learner.update(batch, mean_log_prob, updates_per_batch=1, micro_batch_tokens=64)
+    metrics = learner.update(batch, UpdateSettings(mean_log_prob, micro_batch_tokens=64))
     assert metrics["skipped_updates"] == 0
     assert any(not torch.equal(before[k], v) for k, v in learner.state_dict().items())
 
@@ -59,16 +59,16 @@ def test_a_non_finite_update_is_skipped_and_leaves_the_weights(assets, batch, ob
 def test_a_resume_point_restores_weights_optimizer_and_reference(assets, batch, tmp_path):
     learner = Learner(str(assets.base_model))
     learner.start_stage(str(assets.base_model), lr=1e-2)
-    learner.update(batch, mean_log_prob, 1, 512)
+    learner.update(batch, UpdateSettings(mean_log_prob, micro_batch_tokens=512))
     learner.save_resume_point(str(tmp_path), Progress(stage_index=0, step=1, global_step=1, policy_version=1))
-    after_one = learner.update(batch, mean_log_prob, 1, 512)
+    after_one = learner.update(batch, UpdateSettings(mean_log_prob, micro_batch_tokens=512))
 
     resumed = Learner(str(assets.base_model))
     point = latest_point(tmp_path)
     resumed.load(str(point.folder), point.progress.policy_version)
     resumed.start_stage(str(assets.base_model), lr=1e-2)
     resumed.restore(str(point.folder))
-    again = resumed.update(batch, mean_log_prob, 1, 512)
+    again = resumed.update(batch, UpdateSettings(mean_log_prob, micro_batch_tokens=512))
     assert again["loss"] == after_one["loss"] and again["kl_to_start"] == after_one["kl_to_start"]
     assert again["policy_version"] == after_one["policy_version"] == 2
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in learner.state_dict().items())
@@ -84,7 +84,7 @@ def test_bf16_compute_keeps_float32_master_weights(assets, batch):
     assert {p.dtype for p in bf16.model.parameters()} == {torch.float32}
     assert {p.dtype for p in bf16.reference.parameters()} == {torch.bfloat16}
     before = _weights(bf16)
-    exact, rounded = (learner.update(batch, mean_log_prob, 1, 512) for learner in (fp32, bf16))
+    exact, rounded = (learner.update(batch, UpdateSettings(mean_log_prob, micro_batch_tokens=512)) for learner in (fp32, bf16))
     assert rounded["loss"] == pytest.approx(exact["loss"], rel=2e-2)  # bf16 has 8 bits of mantissa
     assert rounded["loss"] != exact["loss"]  # and was used
     after = bf16.state_dict()
@@ -110,7 +110,7 @@ def test_a_gft_update_reports_where_dcr_acts_by_source(assets, tokenizer):
     # the untrained model is nearly flat (p about 1/vocabulary): a tau that splits its tokens
     stage = StageConfig(name="gft", algorithm="gft", tau=float(np.median(np.concatenate(probs))))
 
-    metrics = per_source_means(learner.update(batch, objective_for(stage), 1, 96, False))
+    metrics = per_source_means(learner.update(batch, UpdateSettings(objective_for(stage), micro_batch_tokens=96, with_reference=False)))
     sources = batch.column("source").to_pylist()
     for source in ("expert", "teacher", "self"):
         mine = [i for i, s in enumerate(sources) if s == source]
@@ -129,7 +129,7 @@ def test_a_gft_update_reports_where_dcr_acts_by_source(assets, tokenizer):
     offpolicy = replace(stage, dcr_sources=["expert", "teacher"])
     learner = Learner(str(assets.base_model))
     learner.start_stage(str(assets.base_model), lr=1e-3)
-    metrics = per_source_means(learner.update(batch, objective_for(offpolicy), 1, 96, False))
+    metrics = per_source_means(learner.update(batch, UpdateSettings(objective_for(offpolicy), micro_batch_tokens=96, with_reference=False)))
     mine = [i for i, s in enumerate(sources) if s == "self"]
     assert metrics["rectified_fraction/self"] == 0.0
     assert metrics["advantage_coefficient/self"] == pytest.approx(

@@ -12,12 +12,12 @@ import torch
 from ray import cloudpickle
 from safetensors import safe_open
 
-from pipeline.batch import make_batch, with_column
-from pipeline.config import StageConfig
-from pipeline.data import load_prompts
-from pipeline.objectives import objective_for
-from pipeline.resume import Progress
-from workers.learner import Learner
+from pipeline.core.batch import make_batch, with_column
+from pipeline.core.data import load_prompts
+from pipeline.core.resume import Progress
+from pipeline.recipe.algorithms import objective_for
+from pipeline.recipe.config import StageConfig
+from workers.learner import Learner, UpdateSettings
 
 pytestmark = pytest.mark.slow  # actors on the session's Ray cluster
 
@@ -49,14 +49,14 @@ def _parameters_held(learner) -> int:
 def test_two_learners_take_the_same_step_as_one(cluster, assets, tokenizer, tmp_path, updates_per_batch, shard):
     batch = _batch(assets, tokenizer)
     stage = StageConfig(name="gft", algorithm="gft", lr=1e-3)
-    objective = objective_for(stage)
     base = str(assets.base_model)
 
     single = Learner(base, num_threads=1)
     single.start_stage(base, stage.lr)
     single_keys = set(safe_open(Path(single.save(str(tmp_path / "single")), "model.safetensors"), "pt").keys())
     single_size = _parameters_held(single)
-    expected = single.update(batch, objective, updates_per_batch, micro_batch_tokens=80)
+    settings = UpdateSettings(objective_for(stage), updates_per_batch, micro_batch_tokens=80)
+    expected = single.update(batch, settings)
 
     learners = [ray.remote(num_cpus=1)(Learner).remote(base, num_threads=1) for _ in range(2)]
     address, port = ray.get(learners[0].rendezvous.remote())
@@ -64,7 +64,7 @@ def test_two_learners_take_the_same_step_as_one(cluster, assets, tokenizer, tmp_
     ray.get([learner.start_stage.remote(base, stage.lr) for learner in learners])
     held = ray.get([learner.__ray_call__.remote(_parameters_held) for learner in learners])
     assert held == [single_size / 2] * 2 if shard else [single_size] * 2
-    results = ray.get([learner.update.remote(batch, objective, updates_per_batch, 80) for learner in learners])
+    results = ray.get([learner.update.remote(batch, settings) for learner in learners])
 
     for metrics in results:  # every rank reports the global figures
         for key in ("loss", "grad_norm", "entropy", "kl_to_start"):
@@ -93,33 +93,34 @@ def _sharded_pair(model_path: str) -> list:
     return learners
 
 
-def _on_both(learners, method, *args):
-    return ray.get([getattr(learner, method).remote(*args) for learner in learners])[0]
+def _on_both(learners, call):
+    """``call(learner)`` on both ranks at once (sharded ranks gather together); rank 0's answer."""
+    return ray.get([call(learner) for learner in learners])[0]
 
 
 def test_sharded_learners_resume_from_a_point_exactly(cluster, assets, tokenizer, tmp_path):
     """Rank 0 writes the gathered weights and AdamW state; a new pair of sharded learners loads
     them, each keeping its shard, and takes the next step exactly as the first pair did."""
     batch, base = _batch(assets, tokenizer), str(assets.base_model)
-    objective = objective_for(StageConfig(name="gft", algorithm="gft"))
+    settings = UpdateSettings(objective_for(StageConfig(name="gft", algorithm="gft")), micro_batch_tokens=80)
     first = _sharded_pair(base)
-    _on_both(first, "start_stage", base, 1e-3)
-    _on_both(first, "update", batch, objective, 1, 80)
+    _on_both(first, lambda rank: rank.start_stage.remote(base, 1e-3))
+    _on_both(first, lambda rank: rank.update.remote(batch, settings))
     progress = Progress(stage_index=0, step=1, global_step=1, policy_version=1)
-    folder = _on_both(first, "save_resume_point", str(tmp_path), progress)
-    expected = _on_both(first, "update", batch, objective, 1, 80)
-    expected_weights = _on_both(first, "state_dict")
+    folder = _on_both(first, lambda rank: rank.save_resume_point.remote(str(tmp_path), progress))
+    expected = _on_both(first, lambda rank: rank.update.remote(batch, settings))
+    expected_weights = _on_both(first, lambda rank: rank.state_dict.remote())
     for learner in first:
         ray.kill(learner)
 
     second = _sharded_pair(base)
-    _on_both(second, "load", folder, 1)
-    _on_both(second, "start_stage", base, 1e-3)
-    _on_both(second, "restore", folder)
-    again = _on_both(second, "update", batch, objective, 1, 80)
+    _on_both(second, lambda rank: rank.load.remote(folder, 1))
+    _on_both(second, lambda rank: rank.start_stage.remote(base, 1e-3))
+    _on_both(second, lambda rank: rank.restore.remote(folder))
+    again = _on_both(second, lambda rank: rank.update.remote(batch, settings))
     for key in ("loss", "grad_norm", "kl_to_start", "policy_version"):
         assert again[key] == expected[key], key
-    weights = _on_both(second, "state_dict")
+    weights = _on_both(second, lambda rank: rank.state_dict.remote())
     assert all(torch.equal(expected_weights[k], weights[k]) for k in expected_weights)
     for learner in second:
         ray.kill(learner)

@@ -1,6 +1,6 @@
 """The TeacherWorker outside Ray: live teacher samples and the scoring of every row."""
 
-from pipeline.batch import make_batch
+from pipeline.core.batch import make_batch
 from pipeline.embedded import DATA_SOURCE
 from workers.teacher import TeacherWorker
 

@@ -13,12 +13,12 @@ import pytest
 import ray
 import torch
 
-from pipeline.checkpoint import load_policy
-from pipeline.config import RunConfig
-from pipeline.data import load_prompts
-from pipeline.rollout_env import check_rollout_environment, rollout_runtime_env
-from workers.hf_generate import SamplingParams
+from pipeline.core.checkpoint import load_policy
+from pipeline.core.data import load_prompts
+from pipeline.driver.rollout_env import check_rollout_environment, rollout_runtime_env
+from pipeline.recipe.config import RunConfig
 from workers.rollout import RolloutWorker
+from workers.sampling import EngineOptions, SamplingParams
 from workers.weights import FlatWeights
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def worker(ray_cluster, assets):
     check_rollout_environment(config)
     # colocated: as if it shared a GPU with a learner, where it would sleep between calls
     worker = ray.remote(num_cpus=1, runtime_env=rollout_runtime_env(config, {}))(RolloutWorker).remote(
-        str(assets.base_model), "vllm", colocated=True)
+        str(assets.base_model), "vllm", EngineOptions(sleep_when_idle=True))
     yield worker
     ray.kill(worker)
 
@@ -83,12 +83,13 @@ def _chi_square_limit(df: int, z: float = 3.72) -> float:
 
 def test_the_colocated_engine_does_not_sleep_on_a_platform_without_sleep_mode(worker):
     info = ray.get(worker.describe.remote())
-    assert (info["backend"], info["platform"], info["sleeps"]) == ("vllm", "cpu", False)
+    assert (info["backend"], info["sleeps"]) == ("vllm", False)
+    assert info["engine"].startswith("vLLM ") and info["engine"].endswith(" on cpu")
     assert info["python"].endswith(".venv-vllm/bin/python")
 
 
 def test_the_engine_listens_on_loopback_only(worker):
-    """As the local Ray cluster does (tests/pipeline/test_safety_network.py): the engine's own
+    """As the local Ray cluster does (tests/pipeline/driver/test_safety_network.py): the engine's own
     servers (torch.distributed's store among them) must not face the network."""
     pid = ray.get(worker.__ray_call__.remote(lambda self: os.getpid()))
     listening = [c.laddr.ip for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import pipeline.data as data_module
-from pipeline.data import write_parquet_atomic
+import pipeline.core.data as data_module
+from pipeline.core.data import write_parquet_atomic
 from pipeline.embedded import (
     DATA_SOURCE,
     VERL_SCHEMA,

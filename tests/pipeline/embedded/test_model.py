@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
 
-from pipeline.checkpoint import save_policy
+from pipeline.core.checkpoint import save_policy
 from pipeline.embedded import TinyModelConfig, build_tiny_model
 
 

@@ -1,0 +1,172 @@
+"""Resume points: what ``gft run --resume RUN_DIR`` needs to continue a killed run exactly.
+
+A point is a folder ``RUN_DIR/checkpoints/resume/step-<global step>-stage-<index>`` holding
+``trainer_state.json`` (the driver's :class:`Progress`: stage, step, data position, evals so far)
+and, for a point inside a stage, the learner's state: the policy as a Hugging Face folder plus
+``learner_state.safetensors`` (AdamW's moments and step counts, the torch RNG). No pickle.
+
+Each point is filled in a temporary folder and renamed into place, and ``trainer_state.json``,
+written last, lists every file's size: a point torn anyway (a copy cut short, a lost file) is
+recognised and passed over for the one before it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.core.errors import ConfigError
+from pipeline.core.files import atomic_dir, safetensors_os_errors
+
+STATE_FILE = "trainer_state.json"
+LEARNER_STATE_FILE = "learner_state.safetensors"
+FORMAT = 1
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """Where a run stands, between two steps."""
+
+    stage_index: int = 0  # the stage under way, or the next to start when ``step`` is 0
+    step: int = 0  # steps of that stage done
+    global_step: int = 0  # steps done over all stages
+    policy_version: int = 0
+    stage_start: str = ""  # the checkpoint the stage started from: its policy and KL reference
+    sampler: tuple[int, int] = (0, 0)  # the prompt sampler's (epoch, offset)
+    evals: dict[str, dict] = field(default_factory=dict)  # policy -> split -> metrics
+    checkpoints: dict[str, str] = field(default_factory=dict)  # stage -> its final checkpoint
+    metrics_bytes: int = 0  # length of metrics.jsonl up to this point
+    consecutive_skips: int = 0  # updates skipped in a row up to this point (``max_consecutive_skips``)
+
+
+@dataclass
+class ResumePoint:
+    folder: Path
+    progress: Progress
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Later points sort higher: by global step, then stage (a stage's end and the next
+        stage's start share a global step)."""
+        return self.progress.global_step, self.progress.stage_index
+
+    @property
+    def has_learner_state(self) -> bool:
+        return (self.folder / LEARNER_STATE_FILE).exists()
+
+
+def resume_root(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "resume"
+
+
+def write_point(run_dir: Path, progress: Progress, write_learner_files: Callable[[Path], None] | None = None) -> Path:
+    """Write a point atomically; ``write_learner_files(folder)`` adds the learner's files."""
+    folder = resume_root(run_dir) / f"step-{progress.global_step:07d}-stage-{progress.stage_index}"
+    with atomic_dir(folder) as tmp:
+        if write_learner_files is not None:
+            write_learner_files(tmp)
+        sizes = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        state = {"format": FORMAT, "progress": asdict(progress), "files": sizes}
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    return folder
+
+
+def _read_point(folder: Path) -> tuple[ResumePoint | None, str]:
+    """(the point, "") or (None, why it is torn)."""
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+        if state.get("format") != FORMAT:
+            return None, f"unknown format {state.get('format')!r}"
+        for name, size in state["files"].items():
+            path = folder / name
+            if not path.is_file() or path.stat().st_size != size:
+                return None, f"{name} is missing or not {size} bytes"
+        progress = Progress(**state["progress"])
+        progress.sampler = tuple(progress.sampler)
+        return ResumePoint(folder, progress), ""
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return None, f"{STATE_FILE} unreadable: {err}"
+
+
+def points(run_dir: Path) -> list[ResumePoint]:
+    """The intact points of a run, oldest first; torn ones are logged and passed over."""
+    found = []
+    for folder in sorted(resume_root(run_dir).glob("step-*")):
+        point, problem = _read_point(folder)
+        if point is None:
+            logger.warning("resume point %s is torn (%s); passing over it", folder, problem)
+        else:
+            found.append(point)
+    return sorted(found, key=lambda p: p.order)
+
+
+def latest_point(run_dir: Path) -> ResumePoint | None:
+    intact = points(run_dir)
+    return intact[-1] if intact else None
+
+
+def chosen_point(folder: Path) -> ResumePoint:
+    """A point the user named (to resume from before the latest one); every later point of its
+    run is deleted, since the resumed run replaces the future they recorded."""
+    point, problem = _read_point(folder)
+    if point is None:
+        raise ConfigError(f"--resume {folder}: this resume point is torn ({problem}); choose another")
+    for later in points(run_dir_of(folder)):
+        if later.order > point.order:
+            shutil.rmtree(later.folder)
+    return point
+
+
+def is_point(folder: Path) -> bool:
+    return (folder / STATE_FILE).is_file() and folder.parent.name == resume_root(Path()).name
+
+
+def run_dir_of(point_folder: Path) -> Path:
+    return point_folder.parent.parent.parent
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` points (torn ones too: they are never used)."""
+    keep = {p.folder for p in points(run_dir)[-keep_last:]}
+    for folder in resume_root(run_dir).glob("step-*"):
+        if folder not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def save_learner_state(optimizer_state: dict[str, dict[str, torch.Tensor]], path: Path) -> None:
+    """The optimizer's per-parameter state (by parameter name) and the RNG states, as safetensors."""
+    tensors = {
+        f"optimizer.{name}.{key}": torch.as_tensor(value).detach().cpu().contiguous()
+        for name, state in optimizer_state.items()
+        for key, value in state.items()
+    }
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors |= {f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    with safetensors_os_errors(path):
+        save_file(tensors, str(path))
+
+
+def load_learner_state(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Restore the RNG states :func:`save_learner_state` wrote, and return its optimizer state."""
+    tensors = load_file(str(path))
+    state: dict[str, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            parameter, key = name.removeprefix("optimizer.").rsplit(".", 1)
+            state.setdefault(parameter, {})[key] = value
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    cuda_states = [tensors[k] for k in cuda_keys]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    return state

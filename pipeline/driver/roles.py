@@ -1,0 +1,314 @@
+"""Starting the Ray roles and talking to them: the driver's only door to the actors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray
+from ray.actor import ActorHandle
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from pipeline.core.batch import concat_batches
+from pipeline.core.data import PromptRecord
+from pipeline.core.errors import RoleFailed
+from pipeline.core.resume import Progress
+from pipeline.driver.placement import Seat, plan_placement
+from pipeline.driver.rollout_env import check_rollout_environment, rollout_runtime_env
+from pipeline.recipe.config import RunConfig
+from pipeline.rewards.guard import RewardGuard
+from workers.learner import Learner, UpdateSettings
+from workers.rollout import RolloutWorker
+from workers.sampling import EngineOptions, SamplingParams
+from workers.teacher import TeacherWorker
+
+logger = logging.getLogger(__name__)
+SEATING_WARNING_S = 30  # how often a run waiting for cluster resources says so
+RESTART_TIMEOUT_S = 600  # a restarted actor reloads its model; a large one takes a while
+# glibc's allocator hands tensors of more than a few MB out as fresh mmaps and returns freed
+# memory at once, so every step page-faults its activations in anew (a tenth of the first learner
+# steps went to the kernel). Keeping them in the heap makes a step reuse the last one's memory.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+ACTOR_RUNTIME_ENV = {"env_vars": ALLOCATOR_ENV}
+
+
+def start_ray(config: RunConfig) -> None:
+    """Join ``ray.address``, else the cluster named by RAY_ADDRESS, else start a local cluster
+    bound to loopback. Ray sets RAY_ADDRESS for the driver of a job (``gft submit``), whose run
+    must use the cluster the job was submitted to."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    check_rollout_environment(config)  # once per process; a run has checked before making its folder
+    if ray.is_initialized():
+        return
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+        return
+    from ray._private import ray_constants  # Ray's private module: imported beside its one use
+
+    # The machine's cores, or what the recipe's placement asks if that is more: the roles share
+    # the cores well, since the learner and the rollout never compute at once.
+    needed = plan_placement(config).num_cpus + config.teacher.num_cpus
+    # On Linux Ray swaps even a loopback node address for the machine's outward one, and its
+    # servers (GCS, raylet, object manager, workers, agents, metrics) then listen on every
+    # interface. Its switch for single-machine clusters keeps the node on 127.0.0.1, so all of
+    # them bind loopback; Ray reads it once at import, hence the change around this call only.
+    cluster_mode, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
+    try:
+        ray.init(
+            num_cpus=max(config.ray.num_cpus or os.cpu_count() or 1, needed),
+            include_dashboard=config.ray.dashboard,
+            dashboard_host=config.ray.dashboard_host,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
+def _node_id(actor: ActorHandle) -> ray.ObjectRef:
+    return actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
+
+
+def _merge_rollout_metrics(per_worker: list[dict]) -> dict:
+    """Throughput adds up across workers; entropy is the mean over all their sampled tokens."""
+    tokens = sum(m["rollout_tokens"] for m in per_worker)
+    merged = {"rollout_tokens_per_s": sum(m["rollout_tokens_per_s"] for m in per_worker),
+              "weight_load_s": max(m["weight_load_s"] for m in per_worker)}  # the workers load at once
+    if tokens and all("rollout_entropy" in m for m in per_worker):
+        merged["rollout_entropy"] = sum(m["rollout_entropy"] * m["rollout_tokens"] for m in per_worker) / tokens
+    return merged
+
+
+class Roles:
+    """The learners, the rollout workers and the teacher, behind one typed method per thing the
+    driver asks of them. ``learner`` is rank 0 of the data-parallel learners: it alone writes and
+    serves weights, but every call reaches every rank, since sharded ranks gather them together.
+    A role lost for good raises :class:`RoleFailed`, never Ray's own errors."""
+
+    def __init__(self, config: RunConfig, model_path: str, learner: bool = True):
+        RewardGuard(config.reward.function, extraction=config.reward.extraction).close()  # a broken file fails here
+        self.max_restarts = config.ray.max_actor_restarts
+        self.restarts = 0  # actor processes that died and were restarted
+        self.version = 0  # the policy version the rollout workers serve
+        self.pending: ray.ObjectRef | None = None  # that version's weights, from the last sync
+        self.stale: set[int] = set()  # the workers (by index) that have yet to take them
+        placement = plan_placement(config, with_learners=learner)
+        self.group = placement_group(placement.bundles, strategy="PACK")
+        self._wait_for_seats(placement.bundles)
+
+        def seated(seat: Seat, runtime_env: dict = ACTOR_RUNTIME_ENV, **options):
+            strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=seat.bundle)
+            return ray.remote(num_cpus=seat.num_cpus, num_gpus=seat.num_gpus, scheduling_strategy=strategy,
+                              runtime_env=runtime_env, **options)
+
+        threads = config.ray.num_cpus or os.cpu_count() or 1  # torch threads, split among the actors
+        self.learners = [  # an eval-only job has none
+            seated(seat)(Learner).remote(model_path, config.model.dtype, config.seed,
+                                         num_threads=max(1, threads // len(placement.learners)))
+            for seat in placement.learners
+        ]
+        self.learner = self.learners[0] if self.learners else None
+        # Ray restarts a dead rollout or teacher actor from its constructor; ``_call`` then
+        # brings it back to the current policy and asks again. No task is retried by Ray itself:
+        # a retry on a restarted rollout worker would sample with the base weights.
+        rollout = config.rollout
+        colocated = config.ray.colocate and bool(self.learners) and rollout.num_gpus > 0  # sharing their GPUs
+        engine_options = EngineOptions(
+            dtype=config.model.dtype, max_num_seqs=rollout.max_num_seqs, seed=config.seed, sleep_when_idle=colocated,
+            gpu_memory_utilization=rollout.gpu_memory_utilization, kv_cache_gib=rollout.kv_cache_gib)
+        self.rollouts = [
+            seated(seat, rollout_runtime_env(config, ALLOCATOR_ENV), max_restarts=self.max_restarts,
+                   max_task_retries=0)(RolloutWorker).remote(
+                model_path, rollout.backend, engine_options, num_threads=max(1, threads // len(placement.rollouts)))
+            for seat in placement.rollouts
+        ]
+        teacher = config.teacher
+        self.teacher = ray.remote(num_cpus=teacher.num_cpus, num_gpus=teacher.num_gpus, max_restarts=self.max_restarts,
+                                  max_task_retries=0, runtime_env=ACTOR_RUNTIME_ENV)(TeacherWorker).remote(
+            model_path, config.reward.function, teacher.model_path, num_threads=1,
+            reward_timeout_s=config.reward.timeout_s, reward_workers=config.reward.num_workers,
+            answer_extraction=config.reward.extraction)
+        # surface a bad model path or reward file now, not at the first step
+        ray.get([actor.__ray_ready__.remote() for actor in [self.teacher, *self.rollouts, *self.learners]])
+        self._report_rollout(colocated)
+        # weights reach rollout workers on the learner's node through its shared memory
+        nodes = ray.get([_node_id(actor) for actor in [*self.learners[:1], *self.rollouts]])
+        self.same_node = len(set(nodes)) == 1
+        if len(self.learners) > 1:
+            address, port = ray.get(self.learner.rendezvous.remote())
+            world = len(self.learners)
+            ray.get([rank.join_group.remote(i, world, address, port, config.learner.fsdp)
+                     for i, rank in enumerate(self.learners)])
+
+    def _report_rollout(self, colocated: bool) -> None:
+        """Say what the rollout runs on; a colocated engine that could sleep but cannot (no sleep
+        mode on its platform) keeps its memory while the learner trains, which is worth a warning."""
+        info = ray.get(self.rollouts[0].describe.remote())
+        logger.info("rollout: %d %s workers, %s (%s); sleep between calls: %s", len(self.rollouts), info["backend"],
+                    info["engine"], info["python"], {None: "n/a", True: "yes", False: "no"}[info["sleeps"]])
+        if colocated and info["sleeps"] is False:
+            logger.warning("the rollout (%s) shares the learners' GPUs, but cannot sleep there: its weights and KV "
+                           "cache stay in memory while the learner trains", info["engine"])
+
+    def _wait_for_seats(self, bundles: list[dict[str, float]]) -> None:
+        """Wait for the cluster to reserve the placement group, saying what is missing while it
+        cannot (an autoscaling cluster may yet add the nodes)."""
+        ready = self.group.ready()
+        while not ray.wait([ready], timeout=SEATING_WARNING_S)[0]:
+            needed = {key: sum(b.get(key, 0.0) for b in bundles) for key in ("CPU", "GPU")}
+            logger.warning("waiting for the cluster to seat the roles: they need %s in bundles %s; the cluster "
+                           "has %s in all", needed, bundles, ray.cluster_resources())
+        ray.get(ready)
+
+    def close(self) -> None:
+        """End the actors and free their placement group (Ray keeps a group until it is removed)."""
+        try:  # free rank 0's shared-memory block; a dead learner's resource tracker unlinked its own
+            ray.get([rank.close.remote() for rank in self.learners], timeout=60)
+        except (RayActorError, GetTimeoutError):
+            pass
+        for actor in [self.teacher, *self.rollouts, *self.learners]:
+            ray.kill(actor)
+        remove_placement_group(self.group)
+
+    def _on_learners(self, call: Callable[[ActorHandle], ray.ObjectRef]):
+        """``call`` on every learner rank at once (sharded ranks gather and write together); rank
+        0's answer."""
+        return self._learners_get([call(rank) for rank in self.learners])[0]
+
+    @staticmethod
+    def _learners_get(futures: list[ray.ObjectRef]) -> list:
+        """``ray.get`` of learner calls. A learner's state cannot be rebuilt: its process lost ends
+        the run, as :class:`RoleFailed`."""
+        try:
+            return ray.get(futures)
+        except RayActorError as err:
+            raise RoleFailed(f"a learner's process died: {err}") from err
+
+    def load_policy(self, model_path: str, version: int) -> None:
+        """Every role serves the checkpoint in ``model_path`` as policy ``version``."""
+        self._on_learners(lambda rank: rank.load.remote(model_path, version))
+        self._call([(r, lambda w: w.load.remote(model_path, version)) for r in self.rollouts])
+        self.version, self.pending, self.stale = version, None, set()
+
+    def start_stage(self, reference_path: str, lr: float, weight_decay: float, max_grad_norm: float) -> None:
+        """A fresh optimizer on every learner rank, and the stage's reference policy."""
+        self._on_learners(lambda rank: rank.start_stage.remote(reference_path, lr, weight_decay, max_grad_norm))
+
+    def restore(self, resume_point: Path) -> None:
+        """The optimizer state and RNG of ``resume_point``, after :meth:`start_stage`."""
+        self._on_learners(lambda rank: rank.restore.remote(str(resume_point)))
+
+    def set_lr(self, lr: float) -> None:
+        self._on_learners(lambda rank: rank.set_lr.remote(lr))
+
+    def save_checkpoint(self, folder: Path) -> Path:
+        """The policy as a Hugging Face folder at ``folder``."""
+        return Path(self._on_learners(lambda rank: rank.save.remote(str(folder))))
+
+    def save_resume_point(self, run_dir: Path, progress: Progress) -> Path:
+        """A resume point of ``run_dir`` holding the learner's whole state and ``progress``."""
+        return Path(self._on_learners(lambda rank: rank.save_resume_point.remote(str(run_dir), progress)))
+
+    def update(self, batch: pa.RecordBatch, settings: UpdateSettings) -> dict[str, float]:
+        """Train every learner rank on ``batch`` (put once in the object store); rank 0's metrics.
+        The new weights, asked for right behind the update on every rank so that they are on
+        their way while the metrics come back, become the rollout's policy at its next call
+        (:meth:`rollout`): no round trip of a call of their own. The learner writes its shared
+        block again only after an update, which comes after those rollouts."""
+        shared = ray.put(batch)
+        metrics = [rank.update.remote(shared, settings) for rank in self.learners]
+        weights = self._request_weights()
+        metrics = self._learners_get(metrics)[0]
+        self.pending, *others = weights
+        self._learners_get(others)
+        self.version, self.stale = int(metrics["policy_version"]), set(range(len(self.rollouts)))
+        return metrics
+
+    def _request_weights(self) -> list[ray.ObjectRef]:
+        """Every rank's answer to ``rollout_weights``: rank 0's full weights (in its node's shared
+        memory, or put once in the object store for every reader), then nothing from the others
+        (sharded ranks gather them together)."""
+        return [rank.rollout_weights.remote(self.same_node) for rank in self.learners]
+
+    def _call(self, calls: list[tuple[ActorHandle, Callable[[ActorHandle], ray.ObjectRef]]]) -> list:
+        """``ray.get`` of ``submit(actor)`` for each (actor, submit), all in flight at once. An actor
+        whose process dies is restarted by Ray, given the current policy and asked again, so the
+        step gets the same result it would have had: nothing is lost or sampled twice."""
+        futures = [submit(actor) for actor, submit in calls]
+        results = []
+        try:
+            for index, (actor, submit) in enumerate(calls):
+                for attempt in range(self.max_restarts + 1):
+                    try:
+                        results.append(ray.get(futures[index]))
+                        break
+                    except RayActorError as err:
+                        if attempt == self.max_restarts:
+                            raise RoleFailed(f"an actor died {attempt + 1} times in one call: {err}") from err
+                        self._recover(actor, err)
+                        futures[index] = submit(actor)
+        except Exception as err:
+            # the other calls fail as a rule for the same reason: read their errors too, or Ray logs
+            # each with its traceback as unhandled
+            for future in futures:
+                with contextlib.suppress(Exception):
+                    ray.get(future, timeout=RESTART_TIMEOUT_S)
+            if isinstance(err, RayActorError):  # died again while it was being brought back
+                raise RoleFailed(f"an actor died while it was being restarted: {err}") from err
+            raise
+        return results
+
+    def _recover(self, actor: ActorHandle, err: RayActorError) -> None:
+        logger.warning("an actor's process died (%s); waiting for Ray to restart it", type(err).__name__)
+        deadline = time.monotonic() + RESTART_TIMEOUT_S
+        while True:
+            try:
+                ray.get(actor.__ray_ready__.remote())
+                break
+            except ActorUnavailableError as busy:  # still restarting
+                if time.monotonic() > deadline:
+                    raise RoleFailed(f"an actor did not come back within {RESTART_TIMEOUT_S} s: {busy}") from busy
+                time.sleep(0.2)
+            except ActorDiedError as final:
+                raise RoleFailed(f"an actor died and Ray did not restart it (ray.max_actor_restarts="
+                                 f"{self.max_restarts}): {final}") from final
+        self.restarts += 1
+        if any(actor is r for r in self.rollouts) and self.learner is not None:
+            # restarted from the base model: take the policy the others serve, the last sync's
+            # weights (not asked anew: the learner must not rewrite its shared block while the
+            # others may be reading it), else the learner's, which are the stage's start
+            weights, *others = [self.pending] if self.pending is not None else self._request_weights()
+            ray.get(actor.set_weights.remote(weights, self.version))
+            self._learners_get(others)
+
+    def rollout(self, records: list[PromptRecord], params: SamplingParams, seed: int) -> tuple[pa.RecordBatch, dict]:
+        """Self rows for ``records``, the prompts split evenly across the rollout workers."""
+        chunks = [list(c) for c in np.array_split(np.arange(len(records)), len(self.rollouts)) if len(c)]
+        calls = [
+            (worker, lambda w, chunk=chunk, index=index: w.rollout.remote(
+                [records[i] for i in chunk], params, seed + 7919 * index,
+                *((self.pending, self.version) if index in self.stale else ())))
+            for index, (worker, chunk) in enumerate(zip(self.rollouts, chunks))
+        ]
+        results = self._call(calls)
+        self.stale -= set(range(len(calls)))
+        batch = concat_batches([b for b, _ in results])
+        return batch, _merge_rollout_metrics([m for _, m in results])
+
+    def score(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict]:
+        (result,) = self._call([(self.teacher, lambda t: t.score.remote(batch))])
+        return result
+
+    def teacher_samples(self, records: list[PromptRecord], n: int, temperature: float, max_new_tokens: int, seed: int):
+        prompts = [r.prompt_ids for r in records]
+        (result,) = self._call([(self.teacher, lambda t: t.sample.remote(prompts, n, temperature, max_new_tokens, seed))])
+        return result

@@ -1,0 +1,344 @@
+"""The driver: recipe -> stages -> steps, checkpoints, metrics and the final eval table.
+
+Each stage starts from the previous stage's checkpoint folder and ends by writing its own, so a
+GFT policy hands off to GRPO exactly as a user's model would (a Hugging Face folder).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+from transformers import AutoTokenizer
+
+from pipeline.core.data import PromptRecord, PromptSampler, read_prompt_file
+from pipeline.core.errors import DiskFull, PolicyNotFinite, RoleFailed, StopRequested, TrainingStopped
+from pipeline.core.files import atomic_path, write_json_lines
+from pipeline.core.metrics import MetricsLogger
+from pipeline.core.resume import Progress, ResumePoint, chosen_point, latest_point, points, prune, write_point
+from pipeline.driver.evals import evaluate_sets, load_eval_sets, save_generations
+from pipeline.driver.roles import Roles, start_ray
+from pipeline.driver.rollout_env import check_rollout_environment
+from pipeline.driver.stages import train_step
+from pipeline.embedded import build_embedded_assets
+from pipeline.eval.evaluation import EvalSet, format_table
+from pipeline.recipe.config import EMBEDDED, RunConfig, StageConfig, check_data_size, learning_rate
+from pipeline.recipe.configio import to_dict
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+    evals: dict[str, dict[str, dict]] = field(default_factory=dict)  # policy -> split -> metrics
+    wall_time_s: float = 0.0
+    skipped_rows: int = 0  # bad training rows left out (data.bad_rows=skip)
+
+
+def _new_run_dir(config: RunConfig) -> Path:
+    root = Path(config.output_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = root / f"{config.name}-{stamp}"
+    suffix = 1
+    while run_dir.exists():
+        run_dir, suffix = root / f"{config.name}-{stamp}-{suffix}", suffix + 1
+    return run_dir
+
+
+@dataclass
+class Inputs:
+    base_model: str
+    tokenizer: object
+    train_records: list[PromptRecord]
+    eval_sets: dict[str, EvalSet]
+    skipped_rows: dict[str, list[str]]  # train file -> its bad rows left out, each with its problems
+
+
+def _load_inputs(config: RunConfig, run_dir: Path) -> Inputs:
+    """The base model folder, tokenized training prompts and eval sets; builds the embedded task
+    when asked. Every data problem surfaces here, before Ray starts."""
+    base_model, train_files, eval_files = config.model.path, config.data.train_files, config.data.eval_files
+    if config.model.path == EMBEDDED:
+        e = config.embedded
+        assets = build_embedded_assets(run_dir / "embedded", e.task, e.model, n_train=e.n_train, n_test=e.n_test,
+                                       n_ood=e.n_ood, n_teacher=e.n_teacher)
+        base_model = str(assets.base_model)
+        train_files = train_files or [str(assets.train)]
+        eval_files = eval_files or {"test": str(assets.test), "ood": str(assets.ood)}
+    tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
+    records, skipped = [], {}
+    for path in train_files:
+        prompt_file = read_prompt_file(path, tokenizer, config.data.max_prompt_length, bad_rows=config.data.bad_rows)
+        records += prompt_file.records
+        if prompt_file.skipped:
+            skipped[str(path)] = prompt_file.skipped
+            logger.warning("%s: %d bad rows skipped (data.bad_rows=skip); the first: %s",
+                           path, len(prompt_file.skipped), prompt_file.skipped[0])
+    check_data_size(config, len(records))
+    return Inputs(base_model, tokenizer, records, load_eval_sets(config, eval_files, tokenizer), skipped)
+
+
+class _StopSignal:
+    """SIGTERM, as ``gft stop``, ``kill`` and cluster schedulers send it, asks the driver to stop
+    at the next step boundary (see ``_Driver.stop_if_asked``) instead of dying mid-write. A second
+    SIGTERM ends the process at once, as the handler before this one would have."""
+
+    def __init__(self):
+        self.received, self.previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+        signal.signal(signal.SIGTERM, self.previous)
+        logger.warning("SIGTERM received: stopping after the step under way, with a resume point")
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+class _Driver:
+    """The stages of one run, step by step, keeping :class:`Progress` so that every resume point
+    (``pipeline.core.resume``) says exactly where to pick the run back up."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, inputs: Inputs, roles: Roles, metrics: MetricsLogger,
+                 start: ResumePoint | None, on_step: Callable[[], None] | None, stop: _StopSignal):
+        self.config, self.run_dir, self.inputs, self.roles, self.metrics = config, run_dir, inputs, roles, metrics
+        self.start, self.on_step, self.stop = start, on_step, stop
+        self.progress = start.progress if start else Progress(stage_start=inputs.base_model)
+        self.sampler = PromptSampler(inputs.train_records, config.seed)
+        self.sampler.seek(*self.progress.sampler)
+
+    def run(self) -> None:
+        try:
+            self.run_stages()
+        except PolicyNotFinite as err:  # raised in a rollout actor: its own message, not Ray's traceback
+            raise TrainingStopped(self.blown_up(getattr(err, "cause", err))) from None
+        except RoleFailed as err:  # a role's process gone for good: say where the run stood and where it goes on
+            p, point = self.progress, latest_point(self.run_dir)
+            kept = f" (global step {point.progress.global_step})" if point else ""
+            raise RoleFailed(f"stage {self.current_stage().name}, after step {p.step} (global step {p.global_step}): "
+                             f"{err}\nThe run can continue from its last resume point{kept}: gft run --resume "
+                             f"{self.run_dir}") from err
+
+    def current_stage(self) -> StageConfig:
+        return self.config.stages[min(self.progress.stage_index, len(self.config.stages) - 1)]
+
+    def run_stages(self) -> None:
+        if "base" not in self.progress.evals:
+            self.record_eval("base")
+        for index, stage in enumerate(self.config.stages):
+            if index < self.progress.stage_index:
+                continue
+            if stage.algorithm == "eval":
+                self.record_eval(stage.name)
+            else:
+                self.train(stage)
+            self.progress.stage_index, self.progress.step = index + 1, 0
+            self.save_point(learner=False)
+
+    def stop_if_asked(self, stage: StageConfig) -> None:
+        """After SIGTERM, between two steps: write a resume point of the last step done and stop."""
+        if not self.stop.received:
+            return
+        p = self.progress
+        point = self.save_point(learner=p.step > 0)  # at a stage's start, its start checkpoint is the policy
+        raise StopRequested(
+            f"SIGTERM: stopped before step {p.step + 1} of stage {stage.name} (global step {p.global_step} done); "
+            f"resume point: {point}. Continue with: gft run --resume {self.run_dir} (on a cluster: gft submit "
+            f"--resume {self.run_dir})")
+
+    def blown_up(self, err: PolicyNotFinite) -> str:
+        """What to say when the policy's weights have grown too large to sample from."""
+        p, stage = self.progress, self.current_stage()
+        point = latest_point(self.run_dir)
+        where = (f"its newest resume point, {point.folder}, holds the weights of global step "
+                 f"{point.progress.global_step}. Lower the learning rate (stages.{stage.name}.lr={stage.lr:g} now) and "
+                 f"continue with: gft run --resume {self.run_dir} stages.{stage.name}.lr=..." if point else
+                 "the run has no resume point yet; run it again with a lower learning rate "
+                 f"(stages.{stage.name}.lr={stage.lr:g} now)")
+        return f"stage {stage.name}, after step {p.step} (global step {p.global_step}): {err}. The weights have grown " \
+               f"too large for the logits to stay finite; {where}"
+
+    def record_eval(self, policy: str) -> None:
+        outcomes = evaluate_sets(self.roles, self.inputs.eval_sets, self.config)
+        save_generations(outcomes, self.inputs.tokenizer, self.run_dir / "generations" / policy)
+        evals = self.progress.evals
+        evals[policy] = {split: outcome.metrics for split, outcome in outcomes.items()}
+        g = self.progress.global_step
+        self.metrics.log("eval", len(evals), {"after_steps": g} | {
+            f"{policy}/{s}/{k}": v for s, m in evals[policy].items() for k, v in m.items()}, global_step=g)
+
+    def train(self, stage: StageConfig) -> None:
+        p, mid_stage = self.progress, self.progress.step > 0
+        # resumed mid-stage: weights, optimizer and RNG from the point; the reference from the stage start
+        self.roles.load_policy(str(self.start.folder) if mid_stage else p.stage_start, p.policy_version)
+        self.roles.start_stage(p.stage_start, stage.lr, stage.weight_decay, stage.max_grad_norm)
+        if mid_stage:
+            self.roles.restore(self.start.folder)
+        # closed however the loop ends, so that a stop's message starts on a line of its own
+        with tqdm(total=stage.steps, initial=p.step, desc=f"{stage.name} ({stage.algorithm})", unit="step",
+                  dynamic_ncols=True, disable=self.on_step is not None) as bar:
+            for step in range(p.step + 1, stage.steps + 1):
+                self.stop_if_asked(stage)
+                metrics = self.step(stage, step)
+                bar.update(1)
+                bar.set_postfix({"reward": f"{metrics['reward']:.3f}", "loss": f"{metrics['loss']:.4f}"})
+                every = self.config.checkpoint.every
+                if every and step % every == 0 and step < stage.steps:
+                    self.save_point(learner=True)
+        checkpoint = self.roles.save_checkpoint(self.run_dir / "checkpoints" / stage.name)
+        p.checkpoints[stage.name] = p.stage_start = str(checkpoint)
+        self.record_eval(stage.name)
+
+    def step(self, stage: StageConfig, step: int) -> dict:
+        p, config = self.progress, self.config
+        self.roles.set_lr(learning_rate(stage, step))
+        records = self.sampler.next(stage.prompts_per_step)
+        dump = self.run_dir / "batches" / f"{stage.name}-{step:05d}.arrow" if config.save_batches else None
+        metrics = train_step(self.roles, stage, records, config, seed=config.seed * 1_000_003 + p.global_step,
+                             batch_dump=dump, measure_kl=bool(stage.kl_every) and step % stage.kl_every == 0)
+        p.step, p.global_step, p.policy_version = step, p.global_step + 1, int(metrics["policy_version"])
+        p.sampler = self.sampler.position
+        if stage.eval_every and step % stage.eval_every == 0 and step < stage.steps:
+            for split, outcome in evaluate_sets(self.roles, self.inputs.eval_sets, config).items():
+                metrics.update({f"eval/{split}/{k}": v for k, v in outcome.metrics.items()})
+        self.metrics.log(stage.name, step, metrics, global_step=p.global_step)
+        if self.on_step is not None:
+            self.on_step()
+        self.check_skips(stage, step, metrics)
+        return metrics
+
+    def check_skips(self, stage: StageConfig, step: int, metrics: dict) -> None:
+        """Count updates skipped in a row (a non-finite loss or grad-norm leaves the weights as
+        they were); too many stop the run with a resume point of the last good weights."""
+        p = self.progress  # the count is part of every resume point: a resume does not reset it
+        if not metrics["skipped_updates"]:
+            p.consecutive_skips = 0
+            return
+        p.consecutive_skips += 1
+        limit = self.config.max_consecutive_skips
+        logger.warning("stage %s step %d: update skipped, loss %s, grad-norm %s (%d in a row, limit %d)",
+                       stage.name, step, metrics["loss"], metrics["grad_norm"], p.consecutive_skips, limit)
+        if p.consecutive_skips >= limit:
+            point = self.save_point(learner=True)
+            raise TrainingStopped(
+                f"stage {stage.name}, step {step}: {p.consecutive_skips} updates in a row were skipped because the "
+                f"loss or the grad-norm was not finite (max_consecutive_skips={limit}). The weights of the last good update "
+                f"are in {point}. Look at the learning rate (stages.{stage.name}.lr), the rewards and the data, then "
+                f"continue with: gft run --resume {self.run_dir} [key=value ...]")
+
+    def save_point(self, learner: bool) -> Path:
+        self.progress.metrics_bytes = self.metrics.tell()
+        if learner:
+            point = self.roles.save_resume_point(self.run_dir, self.progress)
+        else:  # between stages the next stage starts from a stage checkpoint: no weights needed
+            point = write_point(self.run_dir, self.progress)
+        prune(self.run_dir, self.config.checkpoint.keep_last)
+        return point
+
+
+def run(config: RunConfig, run_dir: Path | None = None, on_step: Callable[[], None] | None = None,
+        resume: bool = False, resume_point: Path | None = None) -> RunResult:
+    """Run every stage of ``config`` and return where things went and the eval table.
+
+    ``run_dir``: the folder to use (default: a new ``output_dir/<name>-<time>``).
+    ``on_step``: called after every training step, in place of the per-stage progress bars.
+    ``resume``: continue the run in ``run_dir`` from its latest intact resume point (from the
+    start when it has none), redoing nothing that point covers and skipping nothing after it;
+    or from ``resume_point``, one of its points, discarding those after it.
+    """
+    started = time.perf_counter()
+    check_rollout_environment(config)
+    run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(config)
+    try:
+        result = _run(config, run_dir, on_step, resume, resume_point)
+        result.wall_time_s = time.perf_counter() - started
+        # written last and atomically: its presence says the run finished (``gft compare`` relies on it)
+        with atomic_path(run_dir / "eval.json") as tmp:
+            tmp.write_text(json.dumps({"evals": result.evals, "wall_time_s": result.wall_time_s}, indent=2))
+    except OSError as err:
+        full = getattr(err, "cause", err)  # the learner's writes fail inside its actor
+        if not isinstance(full, OSError) or full.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFull(_disk_full_message(run_dir, full)) from None
+    return result
+
+
+def _run(config: RunConfig, run_dir: Path, on_step: Callable[[], None] | None, resume: bool,
+         resume_point: Path | None) -> RunResult:
+    fresh = not run_dir.exists()
+    try:
+        inputs = _load_inputs(config, run_dir)
+    except BaseException:
+        if fresh:  # a refused recipe or dataset leaves nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    with atomic_path(run_dir / "config.yaml") as tmp:  # on a resume, with its overrides
+        tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    if inputs.skipped_rows:
+        write_json_lines([{"file": f, "row": r} for f, rows in inputs.skipped_rows.items() for r in rows],
+                         run_dir / "skipped_rows.jsonl")
+    start = None
+    if resume:
+        start = chosen_point(resume_point) if resume_point else latest_point(run_dir)
+        (run_dir / "eval.json").unlink(missing_ok=True)  # from an earlier point: not finished any more
+    if start is not None:
+        logger.warning("resuming %s at stage %d step %d (global step %d) from %s", run_dir,
+                       start.progress.stage_index, start.progress.step, start.progress.global_step, start.folder)
+
+    start_ray(config)
+    with _StopSignal() as stop:  # after ray.init, which sets a SIGTERM handler of its own
+        roles = Roles(config, inputs.base_model)
+        try:
+            keep_bytes = start.progress.metrics_bytes if start else (0 if resume else None)
+            with MetricsLogger(run_dir, keep_bytes=keep_bytes) as metrics:
+                driver = _Driver(config, run_dir, inputs, roles, metrics, start, on_step, stop)
+                driver.run()
+        finally:
+            roles.close()
+
+    progress = driver.progress
+    return RunResult(run_dir, {k: Path(v) for k, v in progress.checkpoints.items()}, progress.evals,
+                     skipped_rows=sum(len(rows) for rows in inputs.skipped_rows.values()))
+
+
+def _disk_full_message(run_dir: Path, err: OSError) -> str:
+    """Where the disk filled, how much a checkpoint of this run needs, and what was kept."""
+    free = shutil.disk_usage(run_dir if run_dir.exists() else run_dir.parent).free
+    stage_checkpoints = [f for f in (run_dir / "checkpoints").glob("*")
+                         if f.is_dir() and f.name != "resume" and not f.name.startswith(".")]  # hidden: unfinished
+    folders = [p.folder for p in points(run_dir)] + stage_checkpoints
+    sizes = [sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) for folder in folders]
+    needed = f"{max(sizes):,} bytes, the size of the largest it has written" if sizes else "unknown until one is written"
+    latest = latest_point(run_dir)
+    kept = f"its newest resume point, {latest.folder}, is intact" if latest else "it has no resume point yet"
+    return (f"no space left on the device holding {run_dir} while writing {err.filename or 'a file'}: "
+            f"{free:,} bytes free; a checkpoint or resume point of this run needs about {needed}. The write was "
+            f"abandoned and nothing written before it was touched: {kept}. Free space, then continue with: "
+            f"gft run --resume {run_dir}")
+
+
+def summary(result: RunResult, k: int) -> str:
+    lines = [format_table(result.evals, k), "", f"run folder: {result.run_dir}"]
+    lines += [f"checkpoint {name}: {path}" for name, path in result.checkpoints.items()]
+    if result.skipped_rows:
+        lines.append(f"bad training rows skipped: {result.skipped_rows} (listed in {result.run_dir / 'skipped_rows.jsonl'})")
+    lines.append(f"wall time: {result.wall_time_s:.0f} s")
+    return "\n".join(lines)

@@ -1,0 +1,144 @@
+"""What one training step does: build the groups, score them, weigh them, update.
+
+What sets the algorithms apart (the sources of a group, group advantages or none, the log-probs
+the loss reads, the loss) is read from their spec, ``pipeline.recipe.algorithms``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.core.advantages import group_advantages
+from pipeline.core.batch import SOURCES, concat_batches, make_batch, with_column, write_batch
+from pipeline.core.data import PromptRecord
+from pipeline.core.losses import per_source_means
+from pipeline.driver.roles import Roles
+from pipeline.recipe.algorithms import ALGORITHMS, objective_for
+from pipeline.recipe.config import RunConfig, StageConfig
+from workers.learner import UpdateSettings
+from workers.sampling import SamplingParams
+
+
+def off_policy_rows(records: list[PromptRecord], source: str, count: int, roles: Roles, config: RunConfig, seed: int):
+    """Up to ``count`` expert or teacher rows per prompt from the data; teacher rows are sampled
+    live from ``teacher.model_path`` for prompts whose data has none."""
+    if count == 0:
+        return None
+    responses = [getattr(r, source)[:count] for r in records]
+    if source == "teacher" and config.teacher.model_path:
+        missing = [i for i, r in enumerate(responses) if not r]
+        if missing:
+            live = roles.teacher_samples(
+                [records[i] for i in missing], count, config.teacher.temperature, config.rollout.max_new_tokens, seed
+            )
+            for i, sampled in zip(missing, live):
+                responses[i] = sampled
+    rows = [(r, ids) for r, candidates in zip(records, responses) for ids in candidates]
+    if not rows:
+        return None
+    return make_batch(
+        group_id=[r.uid for r, _ in rows],
+        source=[source] * len(rows),
+        prompt_ids=[r.prompt_ids for r, _ in rows],
+        response_ids=[ids for _, ids in rows],
+        ground_truth=[r.ground_truth for r, _ in rows],
+        data_source=[r.data_source for r, _ in rows],
+    )
+
+
+def group_metrics(batch: pa.RecordBatch) -> dict[str, float]:
+    """Mean reward, advantage and response length per source, and the truncated fraction."""
+    sources = np.asarray(batch.column("source").to_pylist())
+    rewards = np.asarray(batch.column("reward").to_pylist(), dtype=float)
+    advantages = np.asarray(batch.column("advantage").to_pylist(), dtype=float)
+    lengths = np.asarray(batch.column("response_ids").value_lengths(), dtype=float)
+    metrics = {"reward": float(rewards.mean()), "response_length": float(lengths.mean())}
+    for source in SOURCES:
+        chosen = sources == source
+        if chosen.any():
+            metrics[f"reward/{source}"] = float(rewards[chosen].mean())
+            metrics[f"advantage/{source}"] = float(advantages[chosen].mean())
+            metrics[f"response_length/{source}"] = float(lengths[chosen].mean())
+    metrics["truncated_fraction"] = float(np.mean(batch.column("truncated").to_pylist()))
+    return metrics
+
+
+def step_advantages(batch: pa.RecordBatch, stage: StageConfig) -> np.ndarray:
+    """``[rows]`` advantages of a scored batch: for an algorithm with group advantages (GFT,
+    GRPO), rewards normalised over each prompt's rows (or, ``advantage_groups:
+    prompt_and_source``, each source's rows of it apart); otherwise 1 (SFT and DFT weigh every
+    imitated token equally)."""
+    if not ALGORITHMS[stage.algorithm].group_advantages:
+        return np.ones(batch.num_rows, dtype=np.float32)
+    groups = batch.column("group_id").to_pylist()
+    if stage.advantage_groups == "prompt_and_source":
+        groups = [f"{group}/{source}" for group, source in zip(groups, batch.column("source").to_pylist())]
+    return np.asarray(group_advantages(batch.column("reward").to_numpy(), groups))
+
+
+class _PhaseClock:
+    """Wall seconds of each phase of a step, logged as ``timing/<phase>_s``."""
+
+    def __init__(self, metrics: dict[str, float]):
+        self.metrics, self.last = metrics, time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.metrics[f"timing/{phase}_s"] = now - self.last
+        self.last = now
+
+
+def train_step(
+    roles: Roles,
+    stage: StageConfig,
+    records: list[PromptRecord],
+    config: RunConfig,
+    seed: int,
+    batch_dump: Path | None = None,
+    measure_kl: bool = False,
+) -> dict[str, float]:
+    """One step: group -> rewards -> advantages -> learner update -> weights to the rollout.
+    ``measure_kl``: log the KL to the stage's start policy even where the loss does not need it."""
+    started, restarts = time.perf_counter(), roles.restarts
+    parts, metrics = [], {}
+    clock = _PhaseClock(metrics)
+    for source in ("expert", "teacher"):
+        part = off_policy_rows(records, source, getattr(stage.group, source), roles, config, seed)
+        if part is not None:
+            parts.append(part)
+    if stage.group.self:
+        params = SamplingParams(
+            n=stage.group.self,
+            temperature=config.rollout.temperature,
+            top_p=config.rollout.top_p,
+            max_new_tokens=config.rollout.max_new_tokens,
+        )
+        self_rows, rollout_metrics = roles.rollout(records, params, seed)
+        parts.append(self_rows)
+        metrics.update(rollout_metrics)
+    clock.lap("rollout")
+    # the rollout began by loading the last update's weights: that part is the weight sync
+    metrics["timing/weight_sync_s"] = metrics.pop("weight_load_s", 0.0)
+    metrics["timing/rollout_s"] -= metrics["timing/weight_sync_s"]
+    batch, score_metrics = roles.score(concat_batches(parts))
+    metrics.update(score_metrics)
+    clock.lap("score")
+    batch = with_column(batch, "advantage", step_advantages(batch, stage))
+    metrics.update(group_metrics(batch))
+    if batch_dump is not None:
+        write_batch(batch, batch_dump)
+
+    clock.lap("advantage")
+    algorithm = ALGORITHMS[stage.algorithm]
+    settings = UpdateSettings(objective_for(stage), stage.updates_per_batch, stage.micro_batch_tokens,
+                              with_reference=measure_kl or algorithm.needs_reference(stage),
+                              with_old_log_probs=algorithm.old_log_probs)
+    metrics.update(per_source_means(roles.update(batch, settings)))  # its weights reach the next rollout
+    clock.lap("update")
+    metrics["actor_restarts"] = roles.restarts - restarts
+    metrics["step_time_s"] = time.perf_counter() - started
+    return metrics

@@ -1,0 +1,361 @@
+"""The recipe: typed configs for a run, loaded from YAML with dotted ``key=value`` overrides.
+
+A recipe names a base model, data, the roles' settings and a list of stages that run in order,
+each starting from the previous stage's checkpoint. ``validate`` runs before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.core.batch import SOURCES
+from pipeline.core.data import BAD_ROWS
+from pipeline.core.errors import ConfigError
+from pipeline.embedded import TaskConfig, TinyModelConfig
+from pipeline.eval.benchmarks import BENCHMARKS
+from pipeline.recipe.algorithms import ALGORITHMS
+from pipeline.recipe.configio import apply_override, build, read_yaml
+from pipeline.rewards.verifiers import DEFAULT_EXTRACTION, EXTRACTIONS
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+DEFAULT_RECIPE = RECIPES_DIR / "default.yaml"
+STAGE_KINDS = (*ALGORITHMS, "eval")  # an eval stage trains nothing: it evaluates the policy so far
+ADVANTAGE_GROUPS = ("prompt", "prompt_and_source")
+EMBEDDED = "embedded"
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")  # torch.load would run code a file carries
+
+
+@dataclass
+class EmbeddedConfig:
+    """The embedded task and tiny model, used when ``model.path`` is ``embedded``. Their seeds
+    are their own, so runs with different ``seed`` share one task and one base model."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: TinyModelConfig = field(default_factory=TinyModelConfig)
+    n_train: int = 4096
+    n_test: int = 256
+    n_ood: int = 256
+    n_teacher: int = 3
+
+
+@dataclass
+class ModelConfig:
+    path: str = EMBEDDED  # a local Hugging Face folder, or "embedded" to build the tiny model
+    dtype: str = "auto"  # auto (bfloat16 on a GPU, float32 on CPU) | float32 | bfloat16
+
+
+@dataclass
+class LearnerConfig:
+    """The learner role: ``num_workers`` data-parallel actors joined by torch.distributed (gloo
+    on CPU, nccl on GPU), each asking Ray for these resources. ``fsdp``: shard the weights,
+    gradients and optimizer state across them (torch's ``fully_shard``), for a model whose
+    training state does not fit one device; otherwise each holds a whole replica."""
+
+    num_workers: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    fsdp: bool = False
+
+
+@dataclass
+class DataConfig:
+    """verl-layout parquet files. Empty with the embedded model: the embedded task's files."""
+
+    train_files: list[str] = field(default_factory=list)
+    eval_files: dict[str, str] = field(default_factory=dict)  # split name -> parquet
+    max_prompt_length: int = 512
+    bad_rows: str = "error"  # error: refuse a file with a bad row | skip: leave bad rows out, and report them
+
+
+@dataclass
+class RolloutConfig:
+    """The rollout workers. ``vllm`` runs in an environment of its own (vLLM pins a torch and a
+    transformers that the learner's verl refuses): ``python`` is its interpreter, which must be
+    at that path on every node; None: ``.venv-vllm`` beside the checkout (``make vllm``)."""
+
+    backend: str = "hf"  # hf | vllm
+    python: str | None = None  # the workers' interpreter; None: the driver's (hf), .venv-vllm's (vllm)
+    num_workers: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    max_num_seqs: int = 256  # sequences decoded at once (prompts x n), bounds memory
+    num_cpus: float = 1.0  # per worker
+    num_gpus: float = 0.0
+    gpu_memory_utilization: float = 0.5  # vllm on a GPU: its share of the GPU's memory
+    kv_cache_gib: float | None = None  # vllm: KV cache size; None: 1 GiB on CPU, what fits on a GPU
+
+
+@dataclass
+class TeacherConfig:
+    model_path: str | None = None  # sample teacher responses live from this local model
+    temperature: float = 1.0
+    num_cpus: float = 0.0  # scoring waits on its reward worker processes, which Ray does not count
+    num_gpus: float = 0.0
+
+
+@dataclass
+class RewardConfig:
+    """How the TeacherWorker scores responses. A call that raises or overruns ``timeout_s``
+    scores 0 and is counted (``reward_failures``, ``reward_timeouts``); the run goes on."""
+
+    function: str | None = None  # a .py file with verl's compute_score; None: built-in verifiers
+    # how the built-in math verifier finds a response's answer: strict (its \boxed{} or ####, else
+    # none: scores 0) | lenient (then "the answer is ...", else the last number, as the GFT
+    # authors' verifier does; pipeline/rewards/verifiers.py)
+    extraction: str = DEFAULT_EXTRACTION
+    timeout_s: float = 10.0  # per call
+    num_workers: int = 1  # scoring processes
+
+
+@dataclass
+class GroupConfig:
+    """Members of each prompt's group, by source (docs/design.md §2)."""
+
+    expert: int = 1
+    teacher: int = 3
+    self: int = 4
+
+
+@dataclass
+class EvalConfig:
+    splits: list[str] = field(default_factory=lambda: ["test", "ood"])
+    max_prompts: int | None = 128  # per eval set; None: all of it
+    pass_k: int = 4  # pass@k from k samples at temperature 1
+    max_new_tokens: int = 64
+
+
+@dataclass
+class StageConfig:
+    name: str
+    algorithm: str  # sft | dft | gft | grpo | eval
+    steps: int = 0
+    prompts_per_step: int = 16
+    group: GroupConfig = field(default_factory=GroupConfig)
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # linear ramp from 0
+    lr_schedule: str = "constant"  # constant | cosine (to 10% of lr at the last step)
+    max_grad_norm: float = 1.0
+    tau: float = 0.1  # DCR threshold (gft)
+    # gft, departures from the paper for ablations: the sources whose tokens DCR rectifies (others
+    # keep c = 1; the paper: all), and the groups rewards are normalised in (prompt: the paper,
+    # all of a prompt's rows together; prompt_and_source: each source's rows apart)
+    dcr_sources: list[str] = field(default_factory=lambda: ["expert", "teacher", "self"])
+    advantage_groups: str = "prompt"
+    clip_ratio: float = 0.2  # PPO epsilon (grpo)
+    kl_coef: float = 0.0  # low-variance KL to the stage's start policy (grpo)
+    updates_per_batch: int = 1  # optimizer steps per batch (mini-batches); >1 makes clipping bite
+    # learner forward/backward budget per micro-batch (packed, padding-free): bounds activation memory;
+    # fewer, larger micro-batches also pay the per-call costs less often (docs/benchmarks.md)
+    micro_batch_tokens: int = 4096
+    eval_every: int = 0  # 0: evaluate only after the stage
+    # log the KL to the stage's start policy every N steps: it costs a forward of that policy,
+    # which runs every step anyway when kl_coef > 0. 0: only then
+    kl_every: int = 10
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: start a local cluster
+    num_cpus: int | None = None  # cores of a local cluster, and the torch threads its actors share; None: all
+    dashboard: bool = False
+    dashboard_host: str = "127.0.0.1"
+    # a rollout or teacher actor whose process dies is restarted this many times; the step it
+    # was serving is retried on the new one
+    max_actor_restarts: int = 3
+    # rollout workers share the learners' placement-group bundles (and GPUs: the learner and the
+    # rollout never compute at once); false gives each rollout worker a bundle of its own
+    colocate: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    """Resume checkpoints (``RUN_DIR/checkpoints/resume/step-N``): weights, optimizer, RNG and
+    data position, written atomically. One is always written at the end of each stage."""
+
+    every: int = 50  # also every N steps within a stage; 0: only at stage ends
+    keep_last: int = 2  # older ones are deleted; more than 1 survives a torn latest one
+
+
+@dataclass
+class RunConfig:
+    name: str = "gft"
+    seed: int = 0
+    output_dir: str = "runs"
+    save_batches: bool = False  # write every step's learner batch to RUN_DIR/batches/*.arrow
+    # a step whose update is skipped (non-finite loss or grad-norm) keeps the weights; this many
+    # skipped steps in a row stop the run, with a resume checkpoint of the last good weights
+    max_consecutive_skips: int = 3
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+
+    def stage(self, name: str) -> StageConfig:
+        return next(s for s in self.stages if s.name == name)
+
+
+def learning_rate(stage: StageConfig, step: int) -> float:
+    """The stage's learning rate at 1-based ``step``: linear warm-up, then constant or cosine."""
+    scale = min(1.0, step / stage.warmup_steps) if stage.warmup_steps else 1.0
+    if stage.lr_schedule == "cosine":
+        progress = (step - 1) / max(1, stage.steps - 1)
+        scale *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return stage.lr * scale
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate_stages(config: RunConfig) -> None:
+    _check(bool(config.stages), "stages: the recipe has no stage")
+    names = [s.name for s in config.stages]
+    _check(len(set(names)) == len(names), f"stages: stage names repeat: {names}")
+    for i, stage in enumerate(config.stages):
+        where = f"stages.{stage.name}"
+        _check(stage.algorithm in STAGE_KINDS, f"{where}.algorithm: {stage.algorithm!r} is not one of {STAGE_KINDS}")
+        if stage.algorithm == "eval":
+            continue
+        _check(stage.steps > 0, f"{where}.steps must be > 0, got {stage.steps}")
+        _check(stage.prompts_per_step > 0, f"{where}.prompts_per_step must be > 0, got {stage.prompts_per_step}")
+        _check(math.isfinite(stage.lr) and stage.lr >= 0, f"{where}.lr must be a finite number >= 0, got {stage.lr}")
+        _check(stage.lr_schedule in ("constant", "cosine"), f"{where}.lr_schedule must be constant or cosine")
+        _check(
+            math.isfinite(stage.max_grad_norm) and stage.max_grad_norm > 0,
+            f"{where}.max_grad_norm must be a finite number > 0, got {stage.max_grad_norm}",
+        )
+        _check(stage.updates_per_batch >= 1, f"{where}.updates_per_batch must be >= 1")
+        _check(stage.micro_batch_tokens > 0, f"{where}.micro_batch_tokens must be > 0")
+        _check(stage.eval_every >= 0, f"{where}.eval_every must be >= 0")
+        _check(stage.kl_every >= 0, f"{where}.kl_every must be >= 0")
+        _validate_group(stage, where)
+        if stage.algorithm == "gft":
+            _check(stage.tau > 0, f"{where}.tau must be > 0, got {stage.tau}")
+            unknown = sorted(set(stage.dcr_sources) - set(SOURCES))
+            _check(not unknown, f"{where}.dcr_sources: {unknown} are not sources; the sources are {list(SOURCES)}")
+        _check(stage.advantage_groups in ADVANTAGE_GROUPS,
+               f"{where}.advantage_groups: {stage.advantage_groups!r} is not one of {', '.join(ADVANTAGE_GROUPS)}")
+        if ALGORITHMS[stage.algorithm].old_log_probs:  # its ratio is clipped
+            _check(0 < stage.clip_ratio < 1, f"{where}.clip_ratio must be in (0, 1)")
+        if ALGORITHMS[stage.algorithm].kl_penalty:
+            _check(stage.kl_coef >= 0, f"{where}.kl_coef must be >= 0")
+
+
+def _validate_group(stage: StageConfig, where: str) -> None:
+    """A group holds only the sources its algorithm trains on, and enough rows for it."""
+    algorithm, group = ALGORITHMS[stage.algorithm], stage.group
+    for source in SOURCES:
+        count = getattr(group, source)
+        _check(count >= 0, f"{where}.group.{source} must be >= 0")
+        _check(count == 0 or source in algorithm.sources,
+               f"{where}.group.{source} must be 0 for {algorithm.name}: it trains on {' and '.join(algorithm.sources)} "
+               "rows only")
+    size = group.expert + group.teacher + group.self
+    _check(size > 0, f"{where}.group: group size is 0")
+    _check(size >= algorithm.min_group, f"{where}.group: {algorithm.name} normalises rewards within a prompt's group, "
+                                        f"which needs {algorithm.min_group} rows or more; it has {size}")
+
+
+def check_data_size(config: RunConfig, num_prompts: int) -> None:
+    """Once the training data is read: every stage's step must find its prompts in it."""
+    for stage in config.stages:
+        _check(stage.algorithm == "eval" or stage.prompts_per_step <= num_prompts,
+               f"stages.{stage.name}.prompts_per_step: {stage.prompts_per_step} prompts per step, but the training "
+               f"data holds {num_prompts}")
+
+
+def validate_model_folder(key: str, path: str) -> None:
+    """``path`` must be a Hugging Face model folder with safetensors weights: loading pickle
+    weights can run code hidden in them, so they are refused, not loaded."""
+    folder = Path(path)
+    _check(folder.is_dir(), f"{key}: {path} is not a folder")
+    _check(
+        (folder / "config.json").is_file(), f"{key}: {path} has no config.json; it is not a Hugging Face model folder"
+    )
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_WEIGHTS)
+    if pickles:
+        raise ConfigError(
+            f"{key}: {path} holds only pickle weights ({', '.join(pickles)}); this tool loads safetensors "
+            "only, convert them first (load the model once with transformers where you trust the file, "
+            "then save_pretrained(folder, safe_serialization=True))"
+        )
+    raise ConfigError(f"{key}: {path} holds no weights (no *.safetensors file)")
+
+
+def validate(config: RunConfig, training: bool = True) -> None:
+    """Refuse impossible settings before anything starts; each message names the key. Paths are
+    relative to the working directory. ``training=False`` checks an eval-only job (no stages)."""
+    if training:
+        validate_stages(config)
+    rollout = config.rollout
+    _check(rollout.backend in ("hf", "vllm"), f"rollout.backend: {rollout.backend!r} is not 'hf' or 'vllm'")
+    _check(rollout.num_workers >= 1, "rollout.num_workers must be >= 1")
+    _check(rollout.temperature > 0, "rollout.temperature must be > 0 (sampling is on-policy)")
+    _check(0 < rollout.top_p <= 1, "rollout.top_p must be in (0, 1]")
+    _check(rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
+    _check(rollout.max_num_seqs >= 1, "rollout.max_num_seqs must be >= 1")
+    _check(0 < rollout.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization must be in (0, 1]")
+    _check(rollout.kv_cache_gib is None or rollout.kv_cache_gib > 0, "rollout.kv_cache_gib must be > 0 or null")
+    _check(config.model.dtype in ("auto", "float32", "bfloat16"), "model.dtype must be auto, float32 or bfloat16")
+    _check(config.learner.num_workers >= 1, "learner.num_workers must be >= 1")
+    _check(not config.learner.fsdp or config.learner.num_workers >= 2,
+           "learner.fsdp shards the model across learner ranks: set learner.num_workers >= 2, or learner.fsdp=false")
+    for role in ("learner", "rollout", "teacher"):
+        section = getattr(config, role)
+        _check(section.num_cpus >= 0 and section.num_gpus >= 0, f"{role}: num_cpus and num_gpus must be >= 0")
+    for role in ("learner", "rollout"):  # each has a placement-group bundle, which cannot be empty
+        section = getattr(config, role)
+        _check(section.num_cpus + section.num_gpus > 0, f"{role}: num_cpus or num_gpus must be > 0")
+    _check(config.eval.pass_k >= 1, "eval.pass_k must be >= 1")
+    _check(config.eval.max_prompts is None or config.eval.max_prompts >= 1, "eval.max_prompts must be >= 1 or null")
+    bad_rows = config.data.bad_rows
+    _check(bad_rows in BAD_ROWS, f"data.bad_rows: {bad_rows!r} is not one of {', '.join(BAD_ROWS)}")
+    if config.model.path != EMBEDDED:
+        validate_model_folder("model.path", config.model.path)
+        _check(not training or bool(config.data.train_files), "data.train_files: a real model needs training data")
+    for key, path in [("data.train_files", p) for p in config.data.train_files] + [
+        (f"data.eval_files.{k}", p) for k, p in config.data.eval_files.items()
+    ]:
+        _check(Path(path).is_file(), f"{key}: {path} does not exist")
+        _check(Path(path).suffix != ".jsonl" or Path(path).stem in BENCHMARKS,
+               f"{key}: {path}: a .jsonl eval file must be one of the benchmarks {', '.join(BENCHMARKS)}")
+    if config.teacher.model_path is not None:
+        validate_model_folder("teacher.model_path", config.teacher.model_path)
+    function = config.reward.function
+    _check(function is None or Path(function).exists(), f"reward.function: {function} does not exist")
+    _check(config.reward.extraction in EXTRACTIONS,
+           f"reward.extraction: {config.reward.extraction!r} is not one of {', '.join(EXTRACTIONS)}")
+    _check(function is None or config.reward.extraction == DEFAULT_EXTRACTION,
+           "reward.extraction applies to the built-in verifiers; a reward.function file finds answers its own way")
+    _check(config.reward.timeout_s > 0, f"reward.timeout_s must be > 0, got {config.reward.timeout_s}")
+    _check(config.reward.num_workers >= 1, f"reward.num_workers must be >= 1, got {config.reward.num_workers}")
+    _check(config.checkpoint.every >= 0, f"checkpoint.every must be >= 0, got {config.checkpoint.every}")
+    _check(config.checkpoint.keep_last >= 1, f"checkpoint.keep_last must be >= 1, got {config.checkpoint.keep_last}")
+    _check(config.max_consecutive_skips >= 1,
+           f"max_consecutive_skips must be >= 1, got {config.max_consecutive_skips}")
+    _check(config.ray.max_actor_restarts >= 0,
+           f"ray.max_actor_restarts must be >= 0, got {config.ray.max_actor_restarts}")
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a recipe (default: the embedded default), apply overrides, build and validate it."""
+    tree = read_yaml(path or DEFAULT_RECIPE)
+    for override in overrides:
+        apply_override(tree, override)
+    config = build(RunConfig, tree)
+    validate(config)
+    return config

@@ -1,0 +1,267 @@
+"""``gft compare``: from which initialisation does RL gain most? (the GFT paper's Fig. 4, Table 1)
+
+A recipe whose stages end in ``<stage 1>, grpo`` defines the experiment. The stages before stage 1
+make the shared *base* (the embedded default's SFT warm-up), run once. Each pipeline then runs
+its own stage 1 from that base (SFT, DFT, GFT, ... with stage 1's budget, or none) followed by
+the recipe's GRPO stage, once per seed. All runs share the eval sets and the GRPO budget.
+
+Every run is cached under a hash of its full config: a run folder holding ``eval.json`` is
+finished (``run`` writes it last), so calling again reuses it and trains nothing.
+
+A fair comparison gives each method its own learning rate: with ``sweep_lrs``, prompts drawn
+from the training data (never from test) are held out as a ``val`` split that no run trains
+on; each stage-1 method runs at every rate for the first seed, and the rate whose stage-1
+policy answers most ``val`` prompts greedily (the smaller rate on a tie) is the one its runs
+use, GRPO included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from copy import deepcopy
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from pipeline.core.errors import ConfigError
+from pipeline.core.files import atomic_path
+from pipeline.recipe.config import EMBEDDED, GroupConfig, RunConfig, StageConfig, validate, validate_stages
+from pipeline.recipe.configio import to_dict
+
+CACHE_VERSION = 1  # bump when a code change makes cached runs incomparable
+VAL_SPLIT = "val"
+
+
+def _stage_one(algorithm: str, group: Callable[[StageConfig], GroupConfig], **settings):
+    def make(template: StageConfig) -> StageConfig:
+        return replace(template, algorithm=algorithm, group=group(template), **settings)
+
+    return make
+
+
+def _recipe_group(template: StageConfig) -> GroupConfig:
+    return template.group if template.algorithm == "gft" else GroupConfig()
+
+
+# pipeline name -> its stage 1 made from the recipe's stage 1 (same steps, prompts, lr), or None
+PIPELINES: dict[str, Callable[[StageConfig], StageConfig] | None] = {
+    "grpo": None,  # GRPO straight from the base
+    "sft": _stage_one("sft", lambda t: GroupConfig(expert=1, teacher=0, self=0)),
+    "dft": _stage_one("dft", lambda t: GroupConfig(expert=1, teacher=0, self=0)),
+    "gft": _stage_one("gft", _recipe_group),
+    "sft_mix": _stage_one("sft", lambda t: GroupConfig(expert=1, teacher=_recipe_group(t).teacher, self=0)),
+    "gft_nomix": _stage_one("gft", lambda t: GroupConfig(expert=1, teacher=0, self=_recipe_group(t).self)),
+    # departures from the paper, to test what drives GFT's entropy (docs/results.md): DCR on the
+    # off-policy rows only (self rows keep c = 1), and rewards normalised within each source
+    "gft_dcr_offpolicy": _stage_one("gft", _recipe_group, dcr_sources=["expert", "teacher"]),
+    "gft_source_norm": _stage_one("gft", _recipe_group, advantage_groups="prompt_and_source"),
+}
+DEFAULT_PIPELINES = ("grpo", "sft", "dft", "gft")
+
+
+@dataclass
+class Experiment:
+    """The runs of one comparison: the base, then every (pipeline, seed); or, for a learning-rate
+    sweep, every (pipeline, lr)."""
+
+    base: RunConfig | None  # None: the recipe's model is the base as it is
+    runs: dict[tuple[str, int | float], RunConfig] = field(default_factory=dict)
+
+
+@dataclass
+class Inputs:
+    """The model, training files and eval files every run of a comparison shares."""
+
+    model: str
+    train: list[str]
+    evals: dict[str, str]
+    val: str | None = None  # prompts held out of ``train`` to choose learning rates on
+
+
+@dataclass
+class LrChoice:
+    """A method's learning rate, and why: the ``val`` accuracy after stage 1 at every rate tried."""
+
+    lr: float
+    val_accuracy: dict[float, float]
+
+
+def config_hash(config: RunConfig) -> str:
+    """What the run computes: the config without where it is written or what it is called."""
+    tree = to_dict(config)
+    for where_and_what in ("output_dir", "name"):
+        del tree[where_and_what]
+    payload = json.dumps({"cache_version": CACHE_VERSION, "config": tree}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def run_folder(cache: Path, config: RunConfig) -> Path:
+    return cache / f"{config.name}-{config_hash(config)}"
+
+
+def is_finished(folder: Path) -> bool:
+    return (folder / "eval.json").is_file()
+
+
+def _split_recipe(recipe: RunConfig) -> tuple[list[StageConfig], StageConfig, StageConfig]:
+    stages = [s for s in recipe.stages if s.algorithm != "eval"]
+    if len(stages) < 2 or stages[-1].algorithm != "grpo" or stages[-2].algorithm not in ("sft", "dft", "gft"):
+        raise ConfigError(
+            "stages: gft compare needs a recipe whose training stages end in a stage 1 (sft, dft or gft) "
+            f"and then grpo; got {[s.algorithm for s in stages]}"
+        )
+    return stages[:-2], stages[-2], stages[-1]
+
+
+def _with_inputs(recipe: RunConfig, model_path: str, train: list[str], evals: dict[str, str]) -> RunConfig:
+    config = deepcopy(recipe)
+    config.model.path = model_path
+    config.data.train_files, config.data.eval_files = list(train), dict(evals)
+    return config
+
+
+def hold_out(train_files: list[str], count: int, folder: Path) -> tuple[str, str]:
+    """The training files' rows as two parquet files in ``folder``: ``count`` rows drawn at
+    random (a fixed seed) held out as the validation split, and the rest to train on."""
+    table = pa.concat_tables([pq.read_table(path) for path in train_files], promote_options="default")
+    if not 0 < count < table.num_rows:
+        raise ConfigError(f"--val-prompts: {count} prompts held out of {table.num_rows} training rows; "
+                          "some must be left to train on")
+    held = np.zeros(table.num_rows, dtype=bool)
+    held[np.random.default_rng(0).choice(table.num_rows, count, replace=False)] = True
+    paths = []
+    for name, rows in (("train", ~held), (VAL_SPLIT, held)):
+        with atomic_path(folder / f"{name}.parquet") as tmp:
+            pq.write_table(table.filter(pa.array(rows)), tmp)
+        paths.append(str(folder / f"{name}.parquet"))
+    return paths[0], paths[1]
+
+
+def shared_inputs(recipe: RunConfig, cache: Path, val_prompts: int = 0) -> Inputs:
+    """The model and data of every run: the recipe's, or the embedded task built into ``cache``
+    (cheap, deterministic), so that every run names them by path; with ``val_prompts``, that
+    many training prompts held out as the ``val`` split."""
+    model, train, evals = recipe.model.path, recipe.data.train_files, recipe.data.eval_files
+    if model == EMBEDDED:
+        from pipeline.embedded import build_embedded_assets
+
+        e = recipe.embedded
+        assets = build_embedded_assets(cache / "embedded", e.task, e.model, n_train=e.n_train, n_test=e.n_test,
+                                       n_ood=e.n_ood, n_teacher=e.n_teacher)
+        model, train = str(assets.base_model), train or [str(assets.train)]
+        evals = evals or {"test": str(assets.test), "ood": str(assets.ood)}
+    if not val_prompts:
+        return Inputs(model, list(train), dict(evals))
+    kept, val = hold_out(list(train), val_prompts, cache / f"holdout-{val_prompts}")
+    return Inputs(model, [kept], dict(evals), val)
+
+
+def _base(recipe: RunConfig, inputs: Inputs, cache: Path) -> tuple[RunConfig | None, str]:
+    """The base run (the recipe's stages before stage 1), if any, and the model stage 1 starts from."""
+    base_stages, _, _ = _split_recipe(recipe)
+    if not base_stages:
+        return None, inputs.model
+    base = _with_inputs(recipe, inputs.model, inputs.train, inputs.evals)
+    base.name, base.stages = "base", base_stages
+    validate(base)
+    return base, str(run_folder(cache, base) / "checkpoints" / base_stages[-1].name)
+
+
+def _check_pipelines(pipelines: list[str]) -> None:
+    unknown = [p for p in pipelines if p not in PIPELINES]
+    if unknown:
+        raise ConfigError(f"--pipelines: unknown {', '.join(unknown)}; known: {', '.join(PIPELINES)}")
+
+
+def seeds_per_pipeline(text: str, first_seed: int, count: int) -> dict[str, list[int]]:
+    """``--pipelines`` read as pipeline -> its seeds: ``grpo,sft:13`` gives grpo ``count`` seeds
+    and sft 13, each from ``first_seed`` (the same seeds, so differences pair up by seed)."""
+    seeds = {}
+    for item in text.split(","):
+        name, _, wanted = item.strip().partition(":")
+        if wanted and not (wanted.isdigit() and int(wanted) > 0):
+            raise ConfigError(f"--pipelines: {item!r}: the seed count after ':' must be a positive integer")
+        seeds[name] = list(range(first_seed, first_seed + (int(wanted) if wanted else count)))
+    _check_pipelines(list(seeds))
+    return seeds
+
+
+def plan(recipe: RunConfig, seeds: dict[str, list[int]], eval_every: int, cache: Path,
+         inputs: Inputs | None = None, lrs: dict[str, float] | None = None) -> Experiment:
+    """The configs of every run (pipeline -> its seeds in ``seeds``), from ``inputs`` (default:
+    :func:`shared_inputs`), stage 1 of each pipeline at its rate in ``lrs`` (default: the recipe's).
+    Runs are ordered seed by seed, so an experiment cut short leaves pairs to compare."""
+    _check_pipelines(list(seeds))
+    _, stage_one, grpo = _split_recipe(recipe)
+    inputs = inputs or shared_inputs(recipe, cache)
+    base, model = _base(recipe, inputs, cache)
+    experiment = Experiment(base=base)
+    for seed in sorted({s for wanted in seeds.values() for s in wanted}):
+        for name in (n for n, wanted in seeds.items() if seed in wanted):
+            config = _with_inputs(recipe, model, inputs.train, inputs.evals)
+            config.name, config.seed = f"{name}-seed{seed}", seed
+            make_stage_one = PIPELINES[name]
+            stages = [] if make_stage_one is None else [replace(make_stage_one(stage_one), name="stage1")]
+            if stages and lrs:
+                stages = [replace(stages[0], lr=lrs[name])]
+            # fixed stage names: the report reads "stage1" and "grpo" whatever the recipe calls them
+            config.stages = [replace(s, eval_every=eval_every) for s in [*stages, replace(grpo, name="grpo")]]
+            experiment.runs[(name, seed)] = config
+    for config in experiment.runs.values():  # their model, the base checkpoint, may not exist yet
+        validate_stages(config)
+    return experiment
+
+
+def plan_sweep(recipe: RunConfig, pipelines: list[str], lrs: list[float], seed: int, cache: Path,
+               inputs: Inputs) -> Experiment:
+    """Stage 1 alone of every pipeline that has one, at every rate in ``lrs``, for ``seed``,
+    evaluated on the held-out ``val`` split only."""
+    _check_pipelines(pipelines)
+    if inputs.val is None:
+        raise ConfigError("a learning-rate sweep needs prompts held out of the training data (--val-prompts)")
+    _, stage_one, _ = _split_recipe(recipe)
+    base, model = _base(recipe, inputs, cache)
+    experiment = Experiment(base=base)
+    for name in pipelines:
+        if PIPELINES[name] is None:
+            continue
+        for lr in lrs:
+            config = _with_inputs(recipe, model, inputs.train, {VAL_SPLIT: inputs.val})
+            config.name, config.seed = f"sweep-{name}-lr{lr:g}", seed
+            config.eval.splits = [VAL_SPLIT]
+            config.stages = [replace(PIPELINES[name](stage_one), name="stage1", lr=lr, eval_every=0)]
+            validate_stages(config)
+            experiment.runs[(name, lr)] = config
+    return experiment
+
+
+def choose_lrs(sweep: Experiment, cache: Path) -> dict[str, LrChoice]:
+    """Each pipeline's rate with the highest ``val`` greedy accuracy after stage 1 (the smaller
+    rate on a tie), from the finished sweep runs."""
+    accuracy: dict[str, dict[float, float]] = {}
+    for (name, lr), config in sweep.runs.items():
+        evals = json.loads((run_folder(cache, config) / "eval.json").read_text())["evals"]
+        accuracy.setdefault(name, {})[lr] = evals["stage1"][VAL_SPLIT]["accuracy"]
+    return {name: LrChoice(max(sorted(scores), key=lambda lr: (scores[lr], -lr)), scores)
+            for name, scores in accuracy.items()}
+
+
+def execute(experiment: Experiment, cache: Path, run: Callable[..., object]) -> dict[tuple[str, int], Path]:
+    """Run what the cache lacks, base first, with one progress bar (and ETA) over all their steps.
+    ``run`` is ``pipeline.driver.run.run`` (a parameter so tests can count the calls)."""
+    configs = ([experiment.base] if experiment.base else []) + list(experiment.runs.values())
+    pending = [c for c in configs if not is_finished(run_folder(cache, c))]
+    total = sum(s.steps for c in pending for s in c.stages if s.algorithm != "eval")
+    with tqdm(total=total, unit="step", desc="gft compare", dynamic_ncols=True) as bar:
+        for config in pending:
+            folder = run_folder(cache, config)
+            bar.set_postfix_str(config.name)
+            # an attempt that was interrupted goes on from its last resume point
+            run(config, run_dir=folder, on_step=lambda: bar.update(1), resume=folder.exists())
+    return {key: run_folder(cache, config) for key, config in experiment.runs.items()}

@@ -1,0 +1,366 @@
+"""The ``gft compare`` report: what GRPO gains from each initialisation, with 95% CIs over seeds.
+
+Reads the finished run folders (``eval.json``, ``metrics.jsonl``) and writes ``report.md``, an
+offline ``report.html`` (plots inlined), the PNG plots and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+STAGES = ("stage1", "grpo")
+
+
+def mean_ci95(values) -> tuple[float, float]:
+    """Mean and the half-width of its 95% confidence interval, mean +- t(0.975, n-1) * s / sqrt(n)
+    with s the sample standard deviation (beyond 30 degrees of freedom t(30) is kept, a slightly
+    wide interval). One value has no interval: NaN."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float(values.mean()), math.nan
+    t = T_975[min(len(values) - 1, len(T_975)) - 1]
+    return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+@dataclass
+class Run:
+    """One finished (pipeline, seed) run, read back from its folder."""
+
+    pipeline: str
+    seed: int
+    evals: dict  # policy -> split -> metrics
+    steps: list[dict]  # metrics.jsonl lines of the training stages
+    stage_steps: dict[str, int]  # stage -> number of steps
+
+    @classmethod
+    def load(cls, pipeline: str, seed: int, folder: Path) -> Run:
+        evals = json.loads((folder / "eval.json").read_text())["evals"]
+        lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
+        steps = [line for line in lines if line["stage"] in STAGES]
+        stage_steps = {stage: max((s["step"] for s in steps if s["stage"] == stage), default=0) for stage in STAGES}
+        return cls(pipeline, seed, evals, steps, stage_steps)
+
+    def before_grpo(self) -> str:
+        return "stage1" if "stage1" in self.evals else "base"
+
+    def eval_curve(self, stage: str, split: str, key: str) -> list[tuple[int, float]]:
+        """(step in ``stage``, metric) from the policy that starts the stage, the mid-stage evals
+        and the stage's final eval."""
+        if stage == "stage1" and "stage1" not in self.evals:
+            return []
+        start = "base" if stage == "stage1" else self.before_grpo()
+        points = [(0, self.evals[start][split].get(key, math.nan))]
+        points += [(s["step"], s[f"eval/{split}/{key}"]) for s in self.steps
+                   if s["stage"] == stage and f"eval/{split}/{key}" in s]
+        points.append((self.stage_steps[stage], self.evals[stage][split].get(key, math.nan)))
+        return points
+
+    def step_curve(self, stage: str, key: str) -> list[tuple[int, float]]:
+        return [(s["step"], s[key]) for s in self.steps if s["stage"] == stage and key in s]
+
+
+def rl_gain_auc(curve: list[tuple[int, float]]) -> float:
+    """Area under (accuracy - accuracy at the start) over the GRPO stage, divided by its length:
+    the gain averaged over the stage, not only at its end."""
+    steps, values = np.array(curve, dtype=float).T
+    gains = values - values[0]
+    return float(np.sum((gains[1:] + gains[:-1]) / 2 * np.diff(steps)) / (steps[-1] - steps[0]))
+
+
+def summarize_runs(runs: list[Run], split: str, k: int) -> dict[str, dict]:
+    """Per pipeline, per metric: the per-seed values and their mean and CI."""
+    table = {}
+    for pipeline in dict.fromkeys(r.pipeline for r in runs):
+        mine = sorted((r for r in runs if r.pipeline == pipeline), key=lambda r: r.seed)
+        per_seed = {
+            "stage1_accuracy": [r.evals[r.before_grpo()][split]["accuracy"] for r in mine],
+            f"stage1_pass@{k}": [r.evals[r.before_grpo()][split][f"pass@{k}"] for r in mine],
+            "grpo_accuracy": [r.evals["grpo"][split]["accuracy"] for r in mine],
+            f"grpo_pass@{k}": [r.evals["grpo"][split][f"pass@{k}"] for r in mine],
+            "rl_gain": [r.evals["grpo"][split]["accuracy"] - r.evals[r.before_grpo()][split]["accuracy"] for r in mine],
+            "rl_gain_auc": [rl_gain_auc(r.eval_curve("grpo", split, "accuracy")) for r in mine],
+            "stage1_entropy": [r.evals[r.before_grpo()][split].get("entropy", math.nan) for r in mine],
+            "stage1_max_grad_norm": [max((v for _, v in r.step_curve("stage1", "grad_norm")), default=math.nan)
+                                     for r in mine],
+            # the entropy drift's suspected driver (docs/results.md): the self rows' mean advantage, and
+            # A x c, what DCR leaves of it, averaged over stage 1's steps
+            **{f"stage1_mean_{key.replace('/', '_')}": [_stage_mean(r, key) for r in mine]
+               for key in DRIFT_DIAGNOSTICS[1:]},
+        }
+        table[pipeline] = {"seeds": [r.seed for r in mine]}
+        for name, values in per_seed.items():
+            mean, ci95 = mean_ci95(values)
+            table[pipeline][name] = {"values": values, "mean": mean, "ci95": ci95}
+    return table
+
+
+def _stage_mean(run: Run, key: str, stage: str = "stage1") -> float:
+    values = [v for _, v in run.step_curve(stage, key) if v is not None]
+    return float(np.mean(values)) if values else math.nan
+
+
+def paired_difference(table: dict, better: str, worse: str, metric: str) -> tuple[float, float] | None:
+    """Mean and CI of ``better - worse`` over the seeds both ran (paired by seed)."""
+    if better not in table or worse not in table:
+        return None
+    pairs = dict(zip(table[worse]["seeds"], table[worse][metric]["values"]))
+    diffs = [v - pairs[s] for s, v in zip(table[better]["seeds"], table[better][metric]["values"]) if s in pairs]
+    return mean_ci95(diffs) if diffs else None
+
+
+def verdict(difference: tuple[float, float] | None) -> str:
+    """Does the paper's direction (difference > 0) hold? Only a CI that excludes 0 decides."""
+    if difference is None:
+        return "not measured"
+    mean, ci = difference
+    if math.isnan(ci):
+        return "one seed only: no confidence interval"
+    if mean - ci > 0:
+        return "reproduced"
+    if mean + ci < 0:
+        return "reversed"
+    return "inconclusive (the CI includes 0)"
+
+
+# stage-1 step metrics that show GFT's entropy drift and what drives it (pipeline.core.losses.dcr_diagnostics)
+DRIFT_DIAGNOSTICS = ["entropy", "advantage/self", "advantage_coefficient/self", "rectified_fraction/self"]
+
+CLAIMS = [  # (question, better pipeline, worse pipeline, metric), each in the paper's direction
+    ("GFT -> GRPO beats SFT -> GRPO (accuracy after GRPO)", "gft", "sft", "grpo_accuracy"),
+    ("entropy after GFT is higher than after SFT", "gft", "sft", "stage1_entropy"),
+    ("GFT's largest grad-norm is lower than SFT's (SFT minus GFT)", "sft", "gft", "stage1_max_grad_norm"),
+]
+
+
+def _cell(entry: dict, percent: bool) -> str:
+    scale = 100 if percent else 1
+    if math.isnan(entry["mean"]):
+        return "-"  # e.g. a stage-1 metric of the pipeline without stage 1
+    if math.isnan(entry["ci95"]):
+        return f"{scale * entry['mean']:.1f}" if percent else f"{entry['mean']:.3g}"
+    if percent:
+        return f"{scale * entry['mean']:.1f} ± {scale * entry['ci95']:.1f}"
+    return f"{entry['mean']:.3g} ± {entry['ci95']:.2g}"
+
+
+def _markdown_table(table: dict, k: int) -> str:
+    columns = [("stage1_accuracy", "acc after stage 1", True), (f"stage1_pass@{k}", f"pass@{k} after stage 1", True),
+               ("grpo_accuracy", "acc after GRPO", True), (f"grpo_pass@{k}", f"pass@{k} after GRPO", True),
+               ("rl_gain", "RL gain (acc)", True), ("rl_gain_auc", "RL gain AUC", True),
+               ("stage1_entropy", "entropy after stage 1", False),
+               ("stage1_max_grad_norm", "max grad-norm, stage 1", False)]
+    lines = ["| pipeline | seeds | " + " | ".join(title for _, title, _ in columns) + " |",
+             "| --- | --- |" + " --- |" * len(columns)]
+    for pipeline, metrics in table.items():
+        lines.append(f"| {pipeline} | {len(metrics['seeds'])} | "
+                     + " | ".join(_cell(metrics[key], pct) for key, _, pct in columns) + " |")
+    return "\n".join(lines)
+
+
+def _mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, mean and CI half-width over seeds at each x that every seed has."""
+    common = sorted(set.intersection(*({x for x, _ in c} for c in curves))) if curves else []
+    per_x = [[dict(c)[x] for c in curves] for x in common]
+    stats = np.array([mean_ci95(v) for v in per_x]).reshape(-1, 2)
+    return np.array(common), stats[:, 0], np.nan_to_num(stats[:, 1])
+
+
+def _pipeline_colors(runs: list[Run]) -> list[tuple[str, str]]:
+    """One fixed colour per pipeline, so a pipeline missing from a panel shifts no other."""
+    return [(f"C{i}", pipeline) for i, pipeline in enumerate(dict.fromkeys(r.pipeline for r in runs))]
+
+
+def _two_panels():
+    """A figure of two panels side by side sharing the y axis (matplotlib without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+
+
+def _save(figure, axes, xlabel: str, ylabel: str, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    for axis in axes:
+        axis.set_xlabel(xlabel)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel(ylabel)
+    axes[1].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _plot_stages(runs: list[Run], curve, ylabel: str, path: Path, smooth: int = 1) -> Path:
+    figure, axes = _two_panels()
+    for axis, stage in zip(axes, STAGES):
+        for color, pipeline in _pipeline_colors(runs):
+            curves = [c for r in runs if r.pipeline == pipeline and (c := curve(r, stage))]
+            if not curves:
+                continue
+            x, mean, ci = _mean_curve(curves)
+            if smooth > 1 and len(mean) >= smooth:
+                kernel = np.ones(smooth) / smooth
+                x, mean, ci = x[smooth - 1 :], np.convolve(mean, kernel, "valid"), np.convolve(ci, kernel, "valid")
+            axis.plot(x, mean, label=pipeline, color=color)
+            axis.fill_between(x, mean - ci, mean + ci, alpha=0.2, color=color)
+        axis.set_title("stage 1" if stage == "stage1" else "GRPO")
+    return _save(figure, axes, "step", ylabel, path)
+
+
+def _plot_pass_at_k(runs: list[Run], split: str, path: Path) -> Path:
+    figure, axes = _two_panels()
+    for axis, (title, policy) in zip(axes, [("after stage 1", None), ("after GRPO", "grpo")]):
+        for color, pipeline in _pipeline_colors(runs):
+            mine = [r for r in runs if r.pipeline == pipeline]
+            metrics = [r.evals[policy or r.before_grpo()][split] for r in mine]
+            ks = sorted(int(key[5:]) for key in metrics[0] if key.startswith("pass@"))
+            means = [mean_ci95([m[f"pass@{k}"] for m in metrics]) for k in ks]
+            axis.errorbar(ks, [100 * m for m, _ in means], yerr=[100 * np.nan_to_num(c) for _, c in means],
+                          marker="o", capsize=3, label=pipeline, color=color)
+        axis.set_xscale("log", base=2)
+        axis.set_title(title)
+    return _save(figure, axes, "k", f"{split} pass@k (%)", path)
+
+
+def _plot_drift(runs: list[Run], path: Path, smooth: int = 5) -> Path:
+    """Stage 1's step metrics of ``DRIFT_DIAGNOSTICS``, one panel each, per pipeline that logs them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    for axis, key in zip(axes.flat, DRIFT_DIAGNOSTICS):
+        for color, pipeline in _pipeline_colors(runs):
+            curves = [c for r in runs if r.pipeline == pipeline
+                      and (c := [(x, v) for x, v in r.step_curve("stage1", key) if v is not None])]
+            if not curves:
+                continue
+            x, mean, _ = _mean_curve(curves)
+            if len(mean) >= smooth:
+                x, mean = x[smooth - 1 :], np.convolve(mean, np.ones(smooth) / smooth, "valid")
+            axis.plot(x, mean, label=pipeline, color=color)
+        axis.set_title(key)
+        axis.grid(alpha=0.3)
+    for axis in axes[1]:
+        axis.set_xlabel("stage-1 step")
+    axes[0][0].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _lr_section(choices: dict) -> list[str]:
+    """Which learning rate each method got, and the ``val`` accuracies it was chosen from."""
+    rates = sorted({lr for choice in choices.values() for lr in choice.val_accuracy})
+    lines = ["## Learning rates, chosen on held-out training prompts", "",
+             ("Each method's stage 1 ran at every rate (first seed) and was scored greedily on prompts held out of the "
+             "training data (`val`; no run trains on them, and test is never used to choose). The rate with the "
+             "highest `val` accuracy (the smaller on a tie) is the one its runs above use."), "",
+             "| pipeline | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | chosen |",
+             "| --- |" + " --- |" * (len(rates) + 1)]
+    for name, choice in choices.items():
+        cells = [f"{100 * choice.val_accuracy[lr]:.1f}" if lr in choice.val_accuracy else "-" for lr in rates]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {choice.lr:g} |")
+    return [*lines, ""]
+
+
+def write_report(runs: list[Run], out: Path, split: str, k: int, command: str, lr_choices: dict | None = None) -> Path:
+    """report.md, report.html (offline: plots inlined), the PNGs and summary.json in ``out``;
+    with ``lr_choices`` (method -> ``compare.LrChoice``), the learning rates and why."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = summarize_runs(runs, split, k)
+    plots = {
+        f"Held-out ({split}) greedy accuracy": _plot_stages(
+            runs, lambda r, s: [(x, 100 * y) for x, y in r.eval_curve(s, split, "accuracy")], "accuracy (%)",
+            out / "accuracy.png"),
+        "Policy entropy on its own samples (held-out prompts)": _plot_stages(
+            runs, lambda r, s: r.eval_curve(s, split, "entropy"), "entropy (nats/token)", out / "entropy.png"),
+        "Grad-norm before clipping (moving mean of 5 steps)": _plot_stages(
+            runs, lambda r, s: r.step_curve(s, "grad_norm"), "grad-norm", out / "grad_norm.png", smooth=5),
+        "pass@k against k": _plot_pass_at_k(runs, split, out / "pass_at_k.png"),
+        "Stage 1's entropy and its drivers on the training batches (moving mean of 5 steps)": _plot_drift(
+            runs, out / "drift.png"),
+    }
+    claims = []
+    for question, better, worse, metric in CLAIMS:
+        difference = paired_difference(table, better, worse, metric)
+        paired = 0 if difference is None else len(set(table[better]["seeds"]) & set(table[worse]["seeds"]))
+        shown = "" if difference is None else f" (difference {difference[0]:.3g} ± {difference[1]:.2g}, {paired} seeds)"
+        claims.append(f"- {question}: **{verdict(difference)}**{shown}")
+    seeds = sorted({r.seed for r in runs})
+    uneven = len({tuple(metrics["seeds"]) for metrics in table.values()}) > 1
+    lines = [
+        "# gft compare: RL compatibility of each initialisation", "",
+        f"`{command}`", "",
+        (f"Seeds {seeds}{' (the seeds column says how many each pipeline ran, from the first)' if uneven else ''}; "
+         f"mean ± 95% CI over seeds (Student's t). Accuracy is greedy, pass@{k} from {k} samples "
+        f"at the rollout temperature, on the `{split}` split, in %. RL gain = accuracy after GRPO minus before it; "
+        "its AUC is that gain averaged over the GRPO stage's eval points. Entropy is the policy's mean token "
+        "entropy on its own samples of the eval prompts; the grad-norm is the largest pre-clip norm of stage 1."),
+        "", _markdown_table(table, k), "", "## The paper's direction, paired by seed", "", *claims, "",
+        *(_lr_section(lr_choices) if lr_choices else []),
+    ]
+    for title, path in plots.items():
+        lines += [f"## {title}", "", f"![{title}]({path.name})", ""]
+    markdown = "\n".join(lines)
+    (out / "report.md").write_text(markdown)
+    chosen = {name: {"lr": c.lr, "val_accuracy": {f"{lr:g}": a for lr, a in c.val_accuracy.items()}}
+              for name, c in (lr_choices or {}).items()}
+    (out / "summary.json").write_text(json.dumps({"split": split, "k": k, "table": table, "learning_rates": chosen},
+                                                 indent=2))
+    (out / "report.html").write_text(_html(markdown, plots))
+    return out / "report.md"
+
+
+def _html(markdown: str, plots: dict[str, Path]) -> str:
+    """A self-contained page: the markdown's table and text, the plots as data URIs."""
+    import html
+
+    body = []
+    for line in markdown.splitlines():
+        if line.startswith("| --- "):
+            continue
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            tag = "th" if not body or not body[-1].startswith("<tr") else "td"
+            body.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+        elif line.startswith("!["):
+            title = line[2 : line.index("]")]
+            data = base64.b64encode(plots[title].read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line:
+            text = html.escape(line).replace("**", "")
+            body.append(f"<p>{text}</p>")
+    rows, out = [], []
+    for element in body:  # group consecutive rows into one table
+        if element.startswith("<tr>"):
+            rows.append(element)
+            continue
+        if rows:
+            out.append("<table>" + "".join(rows) + "</table>")
+            rows = []
+        out.append(element)
+    if rows:
+        out.append("<table>" + "".join(rows) + "</table>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}")
+    return f"<!doctype html><meta charset='utf-8'><title>gft compare</title><style>{style}</style>" + "".join(out)

@@ -1,0 +1,191 @@
+"""The losses against hand computations (docs/design.md §2)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.core.losses import (
+    dcr_coefficients,
+    dcr_diagnostics,
+    dft_loss,
+    gft_loss,
+    grpo_loss,
+    per_source_means,
+    sft_loss,
+)
+
+# Two response tokens over a 3-word vocabulary, both with target word 0:
+# token 0 is confident (p = e^2 / (e^2 + 2) ~ 0.787), token 1 is unlikely (p = 1 / (2 + e^3) ~ 0.045).
+LOGITS = [[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]]
+P_CONFIDENT = math.exp(2) / (math.exp(2) + 2)
+P_UNLIKELY = 1 / (2 + math.exp(3))
+TARGETS = [0, 0]
+
+
+def _token_log_probs(logits):
+    """[1, 2] log-probs of the targets, with the [2, 3] logits leaf to differentiate against."""
+    leaf = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    log_probs = torch.log_softmax(leaf, dim=-1)[torch.arange(2), TARGETS]
+    return leaf, log_probs.unsqueeze(0)
+
+
+def test_gft_loss_value_and_logit_gradient_above_and_below_tau():
+    tau, advantage = 0.1, 0.7
+    leaf, log_probs = _token_log_probs(LOGITS)
+    mask = torch.ones(1, 2, dtype=torch.float64)
+    loss, metrics = gft_loss(log_probs, torch.full((1, 2), advantage, dtype=torch.float64), mask, tau=tau)
+    loss.backward()
+
+    # confident token keeps c = 1, the unlikely one gets c = p (a constant)
+    expected = (-advantage * math.log(P_CONFIDENT) - advantage * P_UNLIKELY * math.log(P_UNLIKELY)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    # d(-A c log p_y)/dz = -A c (onehot_y - softmax(z)), averaged over the 2 tokens
+    softmax_0 = [P_CONFIDENT, 1 / (math.exp(2) + 2), 1 / (math.exp(2) + 2)]
+    softmax_1 = [P_UNLIKELY, math.exp(3) / (2 + math.exp(3)), P_UNLIKELY]
+    grad_0 = [-advantage * 1.0 * ((k == 0) - softmax_0[k]) / 2 for k in range(3)]
+    grad_1 = [-advantage * P_UNLIKELY * ((k == 0) - softmax_1[k]) / 2 for k in range(3)]
+    torch.testing.assert_close(leaf.grad, torch.tensor([grad_0, grad_1], dtype=torch.float64))
+    assert metrics["rectified_fraction"] == pytest.approx(0.5)
+    assert metrics["mean_coefficient"] == pytest.approx((1 + P_UNLIKELY) / 2)
+
+
+def test_padding_tokens_contribute_nothing():
+    leaf, log_probs = _token_log_probs(LOGITS)
+    mask = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    loss, _ = gft_loss(log_probs, torch.ones(1, 2, dtype=torch.float64), mask, tau=0.1)
+    loss.backward()
+    assert loss.item() == pytest.approx(-math.log(P_CONFIDENT))
+    assert torch.all(leaf.grad[1] == 0)
+
+
+def test_sft_equals_token_mean_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11, dtype=torch.float64)
+    targets = torch.randint(0, 11, (3, 5))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=torch.float64)
+    log_probs = torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
+    loss, _ = sft_loss(log_probs, mask)
+    ignored = targets.masked_fill(mask == 0, -100)
+    expected = F.cross_entropy(logits.reshape(-1, 11), ignored.reshape(-1), ignore_index=-100)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_dft_is_probability_weighted_nll_with_detached_weight():
+    p = torch.tensor([[0.9, 0.5, 0.01]], dtype=torch.float64, requires_grad=True)
+    loss, metrics = dft_loss(p.log(), torch.ones_like(p))
+    loss.backward()
+    values = [0.9, 0.5, 0.01]
+    assert loss.item() == pytest.approx(sum(-v * math.log(v) for v in values) / 3, rel=1e-12)
+    # weight sg(p) times d(log p)/dp = 1/p: every token gets gradient -1/3 on its probability
+    torch.testing.assert_close(p.grad, torch.full((1, 3), -1 / 3, dtype=torch.float64))
+    assert metrics["rectified_fraction"] == 1.0
+
+
+def test_gft_with_tau_near_zero_is_advantage_weighted_nll():
+    torch.manual_seed(1)
+    log_probs = torch.log(torch.rand(4, 6, dtype=torch.float64) * 0.98 + 0.01)
+    advantages = torch.randn(4, 1, dtype=torch.float64).expand(4, 6)
+    mask = (torch.rand(4, 6) > 0.3).double()
+    loss, metrics = gft_loss(log_probs, advantages, mask, tau=1e-12)
+    expected = (-advantages * log_probs * mask).sum() / mask.sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    assert metrics["rectified_fraction"] == 0.0
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.1, 0.5])
+def test_dcr_bounds_the_gradient_weight_where_sft_grows_as_inverse_probability(tau):
+    probs = torch.logspace(-5, 0, 60, dtype=torch.float64)
+    n = probs.numel()
+    for advantage in (1.0, -2.5):
+        p = probs.clone().requires_grad_(True)
+        loss, _ = gft_loss(p.log()[None], torch.full((1, n), advantage, dtype=torch.float64), torch.ones(1, n), tau)
+        loss.backward()
+        weight = (p.grad * n).abs() / abs(advantage)
+        assert weight.max().item() <= max(1.0, 1.0 / tau) * (1 + 1e-9)
+        torch.testing.assert_close(weight[probs <= tau], torch.ones_like(weight[probs <= tau]))
+        torch.testing.assert_close(weight[probs > tau], 1 / probs[probs > tau])
+
+    p = probs.clone().requires_grad_(True)
+    loss, _ = sft_loss(p.log()[None], torch.ones(1, n))
+    loss.backward()
+    torch.testing.assert_close(-p.grad * n, 1 / probs)
+    assert (-p.grad * n).max().item() == pytest.approx(1e5)
+
+
+def test_dcr_coefficients_are_detached():
+    log_probs = torch.tensor([-0.01, -5.0], requires_grad=True)
+    coefficients = dcr_coefficients(log_probs, 0.1)
+    assert not coefficients.requires_grad
+    torch.testing.assert_close(coefficients, torch.tensor([1.0, math.exp(-5.0)]))
+
+
+def test_grpo_loss_is_the_clipped_surrogate_plus_low_variance_kl():
+    log_probs = torch.tensor([[-1.0, -0.5, -2.0]], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([[-1.5, -0.5, -1.9]], dtype=torch.float64)
+    ref = torch.tensor([[-1.2, -0.4, -2.2]], dtype=torch.float64)
+    advantages = torch.tensor([[1.0, -1.0, -1.0]], dtype=torch.float64)
+    mask = torch.ones(1, 3, dtype=torch.float64)
+    loss, metrics = grpo_loss(log_probs, old, advantages, mask, clip_ratio=0.2, kl_coef=0.1, ref_log_probs=ref)
+
+    ratios = [math.exp(0.5), 1.0, math.exp(-0.1)]
+    surrogate = []
+    for r, a in zip(ratios, [1.0, -1.0, -1.0]):
+        clipped = min(max(r, 0.8), 1.2)
+        surrogate.append(max(-a * r, -a * clipped))
+    kl = [math.exp(x - lp) - (x - lp) - 1 for x, lp in zip([-1.2, -0.4, -2.2], [-1.0, -0.5, -2.0])]
+    expected = sum(surrogate) / 3 + 0.1 * sum(kl) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    assert metrics["clip_fraction"] == pytest.approx(1 / 3)  # only token 0 (ratio 1.65 > 1.2, A > 0)
+    assert metrics["kl_loss"] == pytest.approx(sum(kl) / 3, rel=1e-12)
+
+
+def test_grpo_loss_requires_reference_for_kl():
+    x = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="ref_log_probs"):
+        grpo_loss(x, x, x, torch.ones(1, 2), kl_coef=0.1)
+
+
+def test_tokens_dcr_may_not_rectify_keep_coefficient_one():
+    """The ablation of DCR on some rows only: an unlikely token outside ``rectifiable`` is
+    weighted as plain NLL weighs it."""
+    tau, advantage = 0.1, 0.7
+    _, log_probs = _token_log_probs(LOGITS)
+    mask = torch.ones(1, 2, dtype=torch.float64)
+    advantages = torch.full((1, 2), advantage, dtype=torch.float64)
+    loss, metrics = gft_loss(log_probs, advantages, mask, tau, rectifiable=torch.tensor([[True, False]]))
+    assert loss.item() == pytest.approx(-advantage * (math.log(P_CONFIDENT) + math.log(P_UNLIKELY)) / 2, rel=1e-12)
+    assert metrics["rectified_fraction"] == 0.0 and metrics["mean_coefficient"] == 1.0
+    everywhere, _ = gft_loss(log_probs, advantages, mask, tau, rectifiable=torch.tensor([[True, True]]))
+    assert everywhere.item() == pytest.approx(gft_loss(log_probs, advantages, mask, tau)[0].item(), rel=1e-12)
+
+
+def test_dcr_diagnostics_by_source_against_a_hand_computation():
+    # five response tokens (one row of padding): expert, expert, teacher, self, self; tau 0.1
+    probs = torch.tensor([[0.5, 0.05, 0.2, 0.01, 0.8, 1.0]], dtype=torch.float64)
+    advantages = torch.tensor([[1.0, 1.0, 0.5, -0.7, -0.7, 9.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0]], dtype=torch.float64)
+    sources = torch.tensor([[0, 0, 1, 2, 2, -1]])
+    metrics = dcr_diagnostics(probs.log(), advantages, mask, sources, ("expert", "teacher", "self"), tau=0.1)
+    assert metrics["token_share/expert"] == pytest.approx(2 / 5)
+    assert metrics["token_share/self"] == pytest.approx(2 / 5)
+    # rectified (p <= 0.1): the expert's second token and the first self token
+    assert metrics["rectified_fraction_share/expert"] == pytest.approx(1 / 5)
+    assert metrics["rectified_fraction_share/teacher"] == 0.0
+    # A * c: c = 1 above tau, p below it
+    assert metrics["advantage_coefficient_share/expert"] == pytest.approx((1.0 * 1 + 1.0 * 0.05) / 5)
+    assert metrics["advantage_coefficient_share/self"] == pytest.approx((-0.7 * 0.01 - 0.7 * 1) / 5)
+
+    means = per_source_means({**metrics, "loss": 0.3})
+    assert means["loss"] == 0.3 and means["token_share/teacher"] == pytest.approx(1 / 5)
+    assert means["rectified_fraction/expert"] == pytest.approx(1 / 2)
+    assert means["rectified_fraction/self"] == pytest.approx(1 / 2)
+    assert means["advantage_coefficient/teacher"] == pytest.approx(0.5)
+    assert means["advantage_coefficient/self"] == pytest.approx((-0.007 - 0.7) / 2)
+    assert not [key for key in means if "_share/" in key and not key.startswith("token_share/")]
+
+
+def test_per_source_means_skip_a_source_without_tokens():
+    means = per_source_means({"token_share/teacher": 0.0, "rectified_fraction_share/teacher": 0.0})
+    assert "rectified_fraction/teacher" not in means

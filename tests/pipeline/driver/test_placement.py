@@ -1,0 +1,38 @@
+"""Placement plans: bundles per learner rank, rollout workers colocated or apart."""
+
+from pipeline.driver.placement import Seat, plan_placement
+from pipeline.recipe.config import RunConfig
+
+
+def _config(learners=1, rollouts=1, colocate=True, learner_gpus=0.0, rollout_gpus=0.0) -> RunConfig:
+    config = RunConfig()
+    config.learner.num_workers, config.learner.num_gpus = learners, learner_gpus
+    config.rollout.num_workers, config.rollout.num_gpus = rollouts, rollout_gpus
+    config.ray.colocate = colocate
+    return config
+
+
+def test_the_cpu_default_shares_one_bundle():
+    plan = plan_placement(_config())
+    assert plan.bundles == [{"CPU": 2.0}]
+    assert plan.learners == [Seat(0, 1.0, 0.0)] and plan.rollouts == [Seat(0, 1.0, 0.0)]
+    assert plan.num_cpus == 2.0
+
+
+def test_colocated_gpus_are_split_among_the_actors_of_a_bundle():
+    plan = plan_placement(_config(learners=2, rollouts=3, learner_gpus=1.0, rollout_gpus=1.0))
+    assert plan.bundles == [{"CPU": 3.0, "GPU": 1.0}, {"CPU": 2.0, "GPU": 1.0}]
+    assert plan.learners == [Seat(0, 1.0, 1 / 3), Seat(1, 1.0, 0.5)]
+    assert plan.rollouts == [Seat(0, 1.0, 1 / 3), Seat(1, 1.0, 0.5), Seat(0, 1.0, 1 / 3)]
+
+
+def test_apart_every_actor_has_its_own_bundle():
+    plan = plan_placement(_config(learners=4, rollouts=2, colocate=False, learner_gpus=1.0, rollout_gpus=1.0))
+    assert plan.bundles == [{"CPU": 1.0, "GPU": 1.0}] * 6
+    assert [s.bundle for s in plan.learners + plan.rollouts] == [0, 1, 2, 3, 4, 5]
+    assert all(s.num_gpus == 1.0 for s in plan.learners + plan.rollouts)
+
+
+def test_an_eval_job_places_rollout_workers_only():
+    plan = plan_placement(_config(learners=2, rollouts=2), with_learners=False)
+    assert plan.learners == [] and plan.bundles == [{"CPU": 1.0}] * 2

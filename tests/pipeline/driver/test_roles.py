@@ -1,0 +1,163 @@
+"""The Ray roles together on a real local cluster: a GFT step, the weight sync, and actors
+whose processes are killed mid-call. The rollout tests run with each backend: ``vllm`` is a real
+vLLM engine (its CPU build here) in its own environment, ``.venv-vllm`` (``make vllm``)."""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import ray
+
+from pipeline.core.batch import with_column
+from pipeline.core.data import load_prompts
+from pipeline.driver.roles import Roles
+from pipeline.driver.rollout_env import check_rollout_environment
+from pipeline.driver.stages import train_step
+from pipeline.recipe.algorithms import objective_for
+from pipeline.recipe.config import RunConfig, StageConfig
+from workers.learner import UpdateSettings
+from workers.sampling import SamplingParams
+from workers.weights import FlatWeights, SharedWeights
+
+pytestmark = pytest.mark.slow  # actors on the session's Ray cluster
+
+
+@pytest.fixture(scope="module")
+def roles(ray_cluster, assets, request):
+    """Roles with the rollout backend the test names (``indirect`` parametrization), else hf; two
+    hf workers, so that a call is split between them and a sync reaches each."""
+    config = RunConfig(seed=0)
+    config.ray.num_cpus = 2  # the actors' torch threads
+    config.rollout.backend = getattr(request, "param", "hf")
+    config.rollout.num_workers = 2 if config.rollout.backend == "hf" else 1
+    check_rollout_environment(config)
+    roles = Roles(config, str(assets.base_model))
+    yield roles, config
+    roles.close()
+
+
+@pytest.mark.parametrize("roles", ["hf", "vllm"], indirect=True)
+@pytest.mark.parametrize("same_node", [True, False], ids=["shared-memory", "object-store"])
+def test_rollout_samples_with_the_learners_new_weights_after_a_sync(roles, assets, tokenizer, same_node, monkeypatch):
+    roles, config = roles
+    assert roles.same_node  # one machine
+    monkeypatch.setattr(roles, "same_node", same_node)  # False: as if the workers were on other nodes
+    records = load_prompts(assets.train, tokenizer, 512)[:6]
+    stage = StageConfig(name="gft", algorithm="gft", lr=1e-3, prompts_per_step=6)
+    roles.start_stage(str(assets.base_model), stage.lr, stage.weight_decay, stage.max_grad_norm)
+    version = ray.get(roles.learner.__ray_call__.remote(lambda learner: learner.version))
+    metrics = train_step(roles, stage, records, config, seed=0)
+    assert metrics["policy_version"] == version + 1
+    for source in ("expert", "teacher", "self"):
+        assert f"reward/{source}" in metrics
+    assert type(ray.get(roles.pending)) is (SharedWeights if same_node else FlatWeights)
+
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=12)
+    assert roles.stale == set(range(len(roles.rollouts)))
+    batch, _ = roles.rollout(records, params, seed=5)  # takes the new weights first
+    assert not roles.stale
+    assert set(batch.column("policy_version").to_pylist()) == {version + 1}
+    learner = np.concatenate(ray.get(roles.learner.response_log_probs.remote(batch)))
+    behaviour = np.concatenate(batch.column("behaviour_logprobs").to_pylist())
+    np.testing.assert_allclose(behaviour, learner, atol=1e-4)
+
+    # one more update without a sync: the rollout's log-probs are now stale, and visibly so
+    weighted = with_column(batch, "advantage", np.linspace(-1, 1, batch.num_rows))
+    ray.get(roles.learner.update.remote(weighted, UpdateSettings(objective_for(stage), micro_batch_tokens=512)))
+    stale = np.concatenate(ray.get(roles.learner.response_log_probs.remote(batch)))
+    assert np.abs(stale - behaviour).max() > 1e-3
+
+
+def test_reward_timeouts_work_in_a_threaded_ray_actor(roles, assets, tokenizer, tmp_path):
+    """A Ray actor with max_concurrency > 1 runs methods off the main thread, where math-verify's
+    signal-based timeout cannot work; the reward guard's timeout does."""
+    from pipeline.core.batch import make_batch
+    from workers.teacher import TeacherWorker
+
+    reward = tmp_path / "reward.py"
+    reward.write_text("import time\n\ndef compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+                      "    if 'slow' in solution_str:\n        time.sleep(3600)\n"
+                      "    return float(solution_str == ground_truth)\n")
+    teacher = ray.remote(num_cpus=0, max_concurrency=2)(TeacherWorker).remote(
+        str(assets.base_model), str(reward), reward_timeout_s=1.0
+    )
+    texts = ["3", "slow", "4"]
+    batch = make_batch(
+        group_id=["g"] * 3, source=["self"] * 3, prompt_ids=[[1]] * 3,
+        response_ids=[tokenizer.encode(t, add_special_tokens=False) for t in texts],
+        ground_truth=["3"] * 3, data_source=["d"] * 3,
+    )
+    scored, metrics = ray.get(teacher.score.remote(batch), timeout=60)
+    assert scored.column("reward").to_pylist() == [1.0, 0.0, 0.0]
+    assert metrics["reward_timeouts"] == 1 and metrics["reward_failures"] == 0
+
+
+def _pid(actor) -> int:
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+
+
+def _kill_soon(pid: int, delay_s: float) -> threading.Timer:
+    timer = threading.Timer(delay_s, os.kill, (pid, signal.SIGKILL))
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("roles", ["hf", "vllm"], indirect=True)
+def test_a_rollout_worker_killed_mid_call_is_restarted_and_the_call_retried(roles, assets, tokenizer):
+    roles, config = roles
+    records = load_prompts(assets.train, tokenizer, 512)[:24]
+    # move the policy off the base weights, which is what a restarted worker loads first
+    stage = StageConfig(name="gft", algorithm="gft", lr=1e-2, prompts_per_step=6)
+    roles.start_stage(str(assets.base_model), stage.lr, stage.weight_decay, stage.max_grad_norm)
+    train_step(roles, stage, records[:6], config, seed=1)
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=128)  # a call of a second or more
+    started = time.perf_counter()
+    expected, _ = roles.rollout(records, params, seed=11)
+    # early in the call: under a changing load the same call can run several times faster
+    kill_after = (time.perf_counter() - started) / 10
+
+    worker, restarts = roles.rollouts[0], roles.restarts
+    pid = _pid(worker)
+    started = time.perf_counter()
+    killer = _kill_soon(pid, kill_after)
+    got, _ = roles.rollout(records, params, seed=11)
+    killer.join()
+    assert time.perf_counter() - started > kill_after and roles.restarts == restarts + 1
+    assert _pid(worker) != pid
+    # the same rows as without the kill: sampled once, by the current policy, none lost
+    assert got.equals(expected)
+
+
+def test_a_teacher_killed_mid_scoring_is_restarted_and_the_rows_scored_once(roles, assets, tokenizer, tmp_path):
+    from pipeline.core.batch import make_batch
+    from pipeline.core.errors import RoleFailed
+    from workers.teacher import TeacherWorker
+
+    roles, _ = roles
+    reward = tmp_path / "slow_reward.py"
+    reward.write_text("import time\n\ndef compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+                      "    time.sleep(0.5)\n    return float(solution_str == ground_truth)\n")
+    texts = ["3", "4", "3", "5"]
+    batch = make_batch(group_id=["g"] * 4, source=["self"] * 4, prompt_ids=[[1]] * 4,
+                       response_ids=[tokenizer.encode(t, add_special_tokens=False) for t in texts],
+                       ground_truth=["3"] * 4, data_source=["d"] * 4)
+    own_teacher = roles.teacher
+    try:
+        for max_restarts in (1, 0):
+            roles.teacher = ray.remote(num_cpus=0, max_restarts=max_restarts, max_task_retries=0)(
+                TeacherWorker).remote(str(assets.base_model), str(reward))
+            restarts = roles.restarts
+            killer = _kill_soon(_pid(roles.teacher), 0.7)  # while the 2 s of scoring run
+            if max_restarts:
+                scored, metrics = roles.score(batch)
+                assert scored.column("reward").to_pylist() == [1.0, 0.0, 1.0, 0.0]
+                assert metrics["reward_failures"] == 0 and roles.restarts == restarts + 1
+            else:  # no restart allowed: a clear failure, not a hang
+                with pytest.raises(RoleFailed, match="did not restart it"):
+                    roles.score(batch)
+            killer.join()
+    finally:
+        roles.teacher = own_teacher

@@ -1,0 +1,67 @@
+"""The driver's refusals: bad data, an impossible batch or a bad path stop a run before Ray
+starts, naming what is wrong, with nothing left behind; a skip policy counts what it leaves out."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from pipeline.driver.run import _load_inputs
+from pipeline.recipe.config import load_recipe
+
+GOOD = {"data_source": "d", "prompt": [{"role": "user", "content": "1+1?"}], "reward_model": {"ground_truth": "2"},
+        "extra_info": {"expert_responses": ["2"]}}
+SMALL_STEPS = ["stages.warmup.prompts_per_step=2", "stages.gft.prompts_per_step=2", "stages.grpo.prompts_per_step=2"]
+
+
+def _prompt_bytes(content: bytes) -> dict:  # a binary prompt column, as another tool may write it
+    return {**GOOD, "prompt": [{"role": "user", "content": content}]}
+
+
+def _parquet(path, rows):
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def _run_args(assets, train, out, *more):
+    return ["run", f"model.path={assets.base_model}", f"data.train_files=[{train}]", f"output_dir={out}",
+            "data.eval_files={}", "eval.splits=[]", *more]
+
+
+@pytest.mark.parametrize(("rows", "expected"), [
+    ([GOOD, {**GOOD, "extra_info": {"expert_responses": [""]}}], "row 1: field 'extra_info.expert_responses'"),
+    ([_prompt_bytes(b"1+1?"), _prompt_bytes(b"caf\xe9")],
+     "row 1: field 'prompt[0].content' is not valid UTF-8 (byte 0xe9 at offset 3)"),
+    ([{k: v for k, v in GOOD.items() if k != "reward_model"}], "missing column 'reward_model'"),
+])
+def test_bad_training_data_is_refused_before_ray_starts(assets, tmp_path, capsys, ray_starts, rows, expected):
+    train = _parquet(tmp_path / "train.parquet", rows)
+    out = tmp_path / "runs"
+    assert main(_run_args(assets, train, out)) == 2
+    err = capsys.readouterr().err
+    assert str(train) in err and expected in err and "Traceback" not in err
+    assert not out.exists() or list(out.iterdir()) == []  # no run folder is left behind
+    assert ray_starts == []
+
+
+def test_more_prompts_per_step_than_the_data_holds_is_refused(assets, tmp_path, capsys, ray_starts):
+    train = _parquet(tmp_path / "train.parquet", [GOOD] * 3)
+    assert main(_run_args(assets, train, tmp_path / "runs", *SMALL_STEPS, "stages.gft.prompts_per_step=4")) == 2
+    err = capsys.readouterr().err
+    assert "stages.gft.prompts_per_step: 4 prompts per step, but the training data holds 3" in err
+    assert ray_starts == []
+
+
+def test_a_missing_model_or_data_path_is_named(tmp_path, capsys):
+    assert main(["run", f"model.path={tmp_path / 'no-model'}"]) == 2
+    assert f"model.path: {tmp_path / 'no-model'} is not a folder" in capsys.readouterr().err
+
+
+def test_skipped_rows_are_counted_and_the_rest_is_used(assets, tmp_path):
+    rows = [GOOD, {**GOOD, "reward_model": {"ground_truth": ""}}, GOOD, {**GOOD, "data_source": ""}]
+    train = _parquet(tmp_path / "train.parquet", rows)
+    overrides = [f"model.path={assets.base_model}", f"data.train_files=[{train}]", "data.bad_rows=skip", *SMALL_STEPS]
+    inputs = _load_inputs(load_recipe(None, overrides), tmp_path / "run")
+    assert len(inputs.train_records) == 2
+    assert inputs.skipped_rows == {str(train): ["row 1: field 'reward_model.ground_truth' is missing or empty",
+                                                "row 3: field 'data_source' is missing or empty"]}

@@ -1,0 +1,137 @@
+"""Planning a comparison: every pipeline from one base, equal budgets, cache keys, and a
+learning-rate sweep on prompts held out of the training data."""
+
+import json
+from dataclasses import replace
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.core.errors import ConfigError
+from pipeline.recipe.config import GroupConfig, load_recipe
+from pipeline.tools.compare import (
+    choose_lrs,
+    config_hash,
+    plan,
+    plan_sweep,
+    run_folder,
+    seeds_per_pipeline,
+    shared_inputs,
+)
+
+SMALL = ["embedded.n_train=64", "embedded.n_test=16", "embedded.n_ood=16"]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    recipe = load_recipe(None, SMALL)
+    pipelines = ["grpo", "sft", "dft", "gft", "sft_mix", "gft_nomix", "gft_dcr_offpolicy", "gft_source_norm"]
+    return recipe, plan(recipe, {p: [0, 1] for p in pipelines}, eval_every=25, cache=cache), cache
+
+
+def test_every_pipeline_starts_from_the_shared_base_with_equal_budgets(experiment):
+    recipe, experiment, cache = experiment
+    assert [s.name for s in experiment.base.stages] == ["warmup"]
+    base_checkpoint = str(run_folder(cache, experiment.base) / "checkpoints" / "warmup")
+    stage_one, grpo = recipe.stage("gft"), recipe.stage("grpo")
+    for (pipeline, seed), config in experiment.runs.items():
+        assert config.model.path == base_checkpoint and config.seed == seed
+        assert config.data.eval_files == experiment.base.data.eval_files
+        assert config.stages[-1] == replace(grpo, eval_every=25)  # the same GRPO stage everywhere
+        if pipeline == "grpo":
+            assert len(config.stages) == 1
+            continue
+        first = config.stages[0]
+        assert (first.name, first.steps, first.prompts_per_step, first.lr, first.eval_every) == (
+            "stage1", stage_one.steps, stage_one.prompts_per_step, stage_one.lr, 25)
+    groups = {p: experiment.runs[(p, 0)].stages[0] for p in ("sft", "dft", "gft", "sft_mix", "gft_nomix",
+                                                              "gft_dcr_offpolicy", "gft_source_norm")}
+    assert (groups["sft"].algorithm, groups["sft"].group) == ("sft", GroupConfig(1, 0, 0))
+    assert (groups["dft"].algorithm, groups["dft"].group) == ("dft", GroupConfig(1, 0, 0))
+    assert (groups["gft"].algorithm, groups["gft"].group) == ("gft", GroupConfig(1, 3, 4))
+    assert (groups["sft_mix"].algorithm, groups["sft_mix"].group) == ("sft", GroupConfig(1, 3, 0))
+    assert (groups["gft_nomix"].algorithm, groups["gft_nomix"].group) == ("gft", GroupConfig(1, 0, 4))
+    # the ablations change one setting of the gft stage each, and nothing else
+    assert groups["gft_dcr_offpolicy"] == replace(groups["gft"], dcr_sources=["expert", "teacher"])
+    assert groups["gft_source_norm"] == replace(groups["gft"], advantage_groups="prompt_and_source")
+    assert groups["gft"].dcr_sources == ["expert", "teacher", "self"] and groups["gft"].advantage_groups == "prompt"
+
+
+def test_the_cache_key_is_what_the_run_computes(experiment):
+    _, experiment, _ = experiment
+    config = experiment.runs[("gft", 0)]
+    assert config_hash(replace(config, output_dir="elsewhere", name="renamed")) == config_hash(config)
+    changed = replace(config, stages=[replace(config.stages[0], lr=1e-5), *config.stages[1:]])
+    assert config_hash(changed) != config_hash(config)
+    assert config_hash(experiment.runs[("gft", 1)]) != config_hash(config)  # another seed
+
+
+def test_unknown_pipeline_and_unfit_recipe_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="unknown ppo; known: grpo, sft"):
+        plan(load_recipe(None, SMALL), {"ppo": [0]}, 25, tmp_path)
+    no_grpo = load_recipe(None, [*SMALL, "stages=[{name: a, algorithm: sft, steps: 1, group: {self: 0}}]"])
+    with pytest.raises(ConfigError, match="end in a stage 1"):
+        plan(no_grpo, {"gft": [0]}, 25, tmp_path)
+
+
+def test_pipelines_may_run_more_seeds_than_the_rest(tmp_path):
+    seeds = seeds_per_pipeline("grpo, sft:4,gft:3", first_seed=7, count=2)
+    assert seeds == {"grpo": [7, 8], "sft": [7, 8, 9, 10], "gft": [7, 8, 9]}
+    experiment = plan(load_recipe(None, SMALL), seeds, 25, tmp_path)
+    # seed by seed, so an experiment cut short still has every pipeline's first seeds to pair
+    assert list(experiment.runs) == [("grpo", 7), ("sft", 7), ("gft", 7), ("grpo", 8), ("sft", 8), ("gft", 8),
+                                     ("sft", 9), ("gft", 9), ("sft", 10)]
+    for wrong in ("sft:0", "sft:x", "sft:-2"):
+        with pytest.raises(ConfigError, match=f"--pipelines: '{wrong}': the seed count after ':'"):
+            seeds_per_pipeline(wrong, 0, 2)
+    with pytest.raises(ConfigError, match="unknown ppo"):
+        seeds_per_pipeline("grpo,ppo:3", 0, 2)
+
+
+def key(table) -> list[str]:
+    return sorted(json.dumps(row, sort_keys=True) for row in table.to_pylist())
+
+
+def test_held_out_prompts_are_drawn_from_train_and_never_trained_on(tmp_path):
+    recipe = load_recipe(None, SMALL)
+    inputs = shared_inputs(recipe, tmp_path / "cache", val_prompts=16)
+    original = pq.read_table(tmp_path / "cache" / "embedded" / "train.parquet")
+    kept, val = pq.read_table(inputs.train[0]), pq.read_table(inputs.val)
+    assert (kept.num_rows, val.num_rows) == (original.num_rows - 16, 16)
+    assert sorted(key(kept) + key(val)) == key(original)  # a partition of the training rows
+    assert not set(key(kept)) & set(key(val))
+    assert "test" in inputs.evals and inputs.evals["test"] != inputs.val  # the test split is untouched
+    again = shared_inputs(recipe, tmp_path / "cache", val_prompts=16)
+    assert key(pq.read_table(again.val)) == key(val)  # the same draw every time
+    with pytest.raises(ConfigError, match="--val-prompts: 64 prompts held out of 64"):
+        shared_inputs(recipe, tmp_path / "other", val_prompts=64)
+
+
+def test_a_sweep_runs_stage_one_alone_on_val_and_the_runs_take_each_methods_rate(tmp_path):
+    recipe = load_recipe(None, SMALL)
+    cache = tmp_path / "cache"
+    inputs = shared_inputs(recipe, cache, val_prompts=16)
+    sweep = plan_sweep(recipe, ["grpo", "sft", "gft"], [1e-4, 1e-3], seed=0, cache=cache, inputs=inputs)
+    assert sorted(sweep.runs) == [("gft", 1e-4), ("gft", 1e-3), ("sft", 1e-4), ("sft", 1e-3)]  # grpo has no stage 1
+    for (_, lr), config in sweep.runs.items():
+        assert [(s.name, s.lr) for s in config.stages] == [("stage1", lr)]
+        assert config.eval.splits == ["val"] and config.data.eval_files == {"val": inputs.val}
+        assert config.data.train_files == inputs.train and config.seed == 0
+
+    # sweep results, as the runs would leave them: sft ties at both rates, gft is best at 1e-3
+    accuracy = {("sft", 1e-4): 0.5, ("sft", 1e-3): 0.5, ("gft", 1e-4): 0.25, ("gft", 1e-3): 0.75}
+    for key, config in sweep.runs.items():
+        folder = run_folder(cache, config)
+        folder.mkdir(parents=True)
+        (folder / "eval.json").write_text(json.dumps({"evals": {"stage1": {"val": {"accuracy": accuracy[key]}}}}))
+    choices = choose_lrs(sweep, cache)
+    assert {name: choice.lr for name, choice in choices.items()} == {"sft": 1e-4, "gft": 1e-3}  # a tie: the smaller
+    assert choices["gft"].val_accuracy == {1e-4: 0.25, 1e-3: 0.75}
+
+    experiment = plan(recipe, {p: [0, 1] for p in ("grpo", "sft", "gft")}, 25, cache, inputs,
+                      {n: c.lr for n, c in choices.items()})
+    assert experiment.base == sweep.base  # one base, trained on the same rows
+    assert experiment.runs[("gft", 1)].stages[0].lr == 1e-3 and experiment.runs[("sft", 0)].stages[0].lr == 1e-4
+    assert experiment.runs[("gft", 0)].stages[1] == replace(recipe.stage("grpo"), name="grpo", eval_every=25)
+    assert "val" not in experiment.runs[("gft", 0)].data.eval_files

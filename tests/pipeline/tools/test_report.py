@@ -1,0 +1,105 @@
+"""The compare report's statistics against hand computations, and the page it writes."""
+
+import json
+import math
+
+import pytest
+
+from pipeline.tools.report import (
+    Run,
+    mean_ci95,
+    paired_difference,
+    rl_gain_auc,
+    summarize_runs,
+    verdict,
+    write_report,
+)
+
+
+def test_mean_ci95_on_known_numbers():
+    mean, half = mean_ci95([1.0, 2.0, 3.0])  # s = 1, t(0.975, 2) = 4.303
+    assert mean == 2.0 and half == pytest.approx(4.303 / math.sqrt(3))
+    mean, half = mean_ci95([0.2, 0.4])  # s = 0.1414, t(0.975, 1) = 12.706
+    assert mean == pytest.approx(0.3) and half == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2))
+    assert mean_ci95([5.0, 5.0, 5.0, 5.0]) == (5.0, 0.0)
+    assert math.isnan(mean_ci95([0.7])[1])
+
+
+def test_rl_gain_auc_is_the_gain_averaged_over_the_stage():
+    # gains 0, 0.2, 0.2 at steps 0, 10, 30: area 0.5*10*0.2 + 20*0.2 = 5, over 30 steps
+    assert rl_gain_auc([(0, 0.3), (10, 0.5), (30, 0.5)]) == pytest.approx(5 / 30)
+
+
+def test_verdicts_need_a_ci_that_excludes_zero():
+    assert verdict((0.1, 0.05)) == "reproduced"
+    assert verdict((-0.1, 0.05)) == "reversed"
+    assert verdict((0.1, 0.2)).startswith("inconclusive")
+    assert verdict((0.1, math.nan)).startswith("one seed")
+    assert verdict(None) == "not measured"
+
+
+def _fake_run(folder, pipeline, seed, before, after, grad_norms, with_stage1=True, self_advantages=()):
+    """A finished run folder as `run` writes it: eval.json and metrics.jsonl."""
+    metrics = {"accuracy": 0.0, "pass@1": 0.0, "pass@2": 0.0, "entropy": 1.0}
+    evals = {"base": {"test": dict(metrics)}}
+    lines = []
+    if with_stage1:
+        evals["stage1"] = {"test": metrics | {"accuracy": before, "pass@2": before + 0.1, "entropy": 2.0 + seed}}
+        lines += [{"stage": "stage1", "step": i + 1, "grad_norm": g, "entropy": 1.0 + i} for i, g in enumerate(grad_norms)]
+        for line, advantage in zip(lines, self_advantages):  # GFT's self rows: A, and A x c half of it
+            line |= {"advantage/self": advantage, "advantage_coefficient/self": advantage and advantage / 2,
+                     "rectified_fraction/self": 0.5}
+    evals["grpo"] = {"test": metrics | {"accuracy": after, "pass@2": after + 0.1}}
+    lines += [{"stage": "grpo", "step": 1, "grad_norm": 0.1},
+              {"stage": "grpo", "step": 2, "grad_norm": 0.1, "eval/test/accuracy": (before + after) / 2}]
+    folder.mkdir(parents=True)
+    (folder / "eval.json").write_text(json.dumps({"evals": evals}))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return Run.load(pipeline, seed, folder)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return [
+        _fake_run(tmp_path / "gft0", "gft", 0, before=0.4, after=0.6, grad_norms=[1.0, 2.0],
+                  self_advantages=[-0.6, -0.8]),
+        _fake_run(tmp_path / "gft1", "gft", 1, before=0.5, after=0.8, grad_norms=[1.0, 3.0],
+                  self_advantages=[-0.4, None]),  # None: a step whose value was not finite
+        _fake_run(tmp_path / "sft0", "sft", 0, before=0.4, after=0.4, grad_norms=[9.0, 5.0]),
+        _fake_run(tmp_path / "sft1", "sft", 1, before=0.5, after=0.6, grad_norms=[7.0, 5.0]),
+        _fake_run(tmp_path / "grpo0", "grpo", 0, before=0.0, after=0.1, grad_norms=[], with_stage1=False),
+    ]
+
+
+def test_summary_per_pipeline_and_paired_claims(runs):
+    table = summarize_runs(runs, "test", k=2)
+    gft = table["gft"]
+    assert gft["seeds"] == [0, 1]
+    assert gft["rl_gain"]["values"] == pytest.approx([0.2, 0.3])
+    assert gft["stage1_max_grad_norm"]["values"] == [2.0, 3.0]
+    assert gft["grpo_pass@2"]["mean"] == pytest.approx(0.8)
+    # the GRPO curve runs 0 -> 2 steps through the mid-stage eval at step 2 and the final eval
+    assert gft["rl_gain_auc"]["values"][0] == pytest.approx(rl_gain_auc([(0, 0.4), (2, 0.5), (2, 0.6)]))
+    assert table["grpo"]["stage1_accuracy"]["values"] == [0.0]  # before GRPO is the base itself
+    assert math.isnan(table["grpo"]["stage1_max_grad_norm"]["mean"])
+    # the drift diagnostics, averaged over stage 1's steps
+    assert gft["stage1_mean_advantage_self"]["values"] == pytest.approx([-0.7, -0.4])
+    assert gft["stage1_mean_advantage_coefficient_self"]["values"] == pytest.approx([-0.35, -0.2])
+    assert math.isnan(table["sft"]["stage1_mean_advantage_self"]["mean"])
+    # GFT - SFT after GRPO, paired by seed: differences 0.2 and 0.2
+    assert paired_difference(table, "gft", "sft", "grpo_accuracy") == pytest.approx((0.2, 0.0))
+    assert paired_difference(table, "sft", "gft", "stage1_max_grad_norm")[0] == pytest.approx(5.5)
+    assert paired_difference(table, "gft", "dft", "grpo_accuracy") is None
+
+
+def test_report_files_open_offline(runs, tmp_path):
+    report = write_report(runs, tmp_path / "report", "test", 2, "gft compare --seeds 2")
+    text = report.read_text()
+    assert "| gft | 2 | 45.0 ± " in text and "| grpo | 1 | 0.0 |" in text  # pipeline, seeds, accuracy
+    assert "the seeds column says how many each pipeline ran" in text
+    assert "GFT -> GRPO beats SFT -> GRPO (accuracy after GRPO): **reproduced** (difference 0.2 ± " in text and ", 2 seeds)" in text
+    for name in ("accuracy", "entropy", "grad_norm", "pass_at_k", "drift"):
+        assert (tmp_path / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5 and "http" not in html
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["table"]["sft"]["seeds"] == [0, 1]
