@@ -151,9 +151,12 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
-    report = check_dataset(args.file, tokenizer, args.max_prompt_length if tokenizer else None)
-    print(format_report(report, args.file))
-    return 1 if report.problems else 0
+    found = False
+    for path in args.files:
+        report = check_dataset(path, tokenizer, args.max_prompt_length if tokenizer else None, args.reward_fn_key)
+        print(format_report(report, path))
+        found |= bool(report.problems)
+    return 1 if found else 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -369,10 +372,12 @@ def _add_data_parser(commands) -> None:
     convert.add_argument("--out", type=Path, required=True, help="verl-layout parquet to write")
     convert.add_argument("--split", help="split name stored in extra_info (default: the file name)")
     convert.set_defaults(handler=_cmd_data_convert)
-    check = data.add_parser("check", help="validate a verl-layout parquet before a run")
-    check.add_argument("file", type=Path)
+    check = data.add_parser("check", help="validate verl-layout parquet files before a run; count their candidates")
+    check.add_argument("files", type=Path, nargs="+")
     check.add_argument("--tokenizer", help="model folder; enables the prompt length check")
     check.add_argument("--max-prompt-length", type=int, default=1024)
+    check.add_argument("--reward-fn-key", default="data_source",
+                       help="the column of the reward's data_source (data.reward_fn_key; default: %(default)s)")
     check.set_defaults(handler=_cmd_data_check)
 
 

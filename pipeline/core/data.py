@@ -1,8 +1,12 @@
 """Training and eval prompts from verl-layout parquet (docs/design.md §4), tokenized once.
 
-A row gives the chat prompt, the ground truth and, in ``extra_info``, candidate responses:
-``expert_responses`` / ``teacher_responses`` as text, or the GFT reference's
-``model_answer_id`` (token ids of the candidates, expert first).
+A row gives the chat prompt, the ground truth and, in ``extra_info``, candidate responses in
+one of three layouts (:func:`candidates`): this project's ``expert_responses`` /
+``teacher_responses`` (lists of texts); the GFT authors' ``answer`` (the expert's text) /
+``model_answer`` (the teachers' texts), which their loader tokenizes into ``model_answer_id``
+at load time; or such a pre-tokenized ``model_answer_id`` (token ids, the expert's first). The
+reward's ``data_source`` is read from the column ``reward_fn_key`` names (verl's
+``data.reward_fn_key``; the authors use ``source``).
 
 Text may come as strings or as bytes (a binary column); bytes are decoded as UTF-8.
 
@@ -24,8 +28,9 @@ import pyarrow.parquet as pq
 from pipeline.core.errors import DataError
 from pipeline.core.files import atomic_path
 
-REQUIRED_COLUMNS = ("data_source", "prompt", "reward_model")
+DATA_SOURCE = "data_source"  # verl's default reward_fn_key
 CHAT_ROLES = ("system", "user", "assistant")
+TEXT_CANDIDATES = ("expert_responses", "teacher_responses", "answer", "model_answer")  # extra_info fields of texts
 SHOWN_IN_ERROR = 5
 BAD_ROWS = ("error", "skip")  # what reading a prompt file does with bad rows: refuse the file, or drop them
 
@@ -119,20 +124,33 @@ def decode_text(value, where: str, problems: list[str]):
         return value.decode("utf-8", errors="replace")
 
 
-def table_problems(table: pa.Table) -> list[str]:
+def table_problems(table: pa.Table, reward_fn_key: str = DATA_SOURCE) -> list[str]:
     """File-level problems: each missing required column once (not once per row), or no rows."""
-    problems = [f"missing column {name!r}" for name in REQUIRED_COLUMNS if name not in table.column_names]
+    named = {reward_fn_key: f" (data.reward_fn_key={reward_fn_key})" if reward_fn_key != DATA_SOURCE
+             else " (the reward's data_source; data.reward_fn_key names another column)"}
+    problems = [f"missing column {name!r}{named.get(name, '')}" for name in (reward_fn_key, "prompt", "reward_model")
+                if name not in table.column_names]
     if table.num_rows == 0:
         problems.append("no rows")
     return problems
 
 
+def _texts(value) -> list:
+    """A field of candidate texts as a list: one text, or a list of them; [] for anything else
+    (an ``answer`` that is a number, say, is not a response)."""
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    return list(value) if isinstance(value, list) else []
+
+
 def candidates(extra_info: dict | None) -> tuple[list, list]:
-    """(expert, teacher) candidates of a row: text lists, else ``model_answer_id`` split expert-first."""
+    """(expert, teacher) candidates of a row, each from the first layout that has any: texts in
+    ``expert_responses`` / ``teacher_responses``, the authors' texts in ``answer`` /
+    ``model_answer``, then the token ids of ``model_answer_id`` (the expert's first)."""
     extra = extra_info if isinstance(extra_info, dict) else {}
-    expert, teacher = list(extra.get("expert_responses") or []), list(extra.get("teacher_responses") or [])
-    if not expert and extra.get("model_answer_id"):
-        expert, teacher = list(extra["model_answer_id"][:1]), list(extra["model_answer_id"][1:])
+    ids = list(extra.get("model_answer_id") or [])
+    expert = _texts(extra.get("expert_responses")) or _texts(extra.get("answer")) or ids[:1]
+    teacher = _texts(extra.get("teacher_responses")) or _texts(extra.get("model_answer")) or ids[1:]
     return expert, teacher
 
 
@@ -158,14 +176,14 @@ class CheckedRow(NamedTuple):
     prompt_ids: list[int] | None  # the chat-templated prompt, when a tokenizer was given and it is sound
 
 
-def _decode_row(row: dict) -> tuple[dict, list[str]]:
+def _decode_row(row: dict, reward_fn_key: str = DATA_SOURCE) -> tuple[dict, list[str]]:
     """A copy of ``row`` with the text fields the pipeline reads decoded (:func:`decode_text`),
     and their problems. Other fields are left as they are: a binary column nobody reads (an
     image, say) is no problem."""
     problems: list[str] = []
     row = dict(row)
-    if "data_source" in row:
-        row["data_source"] = decode_text(row["data_source"], "data_source", problems)
+    if reward_fn_key in row:
+        row[reward_fn_key] = decode_text(row[reward_fn_key], reward_fn_key, problems)
     if isinstance(row.get("prompt"), list):
         row["prompt"] = [
             {k: decode_text(v, f"prompt[{i}].{k}", problems) if k in ("role", "content") else v
@@ -177,9 +195,11 @@ def _decode_row(row: dict) -> tuple[dict, list[str]]:
         row["reward_model"] = {**row["reward_model"], "ground_truth": truth}
     if isinstance(row.get("extra_info"), dict):
         extra = row["extra_info"] = dict(row["extra_info"])
-        for name in ("expert_responses", "teacher_responses"):
+        for name in TEXT_CANDIDATES:
             if isinstance(extra.get(name), list):
                 extra[name] = [decode_text(t, f"extra_info.{name}[{i}]", problems) for i, t in enumerate(extra[name])]
+            elif isinstance(extra.get(name), bytes):
+                extra[name] = decode_text(extra[name], f"extra_info.{name}", problems)
     return row, problems
 
 
@@ -190,18 +210,19 @@ class RowChecker:
     A field whose column is absent is skipped: ``table_problems`` reports the column once.
     """
 
-    def __init__(self, tokenizer=None, max_prompt_length: int | None = None):
+    def __init__(self, tokenizer=None, max_prompt_length: int | None = None, reward_fn_key: str = DATA_SOURCE):
         if max_prompt_length is not None and tokenizer is None:
             raise ValueError("checking max_prompt_length needs a tokenizer")
-        self.tokenizer, self.max_prompt_length = tokenizer, max_prompt_length
+        self.tokenizer, self.max_prompt_length, self.reward_fn_key = tokenizer, max_prompt_length, reward_fn_key
         self.vocab_size = len(tokenizer) if tokenizer is not None else None
 
     def __call__(self, row: dict) -> CheckedRow:
         """The row with its text decoded, what is wrong with it, and its prompt's token ids."""
-        row, problems = _decode_row(row)
+        row, problems = _decode_row(row, self.reward_fn_key)
         prompt_ids = None
-        if "data_source" in row and not _is_text(row["data_source"]):
-            problems.append("field 'data_source' is missing or empty")
+        key = self.reward_fn_key
+        if key in row and not _is_text(row[key]):
+            problems.append(f"field {key!r} is missing or empty")
         if "prompt" in row:
             prompt_problems = self._prompt_problems(row["prompt"])
             problems += prompt_problems
@@ -240,8 +261,10 @@ class RowChecker:
         if not isinstance(extra_info, dict):
             return ["field 'extra_info' is not a struct"]
         problems = []
-        for name in ("expert_responses", "teacher_responses"):
+        for name in ("expert_responses", "teacher_responses", "model_answer"):
             texts = extra_info.get(name)
+            if name == "model_answer" and isinstance(texts, str):  # the authors' loader takes one text too
+                continue
             if texts is not None and not (isinstance(texts, list) and all(_is_text(t) for t in texts)):
                 problems.append(f"field 'extra_info.{name}' is not a list of non-empty strings")
         answers = extra_info.get("model_answer_id")
@@ -271,7 +294,15 @@ class PromptRecord:
     teacher: list[list[int]] = field(default_factory=list)
 
 
-def _response_ids(candidate, tokenizer) -> list[int]:
+def short_prompts(records: list[PromptRecord], source: str, asked: int, filled_when_empty: bool = False) -> int:
+    """How many of ``records`` hold fewer than ``asked`` candidates of ``source`` (expert or
+    teacher). ``filled_when_empty``: a prompt with none gets them sampled live (a teacher model)."""
+    counts = [len(getattr(r, source)) for r in records]
+    return sum(0 < n < asked if filled_when_empty else n < asked for n in counts)
+
+
+def candidate_ids(candidate, tokenizer) -> list[int]:
+    """A candidate's response token ids (a text tokenized, or ids as they are), ending in EOS."""
     if isinstance(candidate, str):
         ids = tokenizer.encode(candidate, add_special_tokens=False)
     else:
@@ -287,21 +318,22 @@ class PromptFile:
     skipped: list[str] = field(default_factory=list)  # one per row left out: "row N: field '...' ..."
 
 
-def _record(row: dict, index: int, prompt_ids: list[int], name: str, tokenizer) -> PromptRecord:
+def _record(row: dict, index: int, prompt_ids: list[int], name: str, tokenizer, reward_fn_key: str) -> PromptRecord:
     extra = row.get("extra_info") or {}
     expert, teacher = candidates(extra)
     return PromptRecord(
         uid=f"{name}/{extra.get('index', index)}",
         prompt_ids=prompt_ids,
         ground_truth=str(row["reward_model"]["ground_truth"]),
-        data_source=str(row["data_source"]),
-        expert=[_response_ids(c, tokenizer) for c in expert],
-        teacher=[_response_ids(c, tokenizer) for c in teacher],
+        data_source=str(row[reward_fn_key]),
+        expert=[candidate_ids(c, tokenizer) for c in expert],
+        teacher=[candidate_ids(c, tokenizer) for c in teacher],
     )
 
 
 def read_prompt_file(
-    path: str | Path, tokenizer, max_prompt_length: int, split: str | None = None, bad_rows: str = "error"
+    path: str | Path, tokenizer, max_prompt_length: int, split: str | None = None, bad_rows: str = "error",
+    reward_fn_key: str = DATA_SOURCE,
 ) -> PromptFile:
     """Every good row of a verl-layout parquet file as a tokenized :class:`PromptRecord`.
 
@@ -309,16 +341,16 @@ def read_prompt_file(
     naming the first few problems and their count with ``bad_rows="error"``; with ``"skip"`` the
     row is left out and listed in ``skipped``. File-level problems (unreadable, a missing column,
     no rows) and a file with no good row are errors either way. ``split`` names the records'
-    uids (default: the file's stem).
+    uids (default: the file's stem); ``reward_fn_key`` the column of their ``data_source``.
     """
     if bad_rows not in BAD_ROWS:
         raise ValueError(f"bad_rows must be one of {BAD_ROWS}, got {bad_rows!r}")
     path = Path(path)
     table = read_table(path)
-    problems = table_problems(table)
+    problems = table_problems(table, reward_fn_key)
     if problems:
         raise problems_error(path, problems)
-    check = RowChecker(tokenizer, max_prompt_length)
+    check = RowChecker(tokenizer, max_prompt_length, reward_fn_key)
     name = split or path.stem
     records, skipped = [], []
     for index, raw in enumerate(table_rows(path, table)):
@@ -327,7 +359,7 @@ def read_prompt_file(
             problems += [f"row {index}: {problem}" for problem in row_problems]
             skipped.append(f"row {index}: {'; '.join(row_problems)}")
         elif not (problems and bad_rows == "error"):  # a refused file needs no more records
-            records.append(_record(row, index, prompt_ids, name, tokenizer))
+            records.append(_record(row, index, prompt_ids, name, tokenizer, reward_fn_key))
     if problems and bad_rows == "error":
         raise problems_error(path, problems)
     if not records:
@@ -336,10 +368,10 @@ def read_prompt_file(
 
 
 def load_prompts(
-    path: str | Path, tokenizer, max_prompt_length: int, split: str | None = None
+    path: str | Path, tokenizer, max_prompt_length: int, split: str | None = None, reward_fn_key: str = DATA_SOURCE
 ) -> list[PromptRecord]:
     """The records of :func:`read_prompt_file`, refusing any file with a bad row."""
-    return read_prompt_file(path, tokenizer, max_prompt_length, split).records
+    return read_prompt_file(path, tokenizer, max_prompt_length, split, reward_fn_key=reward_fn_key).records
 
 
 class PromptSampler:

@@ -46,6 +46,7 @@ class Progress:
     checkpoints: dict[str, str] = field(default_factory=dict)  # stage -> its final checkpoint
     metrics_bytes: int = 0  # length of metrics.jsonl up to this point
     consecutive_skips: int = 0  # updates skipped in a row up to this point (``max_consecutive_skips``)
+    short_groups: dict[str, int] = field(default_factory=dict)  # source -> groups that came up short of it
 
 
 @dataclass

@@ -54,7 +54,7 @@ def evaluate(roles: Roles, records: list[PromptRecord], eval_config: EvalConfig,
 
 def load_eval_sets(config: RunConfig, eval_files: dict[str, str], tokenizer) -> dict[str, EvalSet]:
     return {
-        split: load_eval_set(split, path, tokenizer, config.data.max_prompt_length)
+        split: load_eval_set(split, path, tokenizer, config.data.max_prompt_length, config.data.reward_fn_key)
         for split, path in eval_files.items()
         if split in config.eval.splits
     }

@@ -21,6 +21,7 @@ import yaml
 from tqdm import tqdm
 from transformers import AutoTokenizer
 
+from pipeline.core.batch import OFF_POLICY_SOURCES
 from pipeline.core.data import PromptRecord, PromptSampler, read_prompt_file
 from pipeline.core.errors import DiskFull, PolicyNotFinite, RoleFailed, StopRequested, TrainingStopped
 from pipeline.core.files import atomic_path, write_json_lines
@@ -32,7 +33,7 @@ from pipeline.driver.rollout_env import check_rollout_environment
 from pipeline.driver.stages import train_step
 from pipeline.embedded import build_embedded_assets
 from pipeline.eval.evaluation import EvalSet, format_table
-from pipeline.recipe.config import EMBEDDED, RunConfig, StageConfig, check_data_size, learning_rate
+from pipeline.recipe.config import EMBEDDED, RunConfig, StageConfig, check_data, learning_rate
 from pipeline.recipe.configio import to_dict
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class RunResult:
     evals: dict[str, dict[str, dict]] = field(default_factory=dict)  # policy -> split -> metrics
     wall_time_s: float = 0.0
     skipped_rows: int = 0  # bad training rows left out (data.bad_rows=skip)
+    short_groups: dict[str, int] = field(default_factory=dict)  # source -> groups short of it (data.short_groups)
 
 
 def _new_run_dir(config: RunConfig) -> Path:
@@ -78,15 +80,18 @@ def _load_inputs(config: RunConfig, run_dir: Path) -> Inputs:
         train_files = train_files or [str(assets.train)]
         eval_files = eval_files or {"test": str(assets.test), "ood": str(assets.ood)}
     tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
-    records, skipped = [], {}
+    data = config.data
+    files, skipped = {}, {}
     for path in train_files:
-        prompt_file = read_prompt_file(path, tokenizer, config.data.max_prompt_length, bad_rows=config.data.bad_rows)
-        records += prompt_file.records
+        prompt_file = read_prompt_file(path, tokenizer, data.max_prompt_length, bad_rows=data.bad_rows,
+                                       reward_fn_key=data.reward_fn_key)
+        files[str(path)] = prompt_file.records
         if prompt_file.skipped:
             skipped[str(path)] = prompt_file.skipped
             logger.warning("%s: %d bad rows skipped (data.bad_rows=skip); the first: %s",
                            path, len(prompt_file.skipped), prompt_file.skipped[0])
-    check_data_size(config, len(records))
+    check_data(config, files)
+    records = [record for records in files.values() for record in records]
     return Inputs(base_model, tokenizer, records, load_eval_sets(config, eval_files, tokenizer), skipped)
 
 
@@ -216,6 +221,8 @@ class _Driver:
                              batch_dump=dump, measure_kl=bool(stage.kl_every) and step % stage.kl_every == 0)
         p.step, p.global_step, p.policy_version = step, p.global_step + 1, int(metrics["policy_version"])
         p.sampler = self.sampler.position
+        for source in OFF_POLICY_SOURCES:
+            p.short_groups[source] = p.short_groups.get(source, 0) + int(metrics.get(f"short_groups/{source}", 0))
         if stage.eval_every and step % stage.eval_every == 0 and step < stage.steps:
             for split, outcome in evaluate_sets(self.roles, self.inputs.eval_sets, config).items():
                 metrics.update({f"eval/{split}/{k}": v for k, v in outcome.metrics.items()})
@@ -316,7 +323,8 @@ def _run(config: RunConfig, run_dir: Path, on_step: Callable[[], None] | None, r
 
     progress = driver.progress
     return RunResult(run_dir, {k: Path(v) for k, v in progress.checkpoints.items()}, progress.evals,
-                     skipped_rows=sum(len(rows) for rows in inputs.skipped_rows.values()))
+                     skipped_rows=sum(len(rows) for rows in inputs.skipped_rows.values()),
+                     short_groups={source: n for source, n in progress.short_groups.items() if n})
 
 
 def _disk_full_message(run_dir: Path, err: OSError) -> str:
@@ -340,5 +348,8 @@ def summary(result: RunResult, k: int) -> str:
     lines += [f"checkpoint {name}: {path}" for name, path in result.checkpoints.items()]
     if result.skipped_rows:
         lines.append(f"bad training rows skipped: {result.skipped_rows} (listed in {result.run_dir / 'skipped_rows.jsonl'})")
+    if result.short_groups:
+        counts = ", ".join(f"{n} short of {source} rows" for source, n in result.short_groups.items())
+        lines.append(f"prompt groups short of what their stage asked (data.short_groups=allow): {counts}")
     lines.append(f"wall time: {result.wall_time_s:.0f} s")
     return "\n".join(lines)

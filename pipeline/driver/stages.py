@@ -13,8 +13,16 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.core.advantages import group_advantages
-from pipeline.core.batch import SOURCES, concat_batches, make_batch, with_column, write_batch
+from pipeline.core.batch import (
+    OFF_POLICY_SOURCES,
+    SOURCES,
+    concat_batches,
+    make_batch,
+    with_column,
+    write_batch,
+)
 from pipeline.core.data import PromptRecord
+from pipeline.core.errors import TrainingStopped
 from pipeline.core.losses import per_source_means
 from pipeline.driver.roles import Roles
 from pipeline.recipe.algorithms import ALGORITHMS, objective_for
@@ -23,11 +31,13 @@ from workers.learner import UpdateSettings
 from workers.sampling import SamplingParams
 
 
-def off_policy_rows(records: list[PromptRecord], source: str, count: int, roles: Roles, config: RunConfig, seed: int):
-    """Up to ``count`` expert or teacher rows per prompt from the data; teacher rows are sampled
-    live from ``teacher.model_path`` for prompts whose data has none."""
+def off_policy_rows(records: list[PromptRecord], source: str, count: int, roles: Roles, config: RunConfig,
+                    seed: int) -> tuple[pa.RecordBatch | None, int]:
+    """Up to ``count`` expert or teacher rows per prompt from the data, teacher rows sampled live
+    from ``teacher.model_path`` for prompts whose data has none; and how many prompts got fewer
+    than ``count`` (``data.short_groups=allow`` lets such prompts through)."""
     if count == 0:
-        return None
+        return None, 0
     responses = [getattr(r, source)[:count] for r in records]
     if source == "teacher" and config.teacher.model_path:
         missing = [i for i, r in enumerate(responses) if not r]
@@ -37,9 +47,10 @@ def off_policy_rows(records: list[PromptRecord], source: str, count: int, roles:
             )
             for i, sampled in zip(missing, live):
                 responses[i] = sampled
+    short = sum(len(candidates) < count for candidates in responses)
     rows = [(r, ids) for r, candidates in zip(records, responses) for ids in candidates]
     if not rows:
-        return None
+        return None, short
     return make_batch(
         group_id=[r.uid for r, _ in rows],
         source=[source] * len(rows),
@@ -47,7 +58,7 @@ def off_policy_rows(records: list[PromptRecord], source: str, count: int, roles:
         response_ids=[ids for _, ids in rows],
         ground_truth=[r.ground_truth for r, _ in rows],
         data_source=[r.data_source for r, _ in rows],
-    )
+    ), short
 
 
 def group_metrics(batch: pa.RecordBatch) -> dict[str, float]:
@@ -106,10 +117,12 @@ def train_step(
     started, restarts = time.perf_counter(), roles.restarts
     parts, metrics = [], {}
     clock = _PhaseClock(metrics)
-    for source in ("expert", "teacher"):
-        part = off_policy_rows(records, source, getattr(stage.group, source), roles, config, seed)
+    for source in OFF_POLICY_SOURCES:
+        part, short = off_policy_rows(records, source, getattr(stage.group, source), roles, config, seed)
         if part is not None:
             parts.append(part)
+        if config.data.short_groups == "allow" and getattr(stage.group, source):
+            metrics[f"short_groups/{source}"] = short
     if stage.group.self:
         params = SamplingParams(
             n=stage.group.self,
@@ -120,6 +133,10 @@ def train_step(
         self_rows, rollout_metrics = roles.rollout(records, params, seed)
         parts.append(self_rows)
         metrics.update(rollout_metrics)
+    if not parts:
+        raise TrainingStopped(f"stage {stage.name}: none of the step's {len(records)} prompts has an expert or teacher "
+                              "candidate, and the stage samples no self rows: there is nothing to train on "
+                              "(data.short_groups=allow let these prompts through)")
     clock.lap("rollout")
     # the rollout began by loading the last update's weights: that part is the weight sync
     metrics["timing/weight_sync_s"] = metrics.pop("weight_load_s", 0.0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core.data import PromptRecord, chat_prompt_ids, load_prompts
+from pipeline.core.data import DATA_SOURCE, PromptRecord, chat_prompt_ids, load_prompts
 from pipeline.eval.benchmarks import read_benchmark
 
 
@@ -25,11 +25,13 @@ class EvalSet:
     skipped: list[str] = field(default_factory=list)  # items left out, each with its reason
 
 
-def load_eval_set(name: str, path: str | Path, tokenizer, max_prompt_length: int) -> EvalSet:
-    """A verl-layout parquet split, or a benchmark ``.jsonl`` whose prompts over
-    ``max_prompt_length`` tokens are skipped (and named) rather than cut."""
+def load_eval_set(name: str, path: str | Path, tokenizer, max_prompt_length: int,
+                  reward_fn_key: str = DATA_SOURCE) -> EvalSet:
+    """A verl-layout parquet split (its ``data_source`` from the column ``reward_fn_key``), or a
+    benchmark ``.jsonl`` whose prompts over ``max_prompt_length`` tokens are skipped (and named)
+    rather than cut."""
     if Path(path).suffix != ".jsonl":
-        return EvalSet(name, load_prompts(path, tokenizer, max_prompt_length, split=name))
+        return EvalSet(name, load_prompts(path, tokenizer, max_prompt_length, split=name, reward_fn_key=reward_fn_key))
     benchmark = read_benchmark(path)
     records, skipped = [], list(benchmark.skipped)
     for item in benchmark.items:

@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.core.batch import SOURCES
-from pipeline.core.data import BAD_ROWS
-from pipeline.core.errors import ConfigError
+from pipeline.core.batch import OFF_POLICY_SOURCES, SOURCES
+from pipeline.core.data import BAD_ROWS, DATA_SOURCE, PromptRecord, short_prompts
+from pipeline.core.errors import ConfigError, DataError
 from pipeline.embedded import TaskConfig, TinyModelConfig
 from pipeline.eval.benchmarks import BENCHMARKS
 from pipeline.recipe.algorithms import ALGORITHMS
@@ -24,6 +24,7 @@ DEFAULT_RECIPE = RECIPES_DIR / "default.yaml"
 STAGE_KINDS = (*ALGORITHMS, "eval")  # an eval stage trains nothing: it evaluates the policy so far
 ADVANTAGE_GROUPS = ("prompt", "prompt_and_source")
 EMBEDDED = "embedded"
+SHORT_GROUPS = ("refuse", "allow")
 PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")  # torch.load would run code a file carries
 
 
@@ -67,6 +68,12 @@ class DataConfig:
     eval_files: dict[str, str] = field(default_factory=dict)  # split name -> parquet
     max_prompt_length: int = 512
     bad_rows: str = "error"  # error: refuse a file with a bad row | skip: leave bad rows out, and report them
+    # the column whose value the reward function receives as data_source (verl's option; the GFT
+    # authors' files use "source")
+    reward_fn_key: str = DATA_SOURCE
+    # prompts with fewer expert or teacher candidates than a stage's group asks for: refuse the
+    # run | allow (each step logs its short groups per source, and the run's summary counts them)
+    short_groups: str = "refuse"
 
 
 @dataclass
@@ -268,12 +275,30 @@ def _validate_group(stage: StageConfig, where: str) -> None:
                                         f"which needs {algorithm.min_group} rows or more; it has {size}")
 
 
-def check_data_size(config: RunConfig, num_prompts: int) -> None:
-    """Once the training data is read: every stage's step must find its prompts in it."""
+def check_data(config: RunConfig, files: dict[str, list[PromptRecord]]) -> None:
+    """Once the training data is read, before anything starts: every stage's step must find its
+    prompts in it, and, unless ``data.short_groups`` allows otherwise, every prompt the expert and
+    teacher rows its stage's group asks for (a teacher model fills prompts that have none)."""
+    num_prompts = sum(len(records) for records in files.values())
     for stage in config.stages:
-        _check(stage.algorithm == "eval" or stage.prompts_per_step <= num_prompts,
+        if stage.algorithm == "eval":
+            continue
+        _check(stage.prompts_per_step <= num_prompts,
                f"stages.{stage.name}.prompts_per_step: {stage.prompts_per_step} prompts per step, but the training "
                f"data holds {num_prompts}")
+        if config.data.short_groups == "allow":
+            continue
+        for path, records in files.items():
+            for source in OFF_POLICY_SOURCES:
+                asked = getattr(stage.group, source)
+                live = source == "teacher" and config.teacher.model_path is not None
+                short = short_prompts(records, source, asked, filled_when_empty=live) if asked else 0
+                if short:
+                    raise DataError(
+                        f"{path}: {short} of {len(records)} prompts have fewer than {asked} {source} candidates, "
+                        f"which stages.{stage.name}.group.{source}={asked} asks for (`gft data check` counts them); "
+                        f"their groups would train without them. Give the candidates, lower "
+                        f"stages.{stage.name}.group.{source}, or accept short groups with data.short_groups=allow")
 
 
 def validate_model_folder(key: str, path: str) -> None:
@@ -324,6 +349,9 @@ def validate(config: RunConfig, training: bool = True) -> None:
     _check(config.eval.max_prompts is None or config.eval.max_prompts >= 1, "eval.max_prompts must be >= 1 or null")
     bad_rows = config.data.bad_rows
     _check(bad_rows in BAD_ROWS, f"data.bad_rows: {bad_rows!r} is not one of {', '.join(BAD_ROWS)}")
+    _check(config.data.short_groups in SHORT_GROUPS,
+           f"data.short_groups: {config.data.short_groups!r} is not one of {', '.join(SHORT_GROUPS)}")
+    _check(bool(config.data.reward_fn_key.strip()), "data.reward_fn_key: name the column of the reward's data_source")
     if config.model.path != EMBEDDED:
         validate_model_folder("model.path", config.model.path)
         _check(not training or bool(config.data.train_files), "data.train_files: a real model needs training data")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline.core.data import (
+    DATA_SOURCE,
     RowChecker,
     candidates,
     decode_text,
@@ -99,23 +100,26 @@ def convert_gsm8k(source: str | Path, out: str | Path, split: str | None = None)
 class DatasetReport:
     rows: int
     problems: list[str] = field(default_factory=list)  # "row 12: field '...' ...", or file-level
-    rows_with_expert: int = 0
-    rows_with_teacher: int = 0
+    # how many rows hold how many candidates: {candidates per row: rows}
+    expert_candidates: dict[int, int] = field(default_factory=dict)
+    teacher_candidates: dict[int, int] = field(default_factory=dict)
     longest_prompt: int | None = None  # chat-templated tokens; only with a tokenizer
 
 
-def check_dataset(path: str | Path, tokenizer=None, max_prompt_length: int | None = None) -> DatasetReport:
+def check_dataset(path: str | Path, tokenizer=None, max_prompt_length: int | None = None,
+                  reward_fn_key: str = DATA_SOURCE) -> DatasetReport:
     """Every problem in a verl-layout parquet file, each naming its row and field, by the same
-    checks ``read_prompt_file`` applies. An unreadable file is a DataError."""
+    checks ``read_prompt_file`` applies, and how many expert and teacher candidates its rows hold
+    (in whichever layout, ``pipeline.core.data.candidates``). An unreadable file is a DataError."""
     table = read_table(path)
-    report = DatasetReport(rows=table.num_rows, problems=table_problems(table))
-    check = RowChecker(tokenizer, max_prompt_length)
+    report = DatasetReport(rows=table.num_rows, problems=table_problems(table, reward_fn_key))
+    check = RowChecker(tokenizer, max_prompt_length, reward_fn_key)
     for index, raw in enumerate(table_rows(path, table)):
         row, row_problems, prompt_ids = check(raw)
         report.problems += [f"row {index}: {problem}" for problem in row_problems]
         expert, teacher = candidates(row.get("extra_info"))
-        report.rows_with_expert += bool(expert)
-        report.rows_with_teacher += bool(teacher)
+        for counts, found in ((report.expert_candidates, expert), (report.teacher_candidates, teacher)):
+            counts[len(found)] = counts.get(len(found), 0) + 1
         if prompt_ids is not None:
             report.longest_prompt = max(report.longest_prompt or 0, len(prompt_ids))
     return report
@@ -123,10 +127,11 @@ def check_dataset(path: str | Path, tokenizer=None, max_prompt_length: int | Non
 
 def format_report(report: DatasetReport, path: str | Path) -> str:
     """A summary line, then the problems, at most REPORT_LINES of them."""
-    summary = (
-        f"{path}: {report.rows} rows, {report.rows_with_expert} with expert candidates, "
-        f"{report.rows_with_teacher} with teacher candidates"
-    )
+    def per_row(counts: dict[int, int]) -> str:
+        return ", ".join(f"{n} in {rows} row{'' if rows == 1 else 's'}" for n, rows in sorted(counts.items())) or "none"
+
+    summary = (f"{path}: {report.rows} rows; expert candidates per row: {per_row(report.expert_candidates)}; "
+               f"teacher candidates per row: {per_row(report.teacher_candidates)}")
     if report.longest_prompt is not None:
         summary += f", longest prompt {report.longest_prompt} tokens"
     count = len(report.problems)

@@ -13,22 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
-# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
-T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]
 STAGES = ("stage1", "grpo")
 
 
 def mean_ci95(values) -> tuple[float, float]:
     """Mean and the half-width of its 95% confidence interval, mean +- t(0.975, n-1) * s / sqrt(n)
-    with s the sample standard deviation (beyond 30 degrees of freedom t(30) is kept, a slightly
-    wide interval). One value has no interval: NaN."""
+    with s the sample standard deviation and t Student's quantile. One value has no interval: NaN."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return float(values.mean()), math.nan
-    t = T_975[min(len(values) - 1, len(T_975)) - 1]
+    t = float(stats.t.ppf(0.975, len(values) - 1))
     return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(len(values)))
 
 

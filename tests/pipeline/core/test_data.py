@@ -35,6 +35,44 @@ def test_token_id_candidates_in_model_answer_id(tmp_path, tokenizer):
     assert len(record.teacher) == 2
 
 
+def _authors_row(**extra) -> dict:
+    """The GFT authors' layout: the reward keyed on ``source``, candidates as texts in
+    ``extra_info.answer`` (the expert) and ``extra_info.model_answer`` (the teachers)."""
+    return {"source": "gsm8k", "prompt": [{"role": "user", "content": "Compute 1+2."}],
+            "reward_model": {"ground_truth": "3"}, "extra_info": {"answer": "1+2=3 \\boxed{3}", **extra}}
+
+
+def test_the_gft_authors_layout_reads_as_it_is(tmp_path, tokenizer):
+    path = _write(tmp_path, [_authors_row(model_answer=["3", "\\boxed{3}", "4"])])
+    (first,) = read_prompt_file(path, tokenizer, 512, reward_fn_key="source").records
+    assert first.data_source == "gsm8k"  # the reward's data_source, from the column reward_fn_key names
+    eos = [tokenizer.eos_token_id]
+    assert first.expert == [tokenizer.encode("1+2=3 \\boxed{3}", add_special_tokens=False) + eos]
+    assert [tokenizer.decode(ids[:-1]) for ids in first.teacher] == ["3", "\\boxed{3}", "4"]
+    one_text = tmp_path / "one.parquet"  # their loader takes one text too
+    pq.write_table(pa.Table.from_pylist([_authors_row(model_answer="3")]), one_text)
+    assert len(read_prompt_file(one_text, tokenizer, 512, reward_fn_key="source").records[0].teacher) == 1
+    # keyed on data_source (the default), such a file is refused by name, not read half-way
+    with pytest.raises(DataError, match=r"missing column 'data_source'"):
+        read_prompt_file(path, tokenizer, 512)
+    with pytest.raises(DataError, match=r"missing column 'origin' \(data.reward_fn_key=origin\)"):
+        read_prompt_file(path, tokenizer, 512, reward_fn_key="origin")
+
+
+def test_each_candidate_layout_is_read_in_its_order(tmp_path, tokenizer):
+    """This project's fields first, then the authors' texts, then token ids; an ``answer`` that
+    is not text (a number, in some files) is no response."""
+    ids = tokenizer.encode("7", add_special_tokens=False)
+    both = _authors_row(expert_responses=["mine"], model_answer=["theirs"], model_answer_id=[ids, ids])
+    (mine,) = read_prompt_file(_write(tmp_path, [both]), tokenizer, 512, reward_fn_key="source").records
+    assert [tokenizer.decode(r[:-1]) for r in mine.expert + mine.teacher] == ["mine", "theirs"]
+    numeric = {**both, "extra_info": {"answer": 3, "model_answer_id": [ids] * 3}}
+    (record,) = read_prompt_file(_write(tmp_path, [numeric]), tokenizer, 512, reward_fn_key="source").records
+    assert (len(record.expert), len(record.teacher)) == (1, 2)  # from model_answer_id, expert first
+    with pytest.raises(DataError, match=r"row 0: field 'extra_info.model_answer' is not a list of non-empty strings"):
+        read_prompt_file(_write(tmp_path, [_authors_row(model_answer=["4", " "])]), tokenizer, 512, reward_fn_key="source")
+
+
 def test_errors_name_file_row_and_field(tmp_path, tokenizer):
     good = {"data_source": "x", "prompt": [{"role": "user", "content": "Compute 1+2."}],
             "reward_model": {"ground_truth": "3"}}

@@ -6,11 +6,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
+from pipeline.core.errors import DataError
 from pipeline.driver.run import _load_inputs
 from pipeline.recipe.config import load_recipe
 
 GOOD = {"data_source": "d", "prompt": [{"role": "user", "content": "1+1?"}], "reward_model": {"ground_truth": "2"},
-        "extra_info": {"expert_responses": ["2"]}}
+        "extra_info": {"expert_responses": ["2"], "teacher_responses": ["2", "3", "2"]}}  # the default's group
 SMALL_STEPS = ["stages.warmup.prompts_per_step=2", "stages.gft.prompts_per_step=2", "stages.grpo.prompts_per_step=2"]
 
 
@@ -65,3 +66,41 @@ def test_skipped_rows_are_counted_and_the_rest_is_used(assets, tmp_path):
     assert len(inputs.train_records) == 2
     assert inputs.skipped_rows == {str(train): ["row 1: field 'reward_model.ground_truth' is missing or empty",
                                                 "row 3: field 'data_source' is missing or empty"]}
+
+
+def _without_teachers(row: dict) -> dict:
+    return {**row, "extra_info": {"expert_responses": row["extra_info"]["expert_responses"]}}
+
+
+def test_prompts_short_of_their_stage_group_are_refused_before_ray_starts(assets, tmp_path, capsys, ray_starts):
+    """The default's GFT stage asks 3 teacher rows a prompt: a file without them is refused,
+    naming it, the source and the way to accept it, not trained on self rows without a word."""
+    train = _parquet(tmp_path / "train.parquet", [GOOD, _without_teachers(GOOD), GOOD, _without_teachers(GOOD)])
+    assert main(_run_args(assets, train, tmp_path / "runs", *SMALL_STEPS)) == 2
+    err = capsys.readouterr().err
+    assert (f"{train}: 2 of 4 prompts have fewer than 3 teacher candidates, which stages.gft.group.teacher=3 asks for"
+            in err)
+    assert "data.short_groups=allow" in err and "Traceback" not in err
+    assert ray_starts == []
+
+
+def test_an_sft_stage_on_data_without_experts_is_refused_not_a_traceback(assets, tmp_path, capsys, ray_starts):
+    rows = [{**GOOD, "extra_info": {"teacher_responses": ["2", "3", "2"]}}] * 4
+    train = _parquet(tmp_path / "train.parquet", rows)
+    assert main(_run_args(assets, train, tmp_path / "runs", *SMALL_STEPS)) == 2
+    assert "4 of 4 prompts have fewer than 1 expert candidates, which stages.warmup.group.expert=1" \
+        in capsys.readouterr().err
+    assert ray_starts == []
+
+
+def test_short_groups_pass_when_allowed_or_filled_by_a_teacher_model(assets, tmp_path):
+    train = _parquet(tmp_path / "train.parquet", [GOOD, _without_teachers(GOOD)] * 2)
+    base = [f"model.path={assets.base_model}", f"data.train_files=[{train}]", *SMALL_STEPS]
+    assert len(_load_inputs(load_recipe(None, [*base, "data.short_groups=allow"]), tmp_path / "a").train_records) == 4
+    # a prompt with no teacher rows gets them sampled live; one with some but too few stays short
+    live = [*base, f"teacher.model_path={assets.base_model}"]
+    assert len(_load_inputs(load_recipe(None, live), tmp_path / "b").train_records) == 4
+    partial = _parquet(tmp_path / "partial.parquet", [GOOD, {**GOOD, "extra_info": {
+        "expert_responses": ["2"], "teacher_responses": ["2"]}}])
+    with pytest.raises(DataError, match="1 of 2 prompts have fewer than 3 teacher candidates"):
+        _load_inputs(load_recipe(None, [*live, f"data.train_files=[{partial}]"]), tmp_path / "c")

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.cli import main
 from pipeline.core.data import load_prompts
 from pipeline.core.errors import DataError
 from pipeline.eval.benchmarks import MATH_INSTRUCTION
@@ -119,9 +120,9 @@ def test_raw_text_as_bytes_converts_when_utf8_and_is_named_when_not(tmp_path):
 
 def test_check_dataset_finds_nothing_wrong_with_the_converted_file(converted):
     report = check_dataset(converted)
-    assert report == DatasetReport(rows=7473, problems=[], rows_with_expert=7473, rows_with_teacher=0)
+    assert report == DatasetReport(rows=7473, problems=[], expert_candidates={1: 7473}, teacher_candidates={0: 7473})
     assert format_report(report, converted).endswith(
-        "7473 rows, 7473 with expert candidates, 0 with teacher candidates: no problems"
+        "7473 rows; expert candidates per row: 1 in 7473 rows; teacher candidates per row: 0 in 7473 rows: no problems"
     )
 
 
@@ -170,7 +171,7 @@ def test_check_dataset_reports_every_problem_with_row_and_field(tmp_path, tokeni
     ]
     assert f"outside the vocabulary [0, {len(tokenizer)})" in report.problems[8]
     assert re.fullmatch(r"row 10: field 'prompt': \d+ tokens > max_prompt_length 128", report.problems[9])
-    assert (report.rows, report.rows_with_expert, report.rows_with_teacher) == (11, 11, 10)
+    assert (report.rows, report.expert_candidates, report.teacher_candidates) == (11, {1: 10, 2: 1}, {0: 1, 1: 10})
 
     # token counts and the vocabulary need the tokenizer; everything else is found without it
     assert check_dataset(path).problems == report.problems[:8]
@@ -195,7 +196,8 @@ def test_format_report_caps_the_problem_lines():
     problems = [f"row {i}: field 'data_source' is missing or empty" for i in range(80)]
     report = DatasetReport(rows=80, problems=problems)
     lines = format_report(report, "d.parquet").splitlines()
-    assert lines[0] == "d.parquet: 80 rows, 0 with expert candidates, 0 with teacher candidates: 80 problems"
+    assert lines[0] == ("d.parquet: 80 rows; expert candidates per row: none; teacher candidates per row: none: "
+                        "80 problems")
     assert len(lines) == 52 and lines[50] == "  row 49: field 'data_source' is missing or empty"
     assert lines[-1] == "  ... and 30 more"
 
@@ -215,3 +217,25 @@ def test_load_prompts_reads_converted_gsm8k_with_one_expert_each(converted, tmp_
         assert tokenizer.decode(expert[:-1]) == row["extra_info"]["expert_responses"][0]
         prompt = tokenizer.decode(record.prompt_ids)
         assert prompt.endswith(f"{MATH_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def _authors_row(index: int, teachers) -> dict:
+    """A row as the GFT authors' files hold it: the expert's text in ``extra_info.answer``, the
+    teachers' in ``extra_info.model_answer``, the reward keyed on ``source``; no data_source."""
+    return {"source": "gsm8k", "prompt": [{"role": "user", "content": f"Compute {index}+2."}],
+            "reward_model": {"ground_truth": str(index + 2)},
+            "extra_info": {"index": index, "answer": f"\\boxed{{{index + 2}}}", "model_answer": teachers}}
+
+
+def test_data_check_counts_the_authors_candidates_per_file(tmp_path, capsys):
+    full, short = tmp_path / "full.parquet", tmp_path / "short.parquet"
+    pq.write_table(pa.Table.from_pylist([_authors_row(i, ["a", "b", "c"]) for i in range(4)]), full)
+    pq.write_table(pa.Table.from_pylist([_authors_row(i, ["a"] if i else None) for i in range(3)]), short)
+    assert main(["data", "check", str(full), str(short), "--reward-fn-key", "source"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{full}: 4 rows; expert candidates per row: 1 in 4 rows; teacher candidates per row: 3 in 4 rows: no problems",
+        (f"{short}: 3 rows; expert candidates per row: 1 in 3 rows; teacher candidates per row: 0 in 1 row, 1 in "
+         "2 rows: no problems"),
+    ]
+    assert main(["data", "check", str(full)]) == 1  # keyed on data_source, which these files lack
+    assert "missing column 'data_source'" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from pipeline.tools.report import (
@@ -18,9 +19,11 @@ from pipeline.tools.report import (
 
 def test_mean_ci95_on_known_numbers():
     mean, half = mean_ci95([1.0, 2.0, 3.0])  # s = 1, t(0.975, 2) = 4.303
-    assert mean == 2.0 and half == pytest.approx(4.303 / math.sqrt(3))
+    assert mean == 2.0 and half == pytest.approx(4.303 / math.sqrt(3), rel=1e-4)
     mean, half = mean_ci95([0.2, 0.4])  # s = 0.1414, t(0.975, 1) = 12.706
-    assert mean == pytest.approx(0.3) and half == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2))
+    assert mean == pytest.approx(0.3) and half == pytest.approx(12.706 * math.sqrt(0.02) / math.sqrt(2), rel=1e-4)
+    values = [0.0, 1.0] * 21  # 41 degrees of freedom, past the old table's 30: t(0.975, 41) = 2.0195
+    assert mean_ci95(values)[1] == pytest.approx(2.0195 * np.std(values, ddof=1) / math.sqrt(42), rel=1e-4)
     assert mean_ci95([5.0, 5.0, 5.0, 5.0]) == (5.0, 0.0)
     assert math.isnan(mean_ci95([0.7])[1])
 
