@@ -26,13 +26,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"ray.address={args.address}")
     if args.resume is None:
         config = load_recipe(args.recipe, overrides)
-        result = run(config)
+        result = run(config, verbose=args.verbose)
     else:
         run_dir, point, config = _resume_target(args.resume, args.recipe, overrides)
         if (run_dir / "eval.json").exists() and point is None:
             print(f"{run_dir} has finished (eval.json is there); nothing to resume")
             return 0
-        result = run(config, run_dir=run_dir, resume=True, resume_point=point)
+        result = run(config, run_dir=run_dir, resume=True, resume_point=point, verbose=args.verbose)
     print(summary(result, config.eval.pass_k))
     return 0
 
@@ -109,7 +109,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     config = _eval_config(args)
     out = args.out or Path("runs") / "eval" / f"{args.checkpoint.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
-    results = evaluate_checkpoint(config, out)
+    results = evaluate_checkpoint(config, out, verbose=args.verbose)
     print(eval_summary(results, config.eval.pass_k, out))
     return 0
 
@@ -160,10 +160,11 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    import functools
     import shlex
 
     from pipeline.core.errors import ConfigError
-    from pipeline.driver.run import run
+    from pipeline.driver import run as run_module
     from pipeline.recipe.config import load_recipe
     from pipeline.tools.compare import (
         choose_lrs,
@@ -184,6 +185,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise ConfigError(f"--sweep-lr: expected comma-separated learning rates, got {args.sweep_lr!r}") from err
     inputs = shared_inputs(recipe, cache, args.val_prompts if sweep_lrs else 0)
+    run = functools.partial(run_module.run, verbose=args.verbose)
     choices = None
     if sweep_lrs:
         sweep = plan_sweep(recipe, list(seeds), sweep_lrs, recipe.seed, cache, inputs)
@@ -280,6 +282,7 @@ def _add_compare_parser(commands) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/compare"),
                         help="cache of finished runs (OUT/runs) and the report (OUT/report)")
     parser.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    _add_verbose_option(parser)
     parser.set_defaults(handler=_cmd_compare)
 
 
@@ -343,7 +346,14 @@ def _add_eval_parser(commands) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="output folder (default: runs/eval/CHECKPOINT-TIME)")
     parser.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    _add_verbose_option(parser)
     parser.set_defaults(handler=_cmd_eval)
+
+
+def _add_verbose_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="the roles' processes (vLLM, Ray, torch) write to this terminal, not to the run folder's "
+                             "logs/")
 
 
 def _add_extraction_option(parser: argparse.ArgumentParser) -> None:
@@ -395,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", type=Path, metavar="RUN_DIR",
                      help="continue a killed or stopped run from its latest resume point, or from the "
                           "point RUN_DIR/checkpoints/resume/step-... given instead")
+    _add_verbose_option(run)
     run.set_defaults(handler=_cmd_run)
 
     build = commands.add_parser(

@@ -39,6 +39,7 @@ from pipeline.core.resume import (
     write_point,
 )
 from workers.attention import PACKED_ATTENTION
+from workers.output import redirect_output
 from workers.weights import FlatWeights, SharedWeights, WeightsBlock
 
 # the whole state on rank 0's CPU, nothing on the other ranks: what a checkpoint writer needs
@@ -146,6 +147,7 @@ class Learner:
     """
 
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, num_threads: int | None = None):
+        redirect_output()
         if num_threads:
             torch.set_num_threads(num_threads)
         torch.manual_seed(seed)

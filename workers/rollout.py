@@ -21,6 +21,7 @@ from pipeline.core.batch import make_batch
 from pipeline.core.data import PromptRecord
 from pipeline.core.errors import PolicyNotFinite
 from workers.hf_engine import HfEngine
+from workers.output import redirect_output
 from workers.sampling import EngineOptions, Generation, RolloutEngine, SamplingParams
 from workers.weights import FlatWeights, SharedWeights
 
@@ -40,6 +41,7 @@ class RolloutWorker:
 
     def __init__(self, model_path: str, backend: str = "hf", options: EngineOptions | None = None,
                  num_threads: int | None = None):
+        redirect_output()
         if num_threads:
             torch.set_num_threads(num_threads)
             # vLLM drops torch to one thread unless OMP_NUM_THREADS asks for more

@@ -15,6 +15,7 @@ from pipeline.core.checkpoint import load_policy
 from pipeline.rewards.guard import RewardGuard
 from pipeline.rewards.verifiers import DEFAULT_EXTRACTION
 from workers.hf_engine import generate, prepare_for_sampling
+from workers.output import redirect_output
 from workers.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class TeacherWorker:
         reward_workers: int = 1,
         answer_extraction: str = DEFAULT_EXTRACTION,
     ):
+        redirect_output()
         if num_threads:
             torch.set_num_threads(num_threads)
         self.tokenizer = AutoTokenizer.from_pretrained(policy_tokenizer_path, local_files_only=True)

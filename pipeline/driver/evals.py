@@ -74,12 +74,14 @@ def save_generations(outcomes: dict[str, EvalOutcome], tokenizer, folder: Path) 
         write_json_lines(generation_rows(split, outcome.greedy, outcome.sampled, tokenizer), folder / f"{split}.jsonl")
 
 
-def evaluate_checkpoint(config: RunConfig, out_dir: Path) -> dict[str, dict]:
+def evaluate_checkpoint(config: RunConfig, out_dir: Path, verbose: bool = False) -> dict[str, dict]:
     """Evaluate ``config.model.path`` on ``config.data.eval_files``: metrics per eval set to
-    ``out_dir/eval.json``, generations to ``out_dir/generations/<set>.jsonl``."""
+    ``out_dir/eval.json``, generations to ``out_dir/generations/<set>.jsonl``, the roles' output
+    to ``out_dir/logs/`` (``verbose``: to the console)."""
     started = time.perf_counter()
-    start_ray(config)
-    roles = Roles(config, config.model.path, learner=False)
+    log_dir = None if verbose else out_dir / "logs"
+    start_ray(config, log_dir)
+    roles = Roles(config, config.model.path, learner=False, log_dir=log_dir)
     tokenizer = AutoTokenizer.from_pretrained(config.model.path, local_files_only=True)
     eval_sets = load_eval_sets(config, config.data.eval_files, tokenizer)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from pipeline.driver.rollout_env import check_rollout_environment, rollout_runti
 from pipeline.recipe.config import RunConfig
 from pipeline.rewards.guard import RewardGuard
 from workers.learner import Learner, UpdateSettings
+from workers.output import ACTOR_LOG_ENV
 from workers.rollout import RolloutWorker
 from workers.sampling import EngineOptions, SamplingParams
 from workers.teacher import TeacherWorker
@@ -40,17 +42,25 @@ ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOL
 ACTOR_RUNTIME_ENV = {"env_vars": ALLOCATOR_ENV}
 
 
-def start_ray(config: RunConfig) -> None:
+def start_ray(config: RunConfig, log_dir: Path | None = None) -> None:
     """Join ``ray.address``, else the cluster named by RAY_ADDRESS, else start a local cluster
     bound to loopback. Ray sets RAY_ADDRESS for the driver of a job (``gft submit``), whose run
-    must use the cluster the job was submitted to."""
+    must use the cluster the job was submitted to. ``log_dir``: Ray's own messages in this
+    process go to ``log_dir/ray.log`` instead of the console."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     check_rollout_environment(config)  # once per process; a run has checked before making its folder
     if ray.is_initialized():
         return
+    logs = {"logging_level": logging.WARNING, "configure_logging": log_dir is None}
+    quiet = _ray_output_to(log_dir / "ray.log") if log_dir is not None else contextlib.nullcontext()
+    with quiet:
+        _init_ray(config, logs)
+
+
+def _init_ray(config: RunConfig, logs: dict) -> None:
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, **logs)
         return
     from ray._private import ray_constants  # Ray's private module: imported beside its one use
 
@@ -67,11 +77,39 @@ def start_ray(config: RunConfig) -> None:
             num_cpus=max(config.ray.num_cpus or os.cpu_count() or 1, needed),
             include_dashboard=config.ray.dashboard,
             dashboard_host=config.ray.dashboard_host,
-            logging_level=logging.WARNING,
             log_to_driver=True,
+            **logs,
         )
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
+@contextlib.contextmanager
+def _ray_output_to(path: Path):
+    """While Ray starts, this process's output goes to ``path``, and with it that of the
+    processes Ray starts meanwhile (its GCS, raylet and dashboard inherit it); Ray's logger
+    writes there for good."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ray_logger = logging.getLogger("ray")
+    ray_logger.addHandler(handler)
+    ray_logger.propagate = False
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    target = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, kept in zip((1, 2), saved):
+            os.dup2(kept, fd)
+            os.close(kept)
+        os.close(target)
 
 
 def _node_id(actor: ActorHandle) -> ray.ObjectRef:
@@ -94,7 +132,9 @@ class Roles:
     serves weights, but every call reaches every rank, since sharded ranks gather them together.
     A role lost for good raises :class:`RoleFailed`, never Ray's own errors."""
 
-    def __init__(self, config: RunConfig, model_path: str, learner: bool = True):
+    def __init__(self, config: RunConfig, model_path: str, learner: bool = True, log_dir: Path | None = None):
+        """``log_dir``: each actor's process writes its output to ``log_dir/<role>.log`` instead of
+        the driver's console (``workers.output``); None: to the console, as Ray streams it."""
         RewardGuard(config.reward.function, extraction=config.reward.extraction).close()  # a broken file fails here
         self.max_restarts = config.ray.max_actor_restarts
         self.restarts = 0  # actor processes that died and were restarted
@@ -105,16 +145,22 @@ class Roles:
         self.group = placement_group(placement.bundles, strategy="PACK")
         self._wait_for_seats(placement.bundles)
 
-        def seated(seat: Seat, runtime_env: dict = ACTOR_RUNTIME_ENV, **options):
+        def logged(runtime_env: dict, name: str) -> dict:
+            if log_dir is None:
+                return runtime_env
+            env_vars = {**runtime_env.get("env_vars", {}), ACTOR_LOG_ENV: str(log_dir / f"{name}.log")}
+            return {**runtime_env, "env_vars": env_vars}
+
+        def seated(seat: Seat, name: str, runtime_env: dict = ACTOR_RUNTIME_ENV, **options):
             strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=seat.bundle)
             return ray.remote(num_cpus=seat.num_cpus, num_gpus=seat.num_gpus, scheduling_strategy=strategy,
-                              runtime_env=runtime_env, **options)
+                              runtime_env=logged(runtime_env, name), **options)
 
         threads = config.ray.num_cpus or os.cpu_count() or 1  # torch threads, split among the actors
         self.learners = [  # an eval-only job has none
-            seated(seat)(Learner).remote(model_path, config.model.dtype, config.seed,
-                                         num_threads=max(1, threads // len(placement.learners)))
-            for seat in placement.learners
+            seated(seat, f"learner-{rank}")(Learner).remote(
+                model_path, config.model.dtype, config.seed, num_threads=max(1, threads // len(placement.learners)))
+            for rank, seat in enumerate(placement.learners)
         ]
         self.learner = self.learners[0] if self.learners else None
         # Ray restarts a dead rollout or teacher actor from its constructor; ``_call`` then
@@ -126,14 +172,14 @@ class Roles:
             dtype=config.model.dtype, max_num_seqs=rollout.max_num_seqs, seed=config.seed, sleep_when_idle=colocated,
             gpu_memory_utilization=rollout.gpu_memory_utilization, kv_cache_gib=rollout.kv_cache_gib)
         self.rollouts = [
-            seated(seat, rollout_runtime_env(config, ALLOCATOR_ENV), max_restarts=self.max_restarts,
+            seated(seat, f"rollout-{index}", rollout_runtime_env(config, ALLOCATOR_ENV), max_restarts=self.max_restarts,
                    max_task_retries=0)(RolloutWorker).remote(
                 model_path, rollout.backend, engine_options, num_threads=max(1, threads // len(placement.rollouts)))
-            for seat in placement.rollouts
+            for index, seat in enumerate(placement.rollouts)
         ]
         teacher = config.teacher
         self.teacher = ray.remote(num_cpus=teacher.num_cpus, num_gpus=teacher.num_gpus, max_restarts=self.max_restarts,
-                                  max_task_retries=0, runtime_env=ACTOR_RUNTIME_ENV)(TeacherWorker).remote(
+                                  max_task_retries=0, runtime_env=logged(ACTOR_RUNTIME_ENV, "teacher"))(TeacherWorker).remote(
             model_path, config.reward.function, teacher.model_path, num_threads=1,
             reward_timeout_s=config.reward.timeout_s, reward_workers=config.reward.num_workers,
             answer_extraction=config.reward.extraction)

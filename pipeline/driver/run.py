@@ -262,7 +262,7 @@ class _Driver:
 
 
 def run(config: RunConfig, run_dir: Path | None = None, on_step: Callable[[], None] | None = None,
-        resume: bool = False, resume_point: Path | None = None) -> RunResult:
+        resume: bool = False, resume_point: Path | None = None, verbose: bool = False) -> RunResult:
     """Run every stage of ``config`` and return where things went and the eval table.
 
     ``run_dir``: the folder to use (default: a new ``output_dir/<name>-<time>``).
@@ -270,12 +270,13 @@ def run(config: RunConfig, run_dir: Path | None = None, on_step: Callable[[], No
     ``resume``: continue the run in ``run_dir`` from its latest intact resume point (from the
     start when it has none), redoing nothing that point covers and skipping nothing after it;
     or from ``resume_point``, one of its points, discarding those after it.
+    ``verbose``: the roles' processes (and Ray) write to the console, not to ``RUN_DIR/logs/``.
     """
     started = time.perf_counter()
     check_rollout_environment(config)
     run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(config)
     try:
-        result = _run(config, run_dir, on_step, resume, resume_point)
+        result = _run(config, run_dir, on_step, resume, resume_point, None if verbose else run_dir / "logs")
         result.wall_time_s = time.perf_counter() - started
         # written last and atomically: its presence says the run finished (``gft compare`` relies on it)
         with atomic_path(run_dir / "eval.json") as tmp:
@@ -289,7 +290,7 @@ def run(config: RunConfig, run_dir: Path | None = None, on_step: Callable[[], No
 
 
 def _run(config: RunConfig, run_dir: Path, on_step: Callable[[], None] | None, resume: bool,
-         resume_point: Path | None) -> RunResult:
+         resume_point: Path | None, log_dir: Path | None) -> RunResult:
     fresh = not run_dir.exists()
     try:
         inputs = _load_inputs(config, run_dir)
@@ -310,9 +311,9 @@ def _run(config: RunConfig, run_dir: Path, on_step: Callable[[], None] | None, r
         logger.warning("resuming %s at stage %d step %d (global step %d) from %s", run_dir,
                        start.progress.stage_index, start.progress.step, start.progress.global_step, start.folder)
 
-    start_ray(config)
+    start_ray(config, log_dir)
     with _StopSignal() as stop:  # after ray.init, which sets a SIGTERM handler of its own
-        roles = Roles(config, inputs.base_model)
+        roles = Roles(config, inputs.base_model, log_dir=log_dir)
         try:
             keep_bytes = start.progress.metrics_bytes if start else (0 if resume else None)
             with MetricsLogger(run_dir, keep_bytes=keep_bytes) as metrics:

@@ -1,12 +1,16 @@
 """A staged run (SFT warm-up -> GFT -> GRPO) whose rollout is a real vLLM engine (its CPU build,
-in ``.venv-vllm``), on the embedded default at small sizes."""
+in ``.venv-vllm``), on the embedded default at small sizes, run as a user runs it (``gft run``):
+its console shows the progress and the results, and the engine's chatter goes to the run folder."""
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
-
-from pipeline.driver.run import run
-from pipeline.recipe.config import load_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -21,9 +25,17 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def result(ray_cluster, tmp_path_factory):
-    config = load_recipe(None, SMALL + [f"output_dir={tmp_path_factory.mktemp('runs')}"])
-    return run(config)
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", *SMALL, f"output_dir={out}"],
+                          check=False, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    (run_dir,) = out.iterdir()
+    evals = json.loads((run_dir / "eval.json").read_text())["evals"]
+    checkpoints = [p.name for p in sorted((run_dir / "checkpoints").iterdir(), key=lambda p: p.stat().st_mtime)
+                   if p.name != "resume"]
+    return SimpleNamespace(run_dir=run_dir, evals=evals, checkpoints=checkpoints, stdout=done.stdout,
+                           stderr=done.stderr)
 
 
 def _batches(result, stage):
@@ -44,7 +56,7 @@ def test_gft_batches_hold_expert_teacher_and_self_rows_sampled_by_vllm(result):
         sources = np.array(table.column("source").to_pylist())
         assert {s: int((sources == s).sum()) for s in ("expert", "teacher", "self")} == {
             "expert": 4, "teacher": 12, "self": 16}
-        rows = table.filter(pa.compute.equal(table.column("source"), "self")).to_pylist()
+        rows = table.filter(pc.equal(table.column("source"), "self")).to_pylist()
         for row in rows:  # a behaviour log-prob, a probability's log, for every sampled token
             assert len(row["behaviour_logprobs"]) == len(row["response_ids"]) > 0
             assert all(lp <= 0 for lp in row["behaviour_logprobs"])
@@ -60,3 +72,15 @@ def test_self_rows_carry_the_version_of_the_weights_that_sampled_them(result):
             versions.append(stamped.pop())
     # warm-up made 3 updates; each later step samples with the weights of the update before it
     assert versions == list(range(3, 3 + 4 + 3))
+
+
+def test_the_console_shows_the_run_and_the_engines_chatter_goes_to_the_run_folder(result):
+    assert result.stdout.startswith("policy  test acc  test pass@2")
+    assert f"run folder: {result.run_dir}" in result.stdout
+    assert "warmup (sft)" in result.stderr and "grpo (grpo)" in result.stderr  # the progress bars
+    # nothing an actor's process printed reached the console (Ray prefixes it with the actor)
+    console = result.stdout + result.stderr
+    assert "pid=" not in console and "WARNING" not in console, console[-3000:]
+    engine = (result.run_dir / "logs" / "rollout-0.log").read_text()
+    assert "WARNING" in engine and "vllm" in engine.lower()  # vLLM's notices, kept where they can be read
+    assert {p.name for p in (result.run_dir / "logs").iterdir()} >= {"learner-0.log", "rollout-0.log", "teacher.log"}

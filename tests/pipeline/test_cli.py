@@ -68,3 +68,18 @@ def test_eval_refuses_an_unknown_benchmark_before_any_work(tmp_path, capsys):
 def test_score_of_a_missing_file_is_named(tmp_path, capsys):
     assert main(["score", str(tmp_path / "none.jsonl")]) == 2
     assert "none.jsonl: cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "verbose"), [([], False), (["--verbose"], True)])
+def test_verbose_asks_the_run_to_leave_the_roles_output_on_the_terminal(monkeypatch, tmp_path, argv, verbose):
+    from pipeline.driver import run as run_module
+
+    calls = []
+
+    def fake_run(config, **kwargs):
+        calls.append(kwargs)
+        return run_module.RunResult(tmp_path)
+
+    monkeypatch.setattr(run_module, "run", fake_run)
+    assert main(["run", *argv, f"output_dir={tmp_path}"]) == 0
+    assert calls == [{"verbose": verbose}]
