@@ -13,13 +13,9 @@ import sys
 ACTOR_LOG_ENV = "GFT_ACTOR_LOG"
 
 
-def redirect_output() -> None:
+def point_output_at(path: str | os.PathLike) -> None:
     """Point this process's stdout and stderr (the file descriptors, so that C libraries and
-    child processes follow) at the file ``GFT_ACTOR_LOG`` names, appending (a restarted actor
-    keeps its predecessor's lines). Without it, nothing changes."""
-    path = os.environ.get(ACTOR_LOG_ENV)
-    if not path:
-        return
+    child processes follow) at ``path``, appending."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -27,3 +23,11 @@ def redirect_output() -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+
+
+def redirect_output() -> None:
+    """Output to the file ``GFT_ACTOR_LOG`` names (:func:`point_output_at`; a restarted actor
+    keeps its predecessor's lines). Without it, nothing changes."""
+    path = os.environ.get(ACTOR_LOG_ENV)
+    if path:
+        point_output_at(path)

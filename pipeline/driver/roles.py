@@ -27,7 +27,7 @@ from pipeline.driver.rollout_env import check_rollout_environment, rollout_runti
 from pipeline.recipe.config import RunConfig
 from pipeline.rewards.guard import RewardGuard
 from workers.learner import Learner, UpdateSettings
-from workers.output import ACTOR_LOG_ENV
+from workers.output import ACTOR_LOG_ENV, point_output_at
 from workers.rollout import RolloutWorker
 from workers.sampling import EngineOptions, SamplingParams
 from workers.teacher import TeacherWorker
@@ -89,19 +89,14 @@ def _ray_output_to(path: Path):
     """While Ray starts, this process's output goes to ``path``, and with it that of the
     processes Ray starts meanwhile (its GCS, raylet and dashboard inherit it); Ray's logger
     writes there for good."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = os.dup(1), os.dup(2)
+    point_output_at(path)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     ray_logger = logging.getLogger("ray")
     ray_logger.addHandler(handler)
     ray_logger.propagate = False
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    target = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
-        os.dup2(target, 1)
-        os.dup2(target, 2)
         yield
     finally:
         sys.stdout.flush()
@@ -109,7 +104,6 @@ def _ray_output_to(path: Path):
         for fd, kept in zip((1, 2), saved):
             os.dup2(kept, fd)
             os.close(kept)
-        os.close(target)
 
 
 def _node_id(actor: ActorHandle) -> ray.ObjectRef:
