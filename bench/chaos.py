@@ -270,14 +270,17 @@ def finish(process: subprocess.Popen, command: str, started: float, log: Path) -
     return Attempt(command, process.returncode, message if process.returncode else "", time.monotonic() - started)
 
 
-def chaos_run(run: ChaosRun, out: Path, reference: Path, tear_probability: float, tmpfs_mib: int) -> None:
+def chaos_run(run: ChaosRun, out: Path, reference: Path, tear_probability: float, tmpfs_mib: int,
+              overrides: tuple[str, ...] = ()) -> None:
+    """``run``'s faults on the recipe (with ``overrides``, which must leave its training as it is),
+    each followed by ``--resume``, then the result compared with the fault-free ``reference``."""
     rng = random.Random(f"{run.seed}-inject")
     mounted = any(f.kind == "disk_full" for f in run.faults)
     out.mkdir(parents=True)
     if mounted:
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_mib}m", "tmpfs", str(out)], check=True)
     try:
-        pending, args = list(run.faults), ["run", *RECIPE, f"output_dir={out}"]
+        pending, args = list(run.faults), ["run", *RECIPE, *overrides, f"output_dir={out}"]
         while len(run.attempts) < MAX_ATTEMPTS:
             started_wall, started = time.time(), time.monotonic()
             process = gft(*args)
@@ -325,10 +328,11 @@ def compare(run: ChaosRun, run_dir: Path, reference: Path) -> None:
         run.differences.append("eval.json differs")
 
 
-def metric_rows(run_dir: Path) -> list[dict]:
+def metric_rows(run_dir: Path, timed: bool = False) -> list[dict]:
+    """The run's metrics.jsonl, less what differs between any two runs unless ``timed``."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in UNTIMED_OUT and not k.startswith("timing/")
-             and not k.endswith("_per_s")} for row in rows]
+    return rows if timed else [{k: v for k, v in row.items() if k not in UNTIMED_OUT and not k.startswith("timing/")
+                                and not k.endswith("_per_s")} for row in rows]
 
 
 def _evals(run_dir: Path) -> dict:

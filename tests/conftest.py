@@ -134,3 +134,17 @@ def fault_free_run(tmp_path_factory) -> Path:
     with FileLock(shared / "fault-free.lock"):
         finished = chaos.run_dir_in(out)
         return finished if finished and (finished / "eval.json").is_file() else chaos.fault_free_run(out)
+
+
+@pytest.fixture(scope="session")
+def mlflow_history():
+    """``read(tracking_uri)``: every MLflow run there, by run id, as ``{name: [(step, value), ...]}``."""
+    from mlflow.tracking import MlflowClient
+
+    def read(tracking_uri: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
+        client = MlflowClient(tracking_uri)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        return {run.info.run_id: {key: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
+                                    for key in run.data.metrics} for run in runs}
+
+    return read

@@ -119,7 +119,7 @@ def packed_token_stats(model, packed: PackedBatch, with_entropy: bool) -> tuple[
     logits = model(input_ids=input_ids[None], position_ids=packed.position_ids.to(device)[None],
                    attention_gather=packed.attention_gather.to(device),
                    attention_scatter=packed.attention_scatter.to(device),
-                   logits_to_keep=positions).logits[0]  # [U, V]
+                   logits_to_keep=positions, use_cache=False).logits[0]  # [U, V]; scoring keeps no KV cache
     log_softmax = torch.log_softmax(logits.float(), dim=-1)
     flat_index = predictor_of * log_softmax.shape[-1] + input_ids[scored]  # [R] into the flattened [U, V]
     token_log_probs = log_softmax.reshape(-1).index_select(0, flat_index)
@@ -146,7 +146,8 @@ class Learner:
     ``save_resume_point``) must reach every rank: with FSDP they gather the shards.
     """
 
-    def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, num_threads: int | None = None):
+    def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, num_threads: int | None = None,
+                 gradient_checkpointing: bool = False):
         redirect_output()
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -155,15 +156,21 @@ class Learner:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.compute_dtype = torch_dtype(dtype)
         self.rank, self.world_size, self.sharded = 0, 1, False
+        self.gradient_checkpointing = gradient_checkpointing
         self.model, self.tokenizer = self._load(model_path)
         self.reference = None
         self.optimizer = None
         self.version = 0
         self.weights_block = WeightsBlock()  # rank 0's weights for rollout workers on its node
 
-    def _load(self, model_path: str, dtype: torch.dtype = torch.float32):
+    def _load(self, model_path: str, dtype: torch.dtype = torch.float32, trainable: bool = True):
         model, tokenizer = load_policy(model_path, dtype)
         model.set_attn_implementation(PACKED_ATTENTION)
+        if trainable and self.gradient_checkpointing:
+            # keep each decoder layer's input only and recompute the rest in the backward: the
+            # activations of long responses are what outgrows a GPU first. Non-reentrant, the
+            # form FSDP2's per-layer units and frozen inputs work with.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = model.to(self.device)
         if self.sharded:
             self._shard(model)
@@ -213,14 +220,18 @@ class Learner:
         self.optimizer = None
         self.version = version
 
-    def start_stage(self, reference_path: str, lr: float, weight_decay: float = 0.0, max_grad_norm: float = 1.0) -> None:
+    def start_stage(self, reference_path: str | None, lr: float, weight_decay: float = 0.0,
+                    max_grad_norm: float = 1.0) -> None:
         """Fresh optimizer, and the stage's frozen reference (for the KL): the policy the stage
-        started from, read from its folder so that a resumed stage gets the same one."""
+        started from, read from its folder so that a resumed stage gets the same one, sharded as
+        the policy is; ``None`` for a stage that never asks for the KL (its memory stays free)."""
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         self.max_grad_norm = max_grad_norm
-        reference = self._load(reference_path, self.compute_dtype)[0]  # frozen: no master copy needed
-        self.reference = reference.eval().requires_grad_(False)
+        self.reference = None  # the last stage's, freed before the next is read
+        if reference_path is not None:
+            reference = self._load(reference_path, self.compute_dtype, trainable=False)[0]  # frozen: no master copy
+            self.reference = reference.eval().requires_grad_(False)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The full weights on CPU on rank 0, nothing on the other ranks."""
@@ -328,6 +339,8 @@ class Learner:
         # extra forward. With several, they must be frozen before the first step.
         old = ([self._detached_log_probs(self.model, micro) for micro in packed_minis]
                if len(minis) > 1 and settings.with_old_log_probs else None)
+        if settings.with_reference and self.reference is None:
+            raise RuntimeError("update asks for the KL to the stage's start policy, but start_stage was given none")
         ref = [self._detached_log_probs(self.reference, micro) if settings.with_reference else [None] * len(micro)
                for micro in packed_minis]
         # FSDP averages gradients over the ranks; the step needs their sum

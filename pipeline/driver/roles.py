@@ -153,7 +153,8 @@ class Roles:
         threads = config.ray.num_cpus or os.cpu_count() or 1  # torch threads, split among the actors
         self.learners = [  # an eval-only job has none
             seated(seat, f"learner-{rank}")(Learner).remote(
-                model_path, config.model.dtype, config.seed, num_threads=max(1, threads // len(placement.learners)))
+                model_path, config.model.dtype, config.seed, num_threads=max(1, threads // len(placement.learners)),
+                gradient_checkpointing=config.learner.gradient_checkpointing)
             for rank, seat in enumerate(placement.learners)
         ]
         self.learner = self.learners[0] if self.learners else None
@@ -239,8 +240,8 @@ class Roles:
         self._call([(r, lambda w: w.load.remote(model_path, version)) for r in self.rollouts])
         self.version, self.pending, self.stale = version, None, set()
 
-    def start_stage(self, reference_path: str, lr: float, weight_decay: float, max_grad_norm: float) -> None:
-        """A fresh optimizer on every learner rank, and the stage's reference policy."""
+    def start_stage(self, reference_path: str | None, lr: float, weight_decay: float, max_grad_norm: float) -> None:
+        """A fresh optimizer on every learner rank, and the stage's reference policy (None: none)."""
         self._on_learners(lambda rank: rank.start_stage.remote(reference_path, lr, weight_decay, max_grad_norm))
 
     def restore(self, resume_point: Path) -> None:

@@ -7,6 +7,7 @@ GFT policy hands off to GRPO exactly as a user's model would (a Hugging Face fol
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import shutil
@@ -25,6 +26,7 @@ from pipeline.core.batch import OFF_POLICY_SOURCES
 from pipeline.core.data import PromptRecord, PromptSampler, read_prompt_file
 from pipeline.core.errors import DiskFull, PolicyNotFinite, RoleFailed, StopRequested, TrainingStopped
 from pipeline.core.files import atomic_path, write_json_lines
+from pipeline.core.metric_sinks import MetricSink, MlflowSink, TensorBoardSink, WandbSink
 from pipeline.core.metrics import MetricsLogger
 from pipeline.core.resume import Progress, ResumePoint, chosen_point, latest_point, points, prune, write_point
 from pipeline.driver.evals import evaluate_sets, load_eval_sets, save_generations
@@ -33,6 +35,7 @@ from pipeline.driver.rollout_env import check_rollout_environment
 from pipeline.driver.stages import train_step
 from pipeline.embedded import build_embedded_assets
 from pipeline.eval.evaluation import EvalSet, format_table
+from pipeline.recipe.algorithms import needs_reference
 from pipeline.recipe.config import EMBEDDED, RunConfig, StageConfig, check_data, learning_rate
 from pipeline.recipe.configio import to_dict
 
@@ -194,7 +197,8 @@ class _Driver:
         p, mid_stage = self.progress, self.progress.step > 0
         # resumed mid-stage: weights, optimizer and RNG from the point; the reference from the stage start
         self.roles.load_policy(str(self.start.folder) if mid_stage else p.stage_start, p.policy_version)
-        self.roles.start_stage(p.stage_start, stage.lr, stage.weight_decay, stage.max_grad_norm)
+        self.roles.start_stage(p.stage_start if needs_reference(stage) else None, stage.lr, stage.weight_decay,
+                               stage.max_grad_norm)
         if mid_stage:
             self.roles.restore(self.start.folder)
         # closed however the loop ends, so that a stop's message starts on a line of its own
@@ -311,21 +315,44 @@ def _run(config: RunConfig, run_dir: Path, on_step: Callable[[], None] | None, r
         logger.warning("resuming %s at stage %d step %d (global step %d) from %s", run_dir,
                        start.progress.stage_index, start.progress.step, start.progress.global_step, start.folder)
 
-    start_ray(config, log_dir)
-    with _StopSignal() as stop:  # after ray.init, which sets a SIGTERM handler of its own
-        roles = Roles(config, inputs.base_model, log_dir=log_dir)
-        try:
-            keep_bytes = start.progress.metrics_bytes if start else (0 if resume else None)
-            with MetricsLogger(run_dir, keep_bytes=keep_bytes) as metrics:
+    keep_bytes = start.progress.metrics_bytes if start else (0 if resume else None)
+    try:  # before Ray: a backend that cannot start (wandb online without a key) is the user's to fix
+        metrics = MetricsLogger(run_dir, keep_bytes, metric_sinks(config, run_dir), recipe_identity(config))
+    except BaseException:
+        if fresh:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    with metrics:
+        start_ray(config, log_dir)
+        with _StopSignal() as stop:  # after ray.init, which sets a SIGTERM handler of its own
+            roles = Roles(config, inputs.base_model, log_dir=log_dir)
+            try:
                 driver = _Driver(config, run_dir, inputs, roles, metrics, start, on_step, stop)
                 driver.run()
-        finally:
-            roles.close()
+            finally:
+                roles.close()
 
     progress = driver.progress
     return RunResult(run_dir, {k: Path(v) for k, v in progress.checkpoints.items()}, progress.evals,
                      skipped_rows=sum(len(rows) for rows in inputs.skipped_rows.values()),
                      short_groups={source: n for source, n in progress.short_groups.items() if n})
+
+
+def metric_sinks(config: RunConfig, run_dir: Path) -> list[MetricSink]:
+    """The backends of ``logging.backends`` besides metrics.jsonl, which the logger always writes."""
+    settings, recipe = config.logging, to_dict(config)
+    name = settings.run_name or run_dir.name
+    made = {"tensorboard": lambda: TensorBoardSink(run_dir),
+            "wandb": lambda: WandbSink(run_dir, settings.project, name, settings.wandb_mode, recipe),
+            "mlflow": lambda: MlflowSink(run_dir, settings.project, name, settings.mlflow_tracking_uri, recipe)}
+    return [made[backend]() for backend in settings.backends if backend != "jsonl"]
+
+
+def recipe_identity(config: RunConfig) -> str:
+    """What a resumed run must share with its first attempt for the steps it redoes to be the same
+    ones: the recipe, less where its metrics and resume points go and which cluster it runs on."""
+    recipe = {key: value for key, value in to_dict(config).items() if key not in ("logging", "checkpoint", "ray")}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _disk_full_message(run_dir: Path, err: OSError) -> str:

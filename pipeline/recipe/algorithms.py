@@ -85,3 +85,9 @@ ALGORITHMS: dict[str, Algorithm] = {
 def objective_for(stage: StageConfig) -> Callable:
     """The learner's objective for ``stage``."""
     return ALGORITHMS[stage.algorithm].objective(stage)
+
+
+def needs_reference(stage: StageConfig) -> bool:
+    """Whether the learners hold ``stage``'s start policy: for its loss's KL penalty, or to
+    measure the KL every ``kl_every`` steps. Otherwise its memory stays free."""
+    return ALGORITHMS[stage.algorithm].needs_reference(stage) or stage.kl_every > 0

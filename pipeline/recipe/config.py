@@ -6,6 +6,7 @@ each starting from the previous stage's checkpoint. ``validate`` runs before any
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from pipeline.core.batch import OFF_POLICY_SOURCES, SOURCES
 from pipeline.core.data import BAD_ROWS, DATA_SOURCE, PromptRecord, short_prompts
 from pipeline.core.errors import ConfigError, DataError
+from pipeline.core.metric_sinks import BACKENDS, WANDB_MODES
 from pipeline.embedded import TaskConfig, TinyModelConfig
 from pipeline.eval.benchmarks import BENCHMARKS
 from pipeline.recipe.algorithms import ALGORITHMS
@@ -58,6 +60,9 @@ class LearnerConfig:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     fsdp: bool = False
+    # keep each decoder layer's input only and recompute its activations in the backward: about
+    # one more forward's compute for activation memory that no longer grows with the layers
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -188,6 +193,19 @@ class CheckpointConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Where each step's metrics go (verl's ``trainer.logger``). ``RUN_DIR/metrics.jsonl`` is
+    always written: resume points, ``gft compare`` and the reports read it. wandb and mlflow
+    get the same names and steps (MLflow's names with ``@`` as ``_at_``)."""
+
+    backends: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])  # of jsonl, tensorboard, wandb, mlflow
+    project: str = "gft-pipeline"  # the wandb project and the MLflow experiment (verl: trainer.project_name)
+    run_name: str | None = None  # the wandb and MLflow run's name (verl: trainer.experiment_name); null: the run folder's
+    wandb_mode: str = "online"  # online | offline: written to RUN_DIR/wandb only, for `wandb sync` to upload later
+    mlflow_tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else a SQLite store, RUN_DIR/mlflow.db
+
+
+@dataclass
 class RunConfig:
     name: str = "gft"
     seed: int = 0
@@ -206,6 +224,7 @@ class RunConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     stages: list[StageConfig] = field(default_factory=list)
 
     def stage(self, name: str) -> StageConfig:
@@ -321,6 +340,20 @@ def validate_model_folder(key: str, path: str) -> None:
     raise ConfigError(f"{key}: {path} holds no weights (no *.safetensors file)")
 
 
+def validate_logging(config: LoggingConfig) -> None:
+    unknown = [b for b in config.backends if b not in BACKENDS]
+    _check(not unknown, f"logging.backends: {unknown} are not backends; the backends are {', '.join(BACKENDS)}")
+    _check("jsonl" in config.backends,
+           "logging.backends must hold jsonl: metrics.jsonl is what resume points and gft compare read")
+    _check(len(set(config.backends)) == len(config.backends), f"logging.backends: backends repeat: {config.backends}")
+    _check(config.wandb_mode in WANDB_MODES,
+           f"logging.wandb_mode: {config.wandb_mode!r} is not one of {', '.join(WANDB_MODES)}")
+    # wandb comes with verl; MLflow is the extra [mlflow] (mlflow-skinny and its SQLite store)
+    for backend, install in (("wandb", "pip install wandb"), ("mlflow", "pip install -e '.[mlflow]'")):
+        _check(backend not in config.backends or importlib.util.find_spec(backend) is not None,
+               f"logging.backends: {backend} is not installed here: {install}")
+
+
 def validate(config: RunConfig, training: bool = True) -> None:
     """Refuse impossible settings before anything starts; each message names the key. Paths are
     relative to the working directory. ``training=False`` checks an eval-only job (no stages)."""
@@ -377,6 +410,7 @@ def validate(config: RunConfig, training: bool = True) -> None:
            f"max_consecutive_skips must be >= 1, got {config.max_consecutive_skips}")
     _check(config.ray.max_actor_restarts >= 0,
            f"ray.max_actor_restarts must be >= 0, got {config.ray.max_actor_restarts}")
+    validate_logging(config.logging)
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("script, extra", [("rollout", []), ("learner", []), ("overheads", []), ("scaling", []),
-                                           ("pipeline", ["--steps", "2", "--trl", "0"]), ("seeds", ["--seeds", "2"])])
+                                           ("pipeline", ["--steps", "2", "--trl", "0"]), ("seeds", ["--seeds", "2"]),
+                                           ("checkpointing", [])])
 def test_benchmark_runs_and_writes_its_table(ray_cluster, script, extra, tmp_path, monkeypatch, capsys):
     out = tmp_path / f"{script}.json"
     monkeypatch.setattr(sys, "argv", [f"bench.{script}", "--quick", "--out", str(out), *extra])
@@ -42,3 +43,4 @@ def test_the_gpu_check_runs_without_ray_vllm_or_verl(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["device"], r["part"]) for r in rows] == [("cpu", "sampler"), ("cpu", "learner")]
     assert all(r["ours_tokens_per_s"] > 0 and r["raw_tokens_per_s"] > 0 for r in rows)
+    assert "verl check: skipped: verl's trainer (python -m verl.trainer.main_ppo) needs verl, Ray and vLLM" in done.stdout

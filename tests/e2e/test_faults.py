@@ -4,12 +4,17 @@ fault-free twin (the session's ``fault_free_run``); and, in this process on the 
 cluster (nothing is killed there), non-finite updates and a blown-up policy that stop the run.
 A learner's death and a full disk, from torn histories, are in tests/bench/test_chaos.py."""
 
+import json
+import math
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from bench import chaos
 from pipeline.cli import main
+from pipeline.core.metric_sinks import mlflow_name, wandb_history
+from pipeline.core.metrics import STATE_FILE
 from pipeline.core.resume import latest_point, points
 
 pytestmark = pytest.mark.slow
@@ -29,12 +34,16 @@ def gft(ray_cluster, capsys):
     return command
 
 
-def test_a_run_stopped_then_killed_twice_resumes_to_the_same_weights_metrics_and_evals(fault_free_run, tmp_path):
+def test_a_run_stopped_then_killed_twice_resumes_to_the_same_weights_metrics_and_evals(
+        fault_free_run, tmp_path, monkeypatch, mlflow_history):
     """SIGTERM after warm-up step 2; then, on the resumed attempts, a SIGKILL of everything mid-stage
     one step after a resume point (gft step 3, global 6), and one where the latest point is a
-    stage's end (grpo step 1, global 9)."""
+    stage's end (grpo step 1, global 9). Its metrics go to wandb (offline) and MLflow as well."""
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))  # not the machine's own
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run = chaos.replayed("sigterm@2,kill_group@6,kill_group@9")
-    chaos.chaos_run(run, tmp_path / "run", fault_free_run, tear_probability=0.0, tmpfs_mib=0)
+    chaos.chaos_run(run, tmp_path / "run", fault_free_run, tear_probability=0.0, tmpfs_mib=0, overrides=(
+        "logging.backends=[jsonl,tensorboard,wandb,mlflow]", "logging.wandb_mode=offline"))
     assert [f.hit for f in run.faults] == ["warmup step 2 done", "gft step 3 done", "grpo step 1 done"]
     assert [a.exit_code for a in run.attempts] == [143, -9, -9, 0]
     # SIGTERM: a clean stop at a step boundary, with a resume point and the command that continues
@@ -43,6 +52,26 @@ def test_a_run_stopped_then_killed_twice_resumes_to_the_same_weights_metrics_and
         in stopped
     # CPU and fixed seeds: checkpoints bitwise; every step logged once, in order, with the same values
     assert run.checkpoints_equal and run.metrics_equal and run.evals_equal, run.differences
+    # each backend went on in one run, and holds every step of metrics.jsonl once: those a resume
+    # redid once, and those an attempt's SIGKILL kept wandb's service from writing, all the same
+    run_dir = chaos.run_dir_in(tmp_path / "run")
+    logged = {(row["global_step"], f"{row['stage']}/{name}"): value for row in chaos.metric_rows(run_dir)
+              for name, value in row.items() if name not in ("stage", "step", "global_step")}
+    ids = {name: entry["run_id"] for name, entry in json.loads((run_dir / STATE_FILE).read_text()).items()}
+    wandb_rows = wandb_history(run_dir, ids["wandb"])
+    (mlflow_run,) = mlflow_history(f"sqlite:///{run_dir / 'mlflow.db'}").values()
+    mlflow_rows = [(step, name, value) for name, points in mlflow_run.items() for step, value in points]
+    everything = {(row["global_step"], f"{row['stage']}/{name}") for row in chaos.metric_rows(run_dir, timed=True)
+                  for name in row if name not in ("stage", "step", "global_step", "time")}
+    assert {log.stem for log in run_dir.glob("wandb/*/run-*.wandb")} == {f"run-{ids['wandb']}"}
+    for backend, rows, named in (("wandb", wandb_rows, str), ("mlflow", mlflow_rows, mlflow_name)):
+        held = [(step, name) for step, name, _ in rows]
+        assert len(held) == len(set(held)), f"{backend} holds a step twice"
+        assert set(held) == {(step, named(name)) for step, name in everything}, backend
+        values = {(step, name): value for step, name, value in rows}
+        for (step, name), value in logged.items():  # bar the timings, the same on every attempt
+            held_value = values[step, named(name)]
+            assert math.isnan(held_value) if value is None else held_value == value, (backend, step, name)
 
 
 def test_non_finite_updates_stop_the_run_and_it_resumes_once_fixed(gft, tmp_path):

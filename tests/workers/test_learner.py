@@ -135,3 +135,35 @@ def test_a_gft_update_reports_where_dcr_acts_by_source(assets, tokenizer):
     assert metrics["advantage_coefficient/self"] == pytest.approx(
         np.concatenate([np.full(len(probs[i]), advantages[i]) for i in mine]).mean(), abs=1e-5)
     assert metrics["rectified_fraction/expert"] > 0
+
+
+def test_gradient_checkpointing_recomputes_each_layer_and_leaves_the_gradients(assets, batch):
+    """Each decoder layer runs twice per update with it (forward, then again in the backward,
+    from its kept input), once without; the gradients agree to float tolerance."""
+    grads, runs, metrics = {}, {}, {}
+    for on in (False, True):
+        learner = Learner(str(assets.base_model), gradient_checkpointing=on)
+        learner.start_stage(str(assets.base_model), lr=0.0)  # the step leaves the weights; .grad stays
+        calls, layer = [], learner.model.model.layers[0]
+        forward = layer.forward  # counted here: the backward's recompute runs no forward hooks
+        layer.forward = lambda *args, forward=forward, calls=calls, **kwargs: calls.append(1) or forward(*args, **kwargs)
+        metrics[on] = learner.update(batch, UpdateSettings(mean_log_prob, micro_batch_tokens=512))
+        runs[on] = len(calls)
+        grads[on] = {name: p.grad.clone() for name, p in learner.model.named_parameters()}
+    assert (runs[False], runs[True]) == (1, 2)
+    assert metrics[True]["loss"] == metrics[False]["loss"]
+    assert metrics[True]["grad_norm"] == pytest.approx(metrics[False]["grad_norm"], rel=1e-5)
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_stage_without_a_reference_holds_none_and_cannot_ask_for_the_kl(assets, batch):
+    learner = Learner(str(assets.base_model))
+    learner.start_stage(str(assets.base_model), lr=1e-3)
+    assert learner.reference is not None
+    learner.start_stage(None, lr=1e-3)  # the next stage needs none: the last one's is dropped
+    assert learner.reference is None
+    metrics = learner.update(batch, UpdateSettings(mean_log_prob, micro_batch_tokens=512, with_reference=False))
+    assert "kl_to_start" not in metrics and metrics["skipped_updates"] == 0
+    with pytest.raises(RuntimeError, match="start_stage was given none"):
+        learner.update(batch, UpdateSettings(mean_log_prob, micro_batch_tokens=512, with_reference=True))

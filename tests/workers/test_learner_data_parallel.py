@@ -39,14 +39,18 @@ def _batch(assets, tokenizer):
     return with_column(batch, "advantage", np.linspace(-1.0, 1.0, batch.num_rows).astype(np.float32))
 
 
-def _parameters_held(learner) -> int:
-    """Parameter elements in this process's memory: a shard's, when sharded."""
-    return sum(getattr(p, "to_local", lambda p=p: p)().numel() for p in learner.model.parameters())
+def _parameters_held(learner) -> tuple[int, int]:
+    """Parameter elements of the policy and of the KL reference in this process's memory: a
+    shard's, when sharded."""
+    return tuple(sum(getattr(p, "to_local", lambda p=p: p)().numel() for p in model.parameters())
+                 for model in (learner.model, learner.reference))
 
 
-@pytest.mark.parametrize("shard", [False, True], ids=["replicas", "fsdp"])
+@pytest.mark.parametrize("shard", [False, True], ids=["replicas", "fsdp-and-gradient-checkpointing"])
 @pytest.mark.parametrize("updates_per_batch", [1, 2])
 def test_two_learners_take_the_same_step_as_one(cluster, assets, tokenizer, tmp_path, updates_per_batch, shard):
+    """Sharded, the two also recompute their activations (gradient checkpointing under FSDP),
+    which the single learner does not."""
     batch = _batch(assets, tokenizer)
     stage = StageConfig(name="gft", algorithm="gft", lr=1e-3)
     base = str(assets.base_model)
@@ -58,12 +62,13 @@ def test_two_learners_take_the_same_step_as_one(cluster, assets, tokenizer, tmp_
     settings = UpdateSettings(objective_for(stage), updates_per_batch, micro_batch_tokens=80)
     expected = single.update(batch, settings)
 
-    learners = [ray.remote(num_cpus=1)(Learner).remote(base, num_threads=1) for _ in range(2)]
+    learners = [ray.remote(num_cpus=1)(Learner).remote(base, num_threads=1, gradient_checkpointing=shard)
+                for _ in range(2)]
     address, port = ray.get(learners[0].rendezvous.remote())
     ray.get([learner.join_group.remote(rank, 2, address, port, shard) for rank, learner in enumerate(learners)])
     ray.get([learner.start_stage.remote(base, stage.lr) for learner in learners])
     held = ray.get([learner.__ray_call__.remote(_parameters_held) for learner in learners])
-    assert held == [single_size / 2] * 2 if shard else [single_size] * 2
+    assert held == [tuple(n / 2 for n in single_size)] * 2 if shard else [single_size] * 2
     results = ray.get([learner.update.remote(batch, settings) for learner in learners])
 
     for metrics in results:  # every rank reports the global figures

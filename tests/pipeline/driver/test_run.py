@@ -104,3 +104,18 @@ def test_short_groups_pass_when_allowed_or_filled_by_a_teacher_model(assets, tmp
         "expert_responses": ["2"], "teacher_responses": ["2"]}}])
     with pytest.raises(DataError, match="1 of 2 prompts have fewer than 3 teacher candidates"):
         _load_inputs(load_recipe(None, [*live, f"data.train_files=[{partial}]"]), tmp_path / "c")
+
+
+def test_wandb_that_cannot_start_is_refused_before_ray_starts(assets, tmp_path, capsys, ray_starts, monkeypatch):
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    train = _parquet(tmp_path / "train.parquet", [GOOD] * 4)
+    out = tmp_path / "runs"
+    assert main(_run_args(assets, train, out, *SMALL_STEPS, "logging.backends=[jsonl,wandb]")) == 2
+    err = capsys.readouterr().err
+    assert "logging.backends: wandb did not start: No API key configured" in err and "Traceback" not in err
+    assert "logging.wandb_mode=offline" in err
+    assert list(out.iterdir()) == []  # no run folder is left behind
+    assert ray_starts == []

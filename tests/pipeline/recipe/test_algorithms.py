@@ -10,7 +10,7 @@ import torch
 
 from pipeline.core.batch import SOURCES
 from pipeline.core.errors import ConfigError
-from pipeline.recipe.algorithms import ALGORITHMS, objective_for
+from pipeline.recipe.algorithms import ALGORITHMS, needs_reference, objective_for
 from pipeline.recipe.config import StageConfig, load_recipe
 
 
@@ -69,3 +69,15 @@ def test_each_objective_computes_its_own_loss():
     assert loss["gft"] == pytest.approx(float(expected_gft))
     # at ratio 1 (old = current log-probs) the clipped surrogate is the token mean of -A
     assert loss["grpo"] == pytest.approx(-(1.0 + 1.0 - 1.0) / 3)
+
+
+@pytest.mark.parametrize("algorithm, kl_coef, kl_every, needed", [
+    ("gft", 0.0, 10, True),  # the KL measured every 10 steps
+    ("gft", 0.0, 0, False),
+    ("sft", 0.0, 0, False),
+    ("grpo", 0.0, 0, False),
+    ("grpo", 0.001, 0, True),  # in the loss
+])
+def test_the_reference_is_held_only_for_a_kl_in_the_loss_or_measured(algorithm, kl_coef, kl_every, needed):
+    stage = StageConfig(name="s", algorithm=algorithm, kl_coef=kl_coef, kl_every=kl_every)
+    assert needs_reference(stage) is needed

@@ -169,11 +169,25 @@ def test_wrong_type_names_the_key(recipe):
         (["max_consecutive_skips=0"], "max_consecutive_skips"),
         (["ray.max_actor_restarts=-1"], "ray.max_actor_restarts"),
         (["learner.fsdp=true"], "learner.fsdp"),  # with one learner there is nothing to shard across
+        (["logging.backends=[jsonl,comet]"], "logging.backends"),
+        (["logging.backends=[tensorboard,wandb]"], "logging.backends"),  # metrics.jsonl is always written
+        (["logging.backends=[jsonl,wandb,wandb]"], "logging.backends"),
+        (["logging.wandb_mode=disabled"], "logging.wandb_mode"),
     ],
 )
 def test_impossible_values_are_refused_with_the_key_named(recipe, overrides, key):
     message = _error(recipe, *overrides)
     assert message.startswith(key), message
+
+
+def test_a_logger_that_is_not_installed_is_refused_with_how_to_install_it(recipe, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else find_spec(name, *a))
+    message = _error(recipe, "logging.backends=[jsonl,mlflow]")
+    assert message == "logging.backends: mlflow is not installed here: pip install -e '.[mlflow]'"
+    assert load_recipe(recipe, ["logging.backends=[jsonl,tensorboard,wandb]"]).logging.backends[-1] == "wandb"
 
 
 def test_the_lenient_extraction_is_the_built_in_verifiers_only(recipe, tmp_path):
@@ -336,6 +350,7 @@ def _placeholders_filled(path, tmp_path) -> RunConfig:
 def test_qwen_gft_recipe_has_the_paper_settings(tmp_path):
     config = _recipe(QWEN / "gft.yaml")
     assert config.model.path == "/path/to/Qwen2.5-Math-1.5B" and config.model.dtype == "bfloat16"
+    assert config.learner.fsdp and config.learner.gradient_checkpointing
     assert config.data.train_files and all(f.endswith(".parquet") for f in config.data.train_files)
     assert config.data.max_prompt_length == 1024
     assert set(config.eval.splits) <= set(config.data.eval_files)
