@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+from transformers import AutoTokenizer
 
 from pipeline.core.batch import concat_batches, make_batch, with_column
-from pipeline.core.checkpoint import load_policy
+from pipeline.core.checkpoint import load_policy, save_policy
 from pipeline.core.data import PromptRecord, load_prompts
-from pipeline.embedded import EmbeddedAssets, build_embedded_assets, verify
+from pipeline.core.shapes import SHAPES
+from pipeline.embedded import EmbeddedAssets, build_embedded_assets, build_shaped_model, verify
 from pipeline.recipe.config import GroupConfig, RunConfig, StageConfig, load_recipe
 from workers.hf_engine import _left_pad
 from workers.rollout import RolloutWorker
@@ -233,15 +234,7 @@ def raw_generate(model_path: str, records: list[PromptRecord], params: SamplingP
 
 
 def qwen_shaped_model(folder: Path, tokenizer_path: str) -> str:
-    """A random-weight model of Qwen2.5-0.5B's shape with the embedded tokenizer (whose ids are
-    the first of its vocabulary), saved as a Hugging Face folder."""
+    """A random-weight model of Qwen2.5-0.5B's shape with the embedded tokenizer, saved as a
+    Hugging Face folder (``pipeline.embedded.build_shaped_model``)."""
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    config = Qwen2Config(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=2048,
-                         rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return str(save_policy(build_shaped_model(tokenizer, SHAPES["qwen2.5-0.5b"]), tokenizer, folder))

@@ -8,10 +8,15 @@ from pathlib import Path
 
 
 def _cmd_build_default(args: argparse.Namespace) -> int:
+    from pipeline.core.errors import ConfigError
+    from pipeline.core.shapes import SHAPES
     from pipeline.embedded import build_embedded_assets
 
-    assets = build_embedded_assets(args.out)
-    print(f"embedded task, tokenizer and tiny base model written to {assets.root}")
+    if args.shape is not None and args.shape not in SHAPES:
+        raise ConfigError(f"--shape: {args.shape!r} is not one of {', '.join(SHAPES)}")
+    assets = build_embedded_assets(args.out, shape=SHAPES.get(args.shape))
+    model = f"a base model of {args.shape}'s shape (random weights)" if args.shape else "tiny base model"
+    print(f"embedded task, tokenizer and {model} written to {assets.root}")
     for name, path in {**assets.data_files, "base_model": assets.base_model}.items():
         print(f"  {name:<10} {path}")
     return 0
@@ -203,6 +208,35 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from pipeline.recipe.config import load_recipe
+    from pipeline.tools.plan import format_plan, model_shape, plan
+
+    config = load_recipe(args.recipe, args.overrides, check_paths=False)
+    shape = model_shape(config, args.shape)
+    result = plan(config, shape, args.gpus, args.gpu_memory)
+    print(format_plan(result, shape))
+    return 0 if result.fits else 1
+
+
+def _plan_before_submitting(config, args: argparse.Namespace) -> None:
+    """A recipe that asks for GPUs is planned (``gft plan``) on the GPUs ``--gpus`` and
+    ``--gpu-memory`` name, and refused, with nothing submitted, if it cannot fit."""
+    from pipeline.core.errors import ConfigError
+    from pipeline.tools.plan import model_shape, plan
+
+    if config.learner.num_gpus + config.rollout.num_gpus + config.teacher.num_gpus == 0:
+        return
+    if args.gpu_memory is None:
+        print("gft: note: the recipe's memory was not planned: give --gpus and --gpu-memory to have it checked "
+              "before it is submitted", file=sys.stderr)
+        return
+    result = plan(config, model_shape(config, args.shape), args.gpus, args.gpu_memory)
+    if not result.fits:
+        raise ConfigError(f"the recipe does not fit {args.gpus} GPUs of {args.gpu_memory:g} GiB, nothing was "
+                          f"submitted: {'; '.join(result.problems())} (`gft plan` shows every term)")
+
+
 def _cmd_submit(args: argparse.Namespace) -> int:
     from pipeline.recipe.config import load_recipe
     from pipeline.tools.submit import follow, submit, submitted_recipe
@@ -216,6 +250,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             print(f"{run_dir} has finished (eval.json is there); nothing to resume")
             return 0
         output_dir = run_dir.resolve()
+    _plan_before_submitting(config, args)
     job_id = submit(config, args.address, args.job_id, args.python, args.resume, args.overrides, args.stop_grace)
     print(f"gft: note: the job writes its run folder under {output_dir} on the cluster; that must be storage "
           "the cluster keeps and you can read (its working dir is deleted when the job ends)", file=sys.stderr)
@@ -304,6 +339,11 @@ def _add_job_parsers(commands) -> None:
     submit.add_argument("--resume", type=Path, metavar="RUN_DIR",
                         help="continue a stopped or killed run (its folder on storage the cluster shares) as a job; "
                              "overrides apply to its saved recipe, as with gft run --resume")
+    submit.add_argument("--gpus", type=int, default=1, help="GPUs of the cluster the job may use (default: 1)")
+    submit.add_argument("--gpu-memory", type=float, metavar="GIB",
+                        help="memory of each GPU: a recipe that asks for GPUs is planned and refused if it cannot "
+                             "fit (gft plan)")
+    submit.add_argument("--shape", help="the model's shape for the plan, where model.path is not on this machine")
     submit.add_argument("--stop-grace", type=int, default=STOP_GRACE_S, metavar="S",
                         help="seconds `gft stop` lets the run finish its step and write a resume point before Ray "
                              "kills it (default: %(default)s)")
@@ -391,6 +431,23 @@ def _add_data_parser(commands) -> None:
     check.set_defaults(handler=_cmd_data_check)
 
 
+def _shape_names() -> list[str]:
+    from pipeline.core.shapes import SHAPES
+
+    return list(SHAPES)
+
+
+def _add_plan_parser(commands) -> None:
+    parser = commands.add_parser("plan", help="the memory a recipe needs per GPU, by role and term, and whether it fits")
+    parser.add_argument("recipe", nargs="?", help="recipe YAML; omitted: the embedded default")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides of the recipe")
+    parser.add_argument("--gpus", type=int, required=True, help="GPUs the job may use")
+    parser.add_argument("--gpu-memory", type=float, required=True, metavar="GIB", help="memory of each GPU, GiB")
+    parser.add_argument("--shape", help=f"the model's shape by name, where model.path is not on this machine: "
+                                        f"{', '.join(_shape_names())} (default: model.path's config.json)")
+    parser.set_defaults(handler=_cmd_plan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gft",
@@ -412,12 +469,15 @@ def build_parser() -> argparse.ArgumentParser:
         "build-default", help="write the embedded task (parquet), tokenizer and tiny Qwen2 base model"
     )
     build.add_argument("--out", type=Path, default=Path("runs/embedded"), help="output folder")
+    build.add_argument("--shape", help="a base model of this real model's shape with random weights instead of the "
+                                       "tiny one: " + ", ".join(_shape_names()))
     build.set_defaults(handler=_cmd_build_default)
     _add_compare_parser(commands)
     _add_eval_parser(commands)
     _add_score_parser(commands)
     _add_data_parser(commands)
     _add_job_parsers(commands)
+    _add_plan_parser(commands)
     return parser
 
 

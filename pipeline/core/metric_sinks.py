@@ -30,6 +30,7 @@ BACKENDS = ("jsonl", "tensorboard", "wandb", "mlflow")
 WANDB_MODES = ("online", "offline")
 _MLFLOW_REFUSED = re.compile(r"[^\w./\- :]")
 _MLFLOW_BATCH = 100  # the most params MLflow takes in one log_batch
+logger = logging.getLogger(__name__)
 
 
 class MetricSink(Protocol):
@@ -141,9 +142,14 @@ class WandbSink(_Sink):
 
     def open(self, run_id: str | None, purge_step: int | None) -> str:
         import wandb
+        from google.protobuf.message import DecodeError
 
         if run_id is not None:
-            self.held = {(step, name) for step, name, _ in wandb_history(self.run_dir, run_id)}
+            try:
+                self.held = {(step, name) for step, name, _ in wandb_history(self.run_dir, run_id)}
+            except (ValueError, DecodeError) as err:  # a log of a wandb whose format this reader does not know
+                logger.warning("wandb: could not read what run %s holds (%s); the steps before the resume point are "
+                               "sent again", run_id, err)
         try:
             # console off: wandb would otherwise wrap the terminal the progress bars draw on
             self.run = wandb.init(project=self.project, name=self.run_name, id=run_id, resume="allow",

@@ -19,7 +19,7 @@ _HOMES = {
         "tokenizer_corpus",
         "write_embedded_dataset",
     ],
-    "model": ["TinyModelConfig", "build_tiny_model"],
+    "model": ["TinyModelConfig", "build_shaped_model", "build_tiny_model"],
     "task": [
         "DATA_SOURCE",
         "SPLITS",

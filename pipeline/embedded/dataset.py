@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 from pipeline.core.checkpoint import save_policy
 from pipeline.core.data import CHAT_ROLES, verl_schema, write_parquet_atomic
 from pipeline.core.files import atomic_path
+from pipeline.core.shapes import ModelShape
 
-from .model import TinyModelConfig, build_tiny_model
+from .model import TinyModelConfig, build_shaped_model, build_tiny_model
 from .task import (
     DATA_SOURCE,
     SPLITS,
@@ -135,17 +136,19 @@ def build_embedded_assets(
     n_ood: int = 256,
     n_teacher: int = 3,
     vocab_size: int = 512,
+    shape: ModelShape | None = None,
 ) -> EmbeddedAssets:
     """Dataset files, tokenizer and base model folder (`folder/base_model`), all from the seeds.
 
-    The tokenizer sees only train-split text, so nothing fitted ever touches test or ood.
+    The tokenizer sees only train-split text, so nothing fitted ever touches test or ood. With
+    ``shape``, the base model has random weights in that real model's shape instead of the tiny one.
     """
     task_config = task_config or TaskConfig()
     model_config = model_config or TinyModelConfig()
     root = Path(folder)
     paths = write_embedded_dataset(root, task_config, n_train, n_test, n_ood, n_teacher)
     tokenizer = build_tokenizer(tokenizer_corpus(read_rows(paths["train"])), vocab_size=vocab_size)
-    model = build_tiny_model(tokenizer, model_config)
+    model = build_tiny_model(tokenizer, model_config) if shape is None else build_shaped_model(tokenizer, shape)
     base_model = save_policy(model, tokenizer, root / "base_model")
     manifest = root / "embedded.json"
     _write_json_atomic(
@@ -154,7 +157,7 @@ def build_embedded_assets(
             "task": "chain_addition",
             "data_source": DATA_SOURCE,
             "task_config": asdict(task_config),
-            "model_config": asdict(model_config),
+            "model_config": asdict(model_config) if shape is None else {"shape": asdict(shape)},
             "sizes": {"train": n_train, "test": n_test, "ood": n_ood, "teacher_per_problem": n_teacher},
             "vocab_size": len(tokenizer),
         },

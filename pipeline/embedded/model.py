@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
+from pipeline.core.shapes import ModelShape
+
 from .tokenizer import PAD_TOKEN
 
 
@@ -90,3 +92,23 @@ def build_tiny_model(
     model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
     model.eval()
     return model
+
+
+def build_shaped_model(tokenizer: PreTrainedTokenizerBase, shape: ModelShape, seed: int = 0) -> Qwen2ForCausalLM:
+    """Random float32 weights in a real model's ``shape`` (``pipeline.core.shapes.SHAPES``), with
+    the embedded tokenizer, whose ids are the first of the shape's vocabulary: a model whose
+    memory and compute are the real one's, trained on the embedded task. Qwen2.5's position and
+    norm settings; a 4,096-token context, Qwen2.5-Math's."""
+    if len(tokenizer) > shape.vocab:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than the shape's vocabulary of {shape.vocab}")
+    bos, eos, pad = _special_ids(tokenizer)
+    config = Qwen2Config(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+                         num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+                         num_key_value_heads=shape.kv_heads, tie_word_embeddings=shape.tied,
+                         max_position_embeddings=4096, rope_theta=1e6, rms_norm_eps=1e-6, use_sliding_window=False,
+                         bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config).to(torch.float32)
+    model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+    return model.eval()

@@ -165,7 +165,8 @@ class StageConfig:
     micro_batch_tokens: int = 4096
     eval_every: int = 0  # 0: evaluate only after the stage
     # log the KL to the stage's start policy every N steps: it costs a forward of that policy,
-    # which runs every step anyway when kl_coef > 0. 0: only then
+    # which runs every step anyway when kl_coef > 0, and holding it (sharded as the policy, in the
+    # compute dtype). 0: only then; with kl_coef 0 the learners then hold no copy of it at all
     kl_every: int = 10
 
 
@@ -354,9 +355,25 @@ def validate_logging(config: LoggingConfig) -> None:
                f"logging.backends: {backend} is not installed here: {install}")
 
 
-def validate(config: RunConfig, training: bool = True) -> None:
+def _validate_paths(config: RunConfig, training: bool) -> None:
+    """The model folders and data files the recipe names are there and of the right kind."""
+    if config.model.path != EMBEDDED:
+        validate_model_folder("model.path", config.model.path)
+        _check(not training or bool(config.data.train_files), "data.train_files: a real model needs training data")
+    for key, path in [("data.train_files", p) for p in config.data.train_files] + [
+        (f"data.eval_files.{k}", p) for k, p in config.data.eval_files.items()
+    ]:
+        _check(Path(path).is_file(), f"{key}: {path} does not exist")
+        _check(Path(path).suffix != ".jsonl" or Path(path).stem in BENCHMARKS,
+               f"{key}: {path}: a .jsonl eval file must be one of the benchmarks {', '.join(BENCHMARKS)}")
+    if config.teacher.model_path is not None:
+        validate_model_folder("teacher.model_path", config.teacher.model_path)
+
+
+def validate(config: RunConfig, training: bool = True, check_paths: bool = True) -> None:
     """Refuse impossible settings before anything starts; each message names the key. Paths are
-    relative to the working directory. ``training=False`` checks an eval-only job (no stages)."""
+    relative to the working directory. ``training=False`` checks an eval-only job (no stages);
+    ``check_paths=False`` leaves out what needs the model and data files (``gft plan``)."""
     if training:
         validate_stages(config)
     rollout = config.rollout
@@ -385,19 +402,11 @@ def validate(config: RunConfig, training: bool = True) -> None:
     _check(config.data.short_groups in SHORT_GROUPS,
            f"data.short_groups: {config.data.short_groups!r} is not one of {', '.join(SHORT_GROUPS)}")
     _check(bool(config.data.reward_fn_key.strip()), "data.reward_fn_key: name the column of the reward's data_source")
-    if config.model.path != EMBEDDED:
-        validate_model_folder("model.path", config.model.path)
-        _check(not training or bool(config.data.train_files), "data.train_files: a real model needs training data")
-    for key, path in [("data.train_files", p) for p in config.data.train_files] + [
-        (f"data.eval_files.{k}", p) for k, p in config.data.eval_files.items()
-    ]:
-        _check(Path(path).is_file(), f"{key}: {path} does not exist")
-        _check(Path(path).suffix != ".jsonl" or Path(path).stem in BENCHMARKS,
-               f"{key}: {path}: a .jsonl eval file must be one of the benchmarks {', '.join(BENCHMARKS)}")
-    if config.teacher.model_path is not None:
-        validate_model_folder("teacher.model_path", config.teacher.model_path)
+    if check_paths:
+        _validate_paths(config, training)
     function = config.reward.function
-    _check(function is None or Path(function).exists(), f"reward.function: {function} does not exist")
+    _check(not check_paths or function is None or Path(function).exists(),
+           f"reward.function: {function} does not exist")
     _check(config.reward.extraction in EXTRACTIONS,
            f"reward.extraction: {config.reward.extraction!r} is not one of {', '.join(EXTRACTIONS)}")
     _check(function is None or config.reward.extraction == DEFAULT_EXTRACTION,
@@ -413,11 +422,12 @@ def validate(config: RunConfig, training: bool = True) -> None:
     validate_logging(config.logging)
 
 
-def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                check_paths: bool = True) -> RunConfig:
     """Read a recipe (default: the embedded default), apply overrides, build and validate it."""
     tree = read_yaml(path or DEFAULT_RECIPE)
     for override in overrides:
         apply_override(tree, override)
     config = build(RunConfig, tree)
-    validate(config)
+    validate(config, check_paths=check_paths)
     return config

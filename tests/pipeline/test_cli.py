@@ -83,3 +83,19 @@ def test_verbose_asks_the_run_to_leave_the_roles_output_on_the_terminal(monkeypa
     monkeypatch.setattr(run_module, "run", fake_run)
     assert main(["run", *argv, f"output_dir={tmp_path}"]) == 0
     assert calls == [{"verbose": verbose}]
+
+
+def test_submit_refuses_a_recipe_that_cannot_fit_its_gpus_before_contacting_the_cluster(capsys, monkeypatch):
+    import pipeline.tools.submit
+
+    submitted = []
+    monkeypatch.setattr(pipeline.tools.submit, "submit", lambda *args: submitted.append(args))
+    gpus = ["learner.num_gpus=1", "rollout.num_gpus=1", "rollout.num_workers=1"]
+    code = main(["submit", *gpus, "--address", "http://127.0.0.1:9", "--gpus", "1", "--gpu-memory", "0.01"])
+    assert code == 2 and submitted == []
+    err = capsys.readouterr().err
+    assert "the recipe does not fit 1 GPUs of 0.01 GiB, nothing was submitted: a learner+rollout GPU needs" in err
+    assert "Traceback" not in err
+    # without --gpu-memory it is not planned, and says so
+    assert main(["submit", *gpus, "--address", "http://127.0.0.1:9", "--no-wait"]) == 0 and len(submitted) == 1
+    assert "the recipe's memory was not planned: give --gpus and --gpu-memory" in capsys.readouterr().err

@@ -175,3 +175,15 @@ def test_wandb_online_without_a_key_is_refused_with_what_to_do(tmp_path):
     with MetricsLogger(tmp_path, sinks=[]) as metrics:  # the file was closed and left whole
         metrics.log("gft", 1, {"loss": 1.0})
     assert jsonl(tmp_path) == [(1, "gft/loss", 1.0)]
+
+
+def test_a_wandb_log_it_cannot_read_is_said_and_does_not_stop_the_run(tmp_path, caplog):
+    with MetricsLogger(tmp_path, sinks=every_backend(tmp_path)[1:2], identity="recipe") as metrics:
+        metrics.log("gft", 1, {"loss": 1.0})
+    (log,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    log.write_bytes(b"not a wandb log")  # as a later wandb's format might look to this reader
+    with caplog.at_level(logging.WARNING), \
+            MetricsLogger(tmp_path, sinks=every_backend(tmp_path)[1:2], identity="recipe") as metrics:
+        metrics.log("gft", 2, {"loss": 0.5})
+    assert "could not read what run" in caplog.text and "sent again" in caplog.text
+    assert jsonl(tmp_path) == [(1, "gft/loss", 1.0), (2, "gft/loss", 0.5)]

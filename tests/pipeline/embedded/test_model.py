@@ -10,7 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2ForCausalLM
 
 from pipeline.core.checkpoint import save_policy
-from pipeline.embedded import TinyModelConfig, build_tiny_model
+from pipeline.core.shapes import ModelShape
+from pipeline.embedded import TinyModelConfig, build_shaped_model, build_tiny_model
 
 
 def sample_ids(tokenizer) -> torch.Tensor:
@@ -106,3 +107,17 @@ def test_loads_back_with_identical_logits(saved_folder, tiny_model, tokenizer):
     )
     assert generated.shape[1] > ids.shape[1]
     assert torch.equal(generated[:, : ids.shape[1]], ids)
+
+
+def test_a_model_of_a_real_models_shape_has_its_parameters_and_the_embedded_tokens(tokenizer, tmp_path):
+    shape = ModelShape(vocab=1024, hidden=64, intermediate=160, layers=3, heads=4, kv_heads=2, tied=False)
+    model = build_shaped_model(tokenizer, shape)
+    assert sum(p.numel() for p in model.parameters()) == shape.parameters()
+    assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.vocab_size) == (64, 3, 1024)
+    assert model.config.eos_token_id == tokenizer.eos_token_id < len(tokenizer) <= shape.vocab
+    loaded = AutoModelForCausalLM.from_pretrained(save_policy(model, tokenizer, tmp_path / "shaped"))
+    ids = torch.tensor([tokenizer("1 + 2")["input_ids"]])
+    assert loaded(ids).logits.shape == (1, ids.shape[1], 1024)
+    with pytest.raises(ValueError, match="more than the shape's vocabulary of 16"):
+        build_shaped_model(tokenizer, ModelShape(vocab=16, hidden=8, intermediate=8, layers=1, heads=2, kv_heads=1,
+                                                 tied=True))
