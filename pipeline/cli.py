@@ -8,12 +8,9 @@ from pathlib import Path
 
 
 def _cmd_build_default(args: argparse.Namespace) -> int:
-    from pipeline.core.errors import ConfigError
     from pipeline.core.shapes import SHAPES
     from pipeline.embedded import build_embedded_assets
 
-    if args.shape is not None and args.shape not in SHAPES:
-        raise ConfigError(f"--shape: {args.shape!r} is not one of {', '.join(SHAPES)}")
     assets = build_embedded_assets(args.out, shape=SHAPES.get(args.shape))
     model = f"a base model of {args.shape}'s shape (random weights)" if args.shape else "tiny base model"
     print(f"embedded task, tokenizer and {model} written to {assets.root}")
@@ -233,7 +230,7 @@ def _plan_before_submitting(config, args: argparse.Namespace) -> None:
         return
     result = plan(config, model_shape(config, args.shape), args.gpus, args.gpu_memory)
     if not result.fits:
-        raise ConfigError(f"the recipe does not fit {args.gpus} GPUs of {args.gpu_memory:g} GiB, nothing was "
+        raise ConfigError(f"the recipe does not fit {result.gpus:g} GPUs of {args.gpu_memory:g} GiB, nothing was "
                           f"submitted: {'; '.join(result.problems())} (`gft plan` shows every term)")
 
 
@@ -339,7 +336,8 @@ def _add_job_parsers(commands) -> None:
     submit.add_argument("--resume", type=Path, metavar="RUN_DIR",
                         help="continue a stopped or killed run (its folder on storage the cluster shares) as a job; "
                              "overrides apply to its saved recipe, as with gft run --resume")
-    submit.add_argument("--gpus", type=int, default=1, help="GPUs of the cluster the job may use (default: 1)")
+    submit.add_argument("--gpus", type=int,
+                        help="GPUs of the cluster the job may use, for the plan (default: as many as the recipe asks)")
     submit.add_argument("--gpu-memory", type=float, metavar="GIB",
                         help="memory of each GPU: a recipe that asks for GPUs is planned and refused if it cannot "
                              "fit (gft plan)")
@@ -469,8 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
         "build-default", help="write the embedded task (parquet), tokenizer and tiny Qwen2 base model"
     )
     build.add_argument("--out", type=Path, default=Path("runs/embedded"), help="output folder")
-    build.add_argument("--shape", help="a base model of this real model's shape with random weights instead of the "
-                                       "tiny one: " + ", ".join(_shape_names()))
+    build.add_argument("--shape", choices=_shape_names(),
+                       help="a base model of this real model's shape with random weights instead of the tiny one")
     build.set_defaults(handler=_cmd_build_default)
     _add_compare_parser(commands)
     _add_eval_parser(commands)

@@ -54,7 +54,7 @@ class Term:
 class Plan:
     gpu_memory: float  # bytes per GPU
     gpus_needed: float
-    gpus: int
+    gpus: float
     terms: list[Term]
     peaks: dict[str, float]  # per GPU kind ("learner", "rollout", "learner+rollout"): its peak bytes
     largest: dict[str, Term]  # per GPU kind: the largest term of its peak
@@ -65,7 +65,7 @@ class Plan:
         return self.gpus_needed <= self.gpus and all(peak <= self.gpu_memory for peak in self.peaks.values())
 
     def problems(self) -> list[str]:
-        found = [f"the recipe asks for {self.gpus_needed:g} GPUs, {self.gpus} given"] \
+        found = [f"the recipe asks for {self.gpus_needed:g} GPUs, {self.gpus:g} given"] \
             if self.gpus_needed > self.gpus else []
         found += [f"a {kind} GPU needs {peak / GIB:.1f} GiB, over its {self.gpu_memory / GIB:.1f} GiB (the largest "
                   f"term: {self.largest[kind].role} {self.largest[kind].name}, {self.largest[kind].bytes / GIB:.1f} GiB)"
@@ -146,7 +146,8 @@ def rollout_terms(shape: ModelShape, config: RunConfig, gpu_memory: float) -> tu
     return terms, notes
 
 
-def plan(config: RunConfig, shape: ModelShape, gpus: int, gpu_memory_gib: float) -> Plan:
+def plan(config: RunConfig, shape: ModelShape, gpus: int | None, gpu_memory_gib: float) -> Plan:
+    """``gpus``: how many the job may use; None: as many as the recipe asks."""
     gpu_memory = gpu_memory_gib * GIB
     learner, rollout = learner_terms(shape, config), []
     notes = []
@@ -166,13 +167,13 @@ def plan(config: RunConfig, shape: ModelShape, gpus: int, gpu_memory_gib: float)
     needed = config.learner.num_workers * config.learner.num_gpus + config.teacher.num_gpus
     if not colocated:
         needed += config.rollout.num_workers * config.rollout.num_gpus
-    return Plan(gpu_memory, needed, gpus, learner + rollout, peaks, largest, notes)
+    return Plan(gpu_memory, needed, needed if gpus is None else gpus, learner + rollout, peaks, largest, notes)
 
 
 def format_plan(result: Plan, shape: ModelShape) -> str:
     lines = [(f"model: {shape.parameters() / 1e9:.2f} B parameters ({shape.layers} layers, hidden {shape.hidden}, "
               f"vocabulary {shape.vocab:,})"),
-             f"GPUs: {result.gpus_needed:g} asked of {result.gpus}, {result.gpu_memory / GIB:.0f} GiB each", "",
+             f"GPUs: {result.gpus_needed:g} asked of {result.gpus:g}, {result.gpu_memory / GIB:.0f} GiB each", "",
              f"{'role':<8} {'term':<44} {'GiB':>8}  when"]
     for term in result.terms:
         when = "whole stage" if term.kept else "update" if term.role == "learner" else "sampling"

@@ -91,7 +91,7 @@ def test_submit_refuses_a_recipe_that_cannot_fit_its_gpus_before_contacting_the_
     submitted = []
     monkeypatch.setattr(pipeline.tools.submit, "submit", lambda *args: submitted.append(args))
     gpus = ["learner.num_gpus=1", "rollout.num_gpus=1", "rollout.num_workers=1"]
-    code = main(["submit", *gpus, "--address", "http://127.0.0.1:9", "--gpus", "1", "--gpu-memory", "0.01"])
+    code = main(["submit", *gpus, "--address", "http://127.0.0.1:9", "--gpu-memory", "0.01"])  # the 1 GPU it asks
     assert code == 2 and submitted == []
     err = capsys.readouterr().err
     assert "the recipe does not fit 1 GPUs of 0.01 GiB, nothing was submitted: a learner+rollout GPU needs" in err
