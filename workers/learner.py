@@ -40,7 +40,7 @@ from pipeline.core.resume import (
 )
 from workers.attention import PACKED_ATTENTION
 from workers.output import redirect_output
-from workers.weights import FlatWeights, SharedWeights, WeightsBlock
+from workers.weights import FlatWeights, SharedWeights, WeightsBlock, tied_aliases
 
 # the whole state on rank 0's CPU, nothing on the other ranks: what a checkpoint writer needs
 GATHER_TO_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -247,8 +247,9 @@ class Learner:
         weights = self.state_dict() if self.sharded else self.model.state_dict()
         if self.rank != 0:
             return None
-        shared = self.weights_block.publish(weights) if same_node else None
-        return shared or FlatWeights.pack(weights)
+        aliases = tied_aliases(self.model)  # a tied output layer is sent once, as the embeddings
+        shared = self.weights_block.publish(weights, aliases) if same_node else None
+        return shared or FlatWeights.pack(weights, aliases)
 
     def close(self) -> None:
         """Free what would outlive this actor: the weights' shared-memory block."""

@@ -74,7 +74,8 @@ class RolloutWorker:
         """``params.n`` self rows per record, with behaviour log-probs and this policy version.
         ``weights``: the learner's newer weights, taken first as policy ``version`` (a weight sync
         riding on the rollout call, as verl's rollout syncs on entering generation: no call of
-        its own to wait for); the seconds that took are the metric ``weight_load_s``."""
+        its own to wait for); the seconds that took are the metric ``weight_load_s``, the bytes it
+        read ``weight_load_bytes``."""
         loading = time.perf_counter()
         if weights is not None:
             self.set_weights(weights, version)
@@ -95,7 +96,7 @@ class RolloutWorker:
             truncated=out.truncated,
         )
         metrics = {"rollout_tokens_per_s": out.num_tokens / max(elapsed, 1e-9), "rollout_tokens": out.num_tokens,
-                   "weight_load_s": started - loading}
+                   "weight_load_s": started - loading, "weight_load_bytes": weights.nbytes if weights else 0}
         if out.entropy is not None and out.num_tokens:
             lengths = [len(ids) for ids in out.response_ids]
             metrics["rollout_entropy"] = sum(e * n for e, n in zip(out.entropy, lengths)) / out.num_tokens

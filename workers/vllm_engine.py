@@ -71,8 +71,8 @@ class WeightLoaderExtension:
     """Mixed into vLLM's workers (``worker_extension_cls``), wherever they run: the driver names
     a shared-memory block or a checkpoint folder, and the worker reloads the model in place."""
 
-    def load_shared_weights(self, block: str, names: list[str], shapes: list[list[int]]) -> None:
-        weights = SharedWeights(block, names, [tuple(shape) for shape in shapes]).state_dict()
+    def load_shared_weights(self, block: str, names: list[str], shapes: list[list[int]], aliases: dict[str, str]) -> None:
+        weights = SharedWeights(block, names, [tuple(shape) for shape in shapes], aliases).state_dict()
         self.reload_weights(weights_iterator=iter(weights.items()))
 
     def load_checkpoint_weights(self, folder: str) -> None:
@@ -162,13 +162,14 @@ class VllmEngine:
     def load_weights(self, weights: FlatWeights | SharedWeights) -> None:
         """Take the learner's weights in place. A shared block on this node is read where it is;
         weights that came through the object store are first put in a block of this actor's."""
-        shared = weights if isinstance(weights, SharedWeights) else self.block.publish(weights.state_dict())
+        shared = weights if isinstance(weights, SharedWeights) else self.block.publish(weights.state_dict(),
+                                                                                       weights.aliases)
         if shared is None:
             raise RuntimeError("no room in /dev/shm for the weights the vLLM engine must load")
         self._wake()
         try:
             self.llm.collective_rpc("load_shared_weights", args=(shared.block, shared.names,
-                                                                 [list(s) for s in shared.shapes]))
+                                                                 [list(s) for s in shared.shapes], shared.aliases))
             self.llm.reset_prefix_cache()  # cached prompt blocks hold the old weights' keys and values
         finally:
             self._rest()

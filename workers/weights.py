@@ -23,7 +23,7 @@ import os
 import shutil
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
 
@@ -41,20 +41,35 @@ def _check_floating(state_dict: dict[str, torch.Tensor]) -> None:
             raise ValueError(f"weight {name!r} is {tensor.dtype}; only floating-point weights are sent")
 
 
+def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """Each parameter name that is another parameter named before it (an output layer tied to the
+    embeddings), with that name. A sync sends the tensor once; readers see it under both."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        first.setdefault(id(param), name)
+    return aliases
+
+
 def _pack_into(flat: torch.Tensor, state_dict: dict[str, torch.Tensor]) -> None:
     """Copy every tensor of ``state_dict`` (any device, any float dtype) into float32 ``flat``."""
     for part, tensor in zip(flat.split([t.numel() for t in state_dict.values()]), state_dict.values()):
         part.copy_(tensor.detach().reshape(-1))
 
 
-def _views(names: list[str], shapes: list[tuple[int, ...]], values: np.ndarray) -> dict[str, torch.Tensor]:
+def _views(names: list[str], shapes: list[tuple[int, ...]], values: np.ndarray,
+           aliases: dict[str, str]) -> dict[str, torch.Tensor]:
     """Tensors by name viewing ``values``, to be copied from, never written: the buffer may be
-    read-only (Ray's shared memory) or another process's (a shared block)."""
+    read-only (Ray's shared memory) or another process's (a shared block). A tied name is a
+    second view of its tensor."""
     with warnings.catch_warnings():  # torch warns that it cannot mark the tensor read-only
         warnings.simplefilter("ignore", UserWarning)
         flat = torch.from_numpy(values)
     sizes = [int(np.prod(shape)) for shape in shapes]
-    return {name: part.view(shape) for name, shape, part in zip(names, shapes, flat.split(sizes))}
+    views = {name: part.view(shape) for name, shape, part in zip(names, shapes, flat.split(sizes))}
+    return views | {alias: views[name] for alias, name in aliases.items()}
 
 
 @dataclass
@@ -62,18 +77,26 @@ class FlatWeights:
     names: list[str]
     shapes: list[tuple[int, ...]]
     values: np.ndarray  # float32, every tensor's values one after another, in ``names`` order
+    aliases: dict[str, str] = field(default_factory=dict)  # tied name -> the name it is sent under
 
     @classmethod
-    def pack(cls, state_dict: dict[str, torch.Tensor]) -> FlatWeights:
+    def pack(cls, state_dict: dict[str, torch.Tensor], aliases: dict[str, str] | None = None) -> FlatWeights:
         """``state_dict``'s floating-point tensors, on any device, copied one by one into one CPU
-        float32 buffer (the learner's master dtype): no second copy of the weights is held."""
+        float32 buffer (the learner's master dtype): no second copy of the weights is held. The
+        names in ``aliases`` are left out and read back as views of the tensors they are tied to."""
+        aliases = aliases or {}
+        state_dict = {name: tensor for name, tensor in state_dict.items() if name not in aliases}
         _check_floating(state_dict)
         flat = torch.empty(sum(t.numel() for t in state_dict.values()), dtype=torch.float32)
         _pack_into(flat, state_dict)
-        return cls(list(state_dict), [tuple(t.shape) for t in state_dict.values()], flat.numpy())
+        return cls(list(state_dict), [tuple(t.shape) for t in state_dict.values()], flat.numpy(), aliases)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return _views(self.names, self.shapes, self.values)
+        return _views(self.names, self.shapes, self.values, self.aliases)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.values.nbytes)
 
 
 @dataclass
@@ -83,13 +106,19 @@ class SharedWeights:
     block: str  # the block's name
     names: list[str]
     shapes: list[tuple[int, ...]]
+    aliases: dict[str, str] = field(default_factory=dict)  # tied name -> the name it is sent under
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * sum(int(np.prod(shape)) for shape in self.shapes)  # float32
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Views into the block, which this process attaches at its first read and keeps open."""
         if self.block not in _attached:
             _attached[self.block] = _attach(self.block)
         count = sum(int(np.prod(shape)) for shape in self.shapes)
-        return _views(self.names, self.shapes, np.ndarray((count,), np.float32, buffer=_attached[self.block].buf))
+        return _views(self.names, self.shapes, np.ndarray((count,), np.float32, buffer=_attached[self.block].buf),
+                      self.aliases)
 
 
 def _attach(name: str) -> SharedMemory:
@@ -133,9 +162,12 @@ class WeightsBlock:
     def __init__(self):
         self.memory: SharedMemory | None = None
 
-    def publish(self, state_dict: dict[str, torch.Tensor]) -> SharedWeights | None:
+    def publish(self, state_dict: dict[str, torch.Tensor], aliases: dict[str, str] | None = None) -> SharedWeights | None:
         """Pack ``state_dict`` into the block; its handle, or None if the block would not fit in
-        this node's shared memory (a container's /dev/shm is often 64 MB): send FlatWeights then."""
+        this node's shared memory (a container's /dev/shm is often 64 MB): send FlatWeights then.
+        ``aliases`` as for :meth:`FlatWeights.pack`."""
+        aliases = aliases or {}
+        state_dict = {name: tensor for name, tensor in state_dict.items() if name not in aliases}
         _check_floating(state_dict)
         count = sum(t.numel() for t in state_dict.values())
         if self.memory is None or self.memory.size < 4 * count:
@@ -149,7 +181,7 @@ class WeightsBlock:
             self.memory = SharedMemory(name=name, create=True, size=4 * count)
         values = np.ndarray((count,), np.float32, buffer=self.memory.buf)
         _pack_into(torch.from_numpy(values), state_dict)
-        return SharedWeights(self.memory.name, list(state_dict), [tuple(t.shape) for t in state_dict.values()])
+        return SharedWeights(self.memory.name, list(state_dict), [tuple(t.shape) for t in state_dict.values()], aliases)
 
     def close(self) -> None:
         """Unlink the block; readers that attached it keep their mapping until they end."""

@@ -114,7 +114,8 @@ def _merge_rollout_metrics(per_worker: list[dict]) -> dict:
     """Throughput adds up across workers; entropy is the mean over all their sampled tokens."""
     tokens = sum(m["rollout_tokens"] for m in per_worker)
     merged = {"rollout_tokens_per_s": sum(m["rollout_tokens_per_s"] for m in per_worker),
-              "weight_load_s": max(m["weight_load_s"] for m in per_worker)}  # the workers load at once
+              "weight_load_s": max(m["weight_load_s"] for m in per_worker),  # the workers load at once
+              "weight_load_bytes": sum(m["weight_load_bytes"] for m in per_worker)}
     if tokens and all("rollout_entropy" in m for m in per_worker):
         merged["rollout_entropy"] = sum(m["rollout_entropy"] * m["rollout_tokens"] for m in per_worker) / tokens
     return merged

@@ -140,6 +140,7 @@ def train_step(
     clock.lap("rollout")
     # the rollout began by loading the last update's weights: that part is the weight sync
     metrics["timing/weight_sync_s"] = metrics.pop("weight_load_s", 0.0)
+    metrics["weight_sync_bytes"] = metrics.pop("weight_load_bytes", 0)  # what the rollout workers read, together
     metrics["timing/rollout_s"] -= metrics["timing/weight_sync_s"]
     batch, score_metrics = roles.score(concat_batches(parts))
     metrics.update(score_metrics)

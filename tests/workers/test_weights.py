@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from workers.weights import BLOCK_PREFIX, SHM_DIR, FlatWeights, WeightsBlock
+from workers.weights import BLOCK_PREFIX, SHM_DIR, FlatWeights, WeightsBlock, tied_aliases
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,6 +32,34 @@ def test_a_model_loads_the_buffer_and_holds_the_same_weights():
     source, target = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
     target.load_state_dict(FlatWeights.pack(source.state_dict()).state_dict(), strict=True)
     assert all(torch.equal(a, b) for a, b in zip(source.parameters(), target.parameters()))
+
+
+class _Tied(torch.nn.Module):
+    """An embedding and an output layer sharing one weight, as a tied language model has."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(6, 4)
+        self.head = torch.nn.Linear(4, 6, bias=False)
+        self.head.weight = self.embed.weight
+
+
+def test_a_tied_weight_is_sent_once_and_read_back_under_both_names():
+    source, target = _Tied(), _Tied()
+    aliases = tied_aliases(source)
+    assert aliases == {"head.weight": "embed.weight"}
+    flat = FlatWeights.pack(source.state_dict(), aliases)
+    assert flat.names == ["embed.weight"] and flat.nbytes == 4 * 6 * 4  # one copy, not two
+    back = flat.state_dict()
+    assert set(back) == {"embed.weight", "head.weight"} and back["head.weight"] is back["embed.weight"]
+    target.load_state_dict(back, strict=True)
+    assert torch.equal(target.head.weight, source.embed.weight) and target.head.weight is target.embed.weight
+    block = WeightsBlock()
+    try:
+        shared = block.publish(source.state_dict(), aliases)
+        assert shared.nbytes == flat.nbytes and set(shared.state_dict()) == set(back)
+    finally:
+        block.close()
 
 
 def test_integer_tensors_are_refused_by_name():

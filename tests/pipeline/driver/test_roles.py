@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import ray
+from safetensors.torch import load_file
 
 from pipeline.core.batch import with_column
 from pipeline.core.data import load_prompts
@@ -57,8 +58,10 @@ def test_rollout_samples_with_the_learners_new_weights_after_a_sync(roles, asset
 
     params = SamplingParams(n=2, temperature=1.0, max_new_tokens=12)
     assert roles.stale == set(range(len(roles.rollouts)))
-    batch, _ = roles.rollout(records, params, seed=5)  # takes the new weights first
+    batch, rollout_metrics = roles.rollout(records, params, seed=5)  # takes the new weights first
     assert not roles.stale
+    parameters = sum(t.numel() for t in load_file(str(assets.base_model / "model.safetensors")).values())
+    assert rollout_metrics["weight_load_bytes"] == 4 * parameters * len(roles.rollouts)  # float32, to each worker
     assert set(batch.column("policy_version").to_pylist()) == {version + 1}
     learner = np.concatenate(ray.get(roles.learner.response_log_probs.remote(batch)))
     behaviour = np.concatenate(batch.column("behaviour_logprobs").to_pylist())
