@@ -31,7 +31,8 @@ next attempt once its global step is logged: a drawn run's faults again, or a ch
 Per run it reports the faults, where each hit (the last step logged), every attempt's exit code
 and message, the resumes it took, and whether each stage's final checkpoint is bitwise equal to
 the fault-free run's and ``metrics.jsonl`` equal bar timing fields (and ``actor_restarts``,
-which counts the faults it survived). A table is printed and the rows written as JSON.
+which counts the faults it survived, and ``weight_sync_bytes``, 0 where a resumed attempt's
+rollout loaded the resume point instead of a sync). A table is printed and the rows written as JSON.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ RECIPE = [
 STEPS = [("warmup", 3), ("gft", 5), ("grpo", 3)]  # the recipe's stages and their steps, in order
 ACTORS = {"kill_rollout": "ray::RolloutWorker", "kill_teacher": "ray::TeacherWorker", "kill_learner": "ray::Learner"}
 KINDS = ["kill_group", *ACTORS, "sigterm", "disk_full"]
-UNTIMED_OUT = ("time", "step_time_s", "wall_time_s", "actor_restarts")  # differ between any two runs, or count faults
+# differ between any two runs, or count what a fault changed: a restarted actor, and the sync a
+# resumed attempt does not make (its rollout workers load the resume point's weights instead)
+UNTIMED_OUT = ("time", "step_time_s", "wall_time_s", "actor_restarts", "weight_sync_bytes")
 MAX_ATTEMPTS = 6
 DISK_MARGIN = 256 * 1024  # left free: room for a few metrics lines, not for a checkpoint
 RUN_TIMEOUT_S = 900
