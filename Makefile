@@ -2,7 +2,7 @@
 VENV ?= .venv
 ARGS ?=
 
-.PHONY: setup vllm run test test-fast lint
+.PHONY: setup vllm run test test-fast test-scale lint
 
 setup:
 	@GFT_VENV=$(VENV) bash scripts/setup.sh
@@ -20,6 +20,10 @@ test: setup vllm
 # the unit tests only: no Ray cluster, no run, no vLLM; the edit loop's check
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow" --durations=10 $(ARGS)
+
+# a real model's size: recipes/qwen2.5-0.5b-shape.yaml end to end (about 20 GiB, minutes)
+test-scale: setup vllm
+	$(VENV)/bin/python -m pytest -q -m scale --durations=5 $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline workers tests bench

@@ -38,6 +38,7 @@ rollout loaded the resume point instead of a sync). A table is printed and the r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -231,12 +232,14 @@ def _title(process: psutil.Process) -> str:
 
 
 def _fill(out: Path) -> Path:
+    """Fill ``out``'s disk to within ``DISK_MARGIN``; the run writing meanwhile may fill it first."""
     filler = out / "filler"
     free = shutil.disk_usage(out).free - DISK_MARGIN
-    with filler.open("wb") as f:
+    with contextlib.suppress(OSError), filler.open("wb") as f:  # ENOSPC: full already, as wanted
         chunk = b"\0" * (1 << 20)
         while free > 0:
             free -= f.write(chunk[: min(len(chunk), free)])
+            f.flush()
     return filler
 
 

@@ -24,6 +24,7 @@ from pipeline.core.checkpoint import load_policy
 from workers import llama_decode
 from workers.attention import DECODE_ATTENTION
 from workers.sampling import EngineOptions, Generation, SamplingParams
+from workers.weight_group import SyncPlan, WeightGroup, receive
 
 
 def prepare_for_sampling(model):
@@ -194,6 +195,7 @@ class HfEngine:
 
     def __init__(self, model_path: str, options: EngineOptions):
         self.dtype, self.max_num_seqs = options.dtype, options.max_num_seqs
+        self.weight_group: WeightGroup | None = None
         self.load_checkpoint(model_path)
 
     def load_checkpoint(self, model_path: str) -> None:
@@ -204,6 +206,27 @@ class HfEngine:
 
     def load_weights(self, weights) -> None:
         self.model.load_state_dict(weights.state_dict(), strict=True)
+
+    def join_weight_group(self, address: str, port: int, rank: int, world_size: int) -> None:
+        self.weight_group = WeightGroup(address, port, rank, world_size, next(self.model.parameters()).device)
+
+    def leave_weight_group(self) -> None:
+        if self.weight_group is not None:
+            self.weight_group.close()
+            self.weight_group = None
+
+    @torch.no_grad()
+    def receive_weights(self, plan: SyncPlan) -> None:
+        """Take a sync from the weight group, each tensor copied in as its bucket arrives."""
+        state = self.model.state_dict()
+        missing = set(state)
+        for name, value in receive(self.weight_group, plan):
+            if name not in state:
+                raise KeyError(f"the learner sent {name!r}, which this model does not have")
+            state[name].copy_(value)
+            missing.discard(name)
+        if missing:
+            raise KeyError(f"the learner's sync left out {sorted(missing)}")
 
     def describe(self) -> dict:
         device = next(self.model.parameters()).device

@@ -8,13 +8,16 @@ the pre-clip grad-norm are measured here because they need the logits and the we
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import ctypes
 import math
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -23,25 +26,34 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 
 from pipeline.core.batch import PackedBatch, groups_together, shared_prompt_tokens, to_packed
-from pipeline.core.checkpoint import load_policy, save_policy, torch_dtype, write_policy_files
+from pipeline.core.checkpoint import load_policy, saved_weights, torch_dtype, write_policy_files
+from pipeline.core.files import atomic_dir
 from pipeline.core.resume import (
-    LEARNER_STATE_FILE,
+    OPTIMIZER_DIR,
+    RNG_FILE,
     Progress,
-    load_learner_state,
-    save_learner_state,
+    load_optimizer_state,
+    load_rng,
+    save_optimizer_state,
+    save_rng,
     write_point,
 )
 from workers.attention import PACKED_ATTENTION
 from workers.output import redirect_output
+from workers.weight_group import SyncPlan, WeightGroup, send
 from workers.weights import FlatWeights, SharedWeights, WeightsBlock, tied_aliases
 
+T = TypeVar("T")
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")  # glibc's malloc_trim: Linux
+except OSError:
+    _LIBC = None
 # the whole state on rank 0's CPU, nothing on the other ranks: what a checkpoint writer needs
 GATHER_TO_RANK0 = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -132,6 +144,11 @@ def packed_token_stats(model, packed: PackedBatch, with_entropy: bool) -> tuple[
     return log_probs, entropy
 
 
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor gathered whole (a collective: every rank must call it), a plain one as is."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     return float((values * mask).sum() / mask.sum().clamp(min=1))
 
@@ -143,11 +160,11 @@ class Learner:
     (``auto``: bfloat16 on a GPU), applied by autocast or, when sharded, by FSDP's mixed
     precision. A bf16 master copy would round away updates of lr 1e-6 on weights of 1e-2.
     With several ranks, calls that read or write the whole state (``state_dict``, ``save``,
-    ``save_resume_point``) must reach every rank: with FSDP they gather the shards.
+    ``save_resume_point``, ``restore``) must reach every rank.
     """
 
     def __init__(self, model_path: str, dtype: str = "float32", seed: int = 0, num_threads: int | None = None,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, return_freed_memory: bool = False):
         redirect_output()
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -157,11 +174,13 @@ class Learner:
         self.compute_dtype = torch_dtype(dtype)
         self.rank, self.world_size, self.sharded = 0, 1, False
         self.gradient_checkpointing = gradient_checkpointing
+        self.return_freed_memory = return_freed_memory  # after each load and update (a large model's)
         self.model, self.tokenizer = self._load(model_path)
         self.reference = None
         self.optimizer = None
         self.version = 0
         self.weights_block = WeightsBlock()  # rank 0's weights for rollout workers on its node
+        self.weight_group: WeightGroup | None = None  # rank 0's, where weights are broadcast to engines
 
     def _load(self, model_path: str, dtype: torch.dtype = torch.float32, trainable: bool = True):
         model, tokenizer = load_policy(model_path, dtype)
@@ -215,10 +234,18 @@ class Learner:
             self._shard(self.model)
 
     def load(self, model_path: str, version: int) -> None:
-        """Start from a checkpoint folder (the previous stage's) as policy ``version``."""
+        """Start from a checkpoint folder (the previous stage's) as policy ``version``. The last
+        stage's policy, optimizer and reference go first: never two policies in memory."""
+        self.model = self.optimizer = self.reference = None
         self.model, self.tokenizer = self._load(model_path)
-        self.optimizer = None
         self.version = version
+        self._return_freed_memory()
+
+    def _return_freed_memory(self) -> None:
+        """glibc keeps the heap memory Python frees for its next allocations; after a large
+        model's load or update that is gigabytes, which the roles sharing this node could use."""
+        if self.return_freed_memory and _LIBC is not None:
+            _LIBC.malloc_trim(0)
 
     def start_stage(self, reference_path: str | None, lr: float, weight_decay: float = 0.0,
                     max_grad_norm: float = 1.0) -> None:
@@ -240,60 +267,109 @@ class Learner:
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if self.rank == 0 else {}
 
     def rollout_weights(self, same_node: bool) -> SharedWeights | FlatWeights | None:
-        """The full weights for the rollout workers, on rank 0 (see ``state_dict``): in this
-        node's shared memory if every worker is on this node (``same_node``) and they fit there,
-        else as one buffer for the object store (``workers.weights``). Unsharded, rank 0 packs
-        them straight from its model, with no copy in between."""
-        weights = self.state_dict() if self.sharded else self.model.state_dict()
+        """The whole weights for the rollout workers, from rank 0 (every rank takes part): in
+        this node's shared memory if every worker is on this node (``same_node``) and they fit
+        there, else as one buffer for the object store (``workers.weights``). They are packed
+        straight from the model (:meth:`_each_whole`), so the buffer is the only copy made."""
+        weights, aliases = saved_weights(self.model), tied_aliases(self.model)  # a tied output layer sent once
+
+        def pack(tensors: Iterator[torch.Tensor]) -> SharedWeights | FlatWeights:
+            shared = self.weights_block.publish(weights, aliases, tensors) if same_node else None
+            return shared or FlatWeights.pack(weights, aliases, tensors)
+
+        return self._each_whole(pack)
+
+    def weight_plan(self, bucket_bytes: int) -> SyncPlan:
+        """What a sync through a weight group sends (``workers.weight_group``): the weights in
+        the compute dtype, a tied output layer once."""
+        return SyncPlan.build(saved_weights(self.model), self.compute_dtype, tied_aliases(self.model), bucket_bytes)
+
+    def join_weight_group(self, address: str, port: int, world_size: int) -> None:
+        """Rank 0: become the sender (rank 0) of a weight group of ``world_size`` whose store it
+        serves at ``address:port`` (:meth:`rendezvous`)."""
+        self.weight_group = WeightGroup(address, port, 0, world_size, self.device)
+
+    def leave_weight_group(self) -> None:
+        if self.weight_group is not None:
+            self.weight_group.close()
+            self.weight_group = None
+
+    def broadcast_weights(self, plan: SyncPlan) -> None:
+        """Every rank: the weights to the weight group's engines, as ``plan`` says, each tensor
+        gathered just before rank 0 packs it (:meth:`_each_whole`)."""
+
+        def broadcast(tensors: Iterator[torch.Tensor]) -> None:
+            try:
+                send(self.weight_group, plan, tensors)
+            except BaseException:
+                self.leave_weight_group()  # its peers' waits end now, not at the group's timeout
+                raise
+
+        self._each_whole(broadcast)
+
+    def _each_whole(self, consume: Callable[[Iterator[torch.Tensor]], T]) -> T | None:
+        """Rank 0: ``consume(tensors)``, the model's :func:`saved_weights` values, each gathered
+        whole as the iterator reaches it (so no rank holds the model twice); the other ranks take
+        part in each gather, in the same order, and return None. Should ``consume`` fail, rank 0
+        still goes through the rest of the gathers before it raises: the others are not left
+        waiting in one."""
+        tensors = (_whole(value) for value in saved_weights(self.model).values())
         if self.rank != 0:
+            if self.sharded:
+                collections.deque(tensors, maxlen=0)
             return None
-        aliases = tied_aliases(self.model)  # a tied output layer is sent once, as the embeddings
-        shared = self.weights_block.publish(weights, aliases) if same_node else None
-        return shared or FlatWeights.pack(weights, aliases)
+        try:
+            return consume(tensors)
+        except BaseException:
+            if self.sharded:
+                collections.deque(tensors, maxlen=0)
+            raise
 
     def close(self) -> None:
-        """Free what would outlive this actor: the weights' shared-memory block."""
+        """Free what would outlive this actor: the weights' shared-memory block, the weight group."""
         self.weights_block.close()
+        self.leave_weight_group()
 
-    def _optimizer_state(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Per-parameter optimizer state by parameter name, whole, on rank 0."""
-        if self.sharded:
-            return get_optimizer_state_dict(self.model, self.optimizer, options=GATHER_TO_RANK0).get("state", {})
-        names = [name for name, _ in self.model.named_parameters()]
-        return {names[i]: state for i, state in self.optimizer.state_dict()["state"].items()}
+    def _write_policy(self, folder: Path | None) -> None:
+        """Every rank: the policy's Hugging Face files into ``folder``, which rank 0 writes (the
+        others pass None), each tensor gathered as it is written (:meth:`_each_whole`)."""
+        self._each_whole(lambda tensors: write_policy_files(self.model, self.tokenizer, folder, tensors))
 
     def save(self, folder: str) -> str | None:
-        """Write a Hugging Face folder (atomically, by rank 0) and return its path."""
-        weights = self.state_dict()
-        if self.rank == 0:
-            return str(save_policy(self.model, self.tokenizer, folder, weights))
-        return None
+        """Write a Hugging Face folder (atomically, by rank 0) and return its path; every rank
+        takes part."""
+        if self.rank != 0:
+            return self._write_policy(None)
+        with atomic_dir(folder) as tmp:
+            self._write_policy(tmp)
+        return str(Path(folder).absolute())
 
     def save_resume_point(self, run_dir: str, progress: Progress) -> str | None:
-        """A resume point with the policy, the optimizer state and the RNG (``pipeline.core.resume``)."""
-        weights, optimizer_state = self.state_dict(), self._optimizer_state()
+        """A resume point (``pipeline.core.resume``) with the policy, the optimizer state, each
+        rank writing its shard, and the RNG; every rank takes part, rank 0 returns its folder.
+        The point's folder must be one every rank can write: on several nodes, a shared file
+        system, as for the rest of the run folder."""
+
+        def write(folder: Path | None) -> None:
+            if self.world_size > 1:  # rank 0 chose the temporary folder the point is filled in
+                shared = [str(folder) if folder else None]
+                dist.broadcast_object_list(shared, src=0)
+                folder = Path(shared[0])
+            self._write_policy(folder if self.rank == 0 else None)
+            save_optimizer_state(self.model, self.optimizer, folder / OPTIMIZER_DIR)
+            if self.rank == 0:
+                save_rng(folder / RNG_FILE)
+
         if self.rank != 0:
-            return None
-
-        def write(folder):
-            write_policy_files(self.model, self.tokenizer, folder, weights)
-            save_learner_state(optimizer_state, folder / LEARNER_STATE_FILE)
-
+            return write(None)
         return str(write_point(Path(run_dir), progress, write))
 
     def restore(self, folder: str) -> None:
-        """After ``load(folder)`` and ``start_stage``: the optimizer state and RNG of the point.
-        Every rank reads the whole file and keeps its own shard."""
-        state = load_learner_state(Path(folder) / LEARNER_STATE_FILE)
-        if self.sharded:
-            groups = [{**group, "params": [name for name, _ in self.model.named_parameters()]}
-                      for group in self.optimizer.state_dict()["param_groups"]]
-            set_optimizer_state_dict(self.model, self.optimizer, {"state": state, "param_groups": groups},
-                                     options=StateDictOptions(full_state_dict=True))
-            return
-        index = {name: i for i, (name, _) in enumerate(self.model.named_parameters())}
-        self.optimizer.load_state_dict({"state": {index[name]: s for name, s in state.items()},
-                                        "param_groups": self.optimizer.state_dict()["param_groups"]})
+        """After ``load(folder)`` and ``start_stage``: the optimizer state and RNG of the point,
+        each rank reading the parts of the optimizer state it holds, whatever the number of ranks
+        that saved it."""
+        load_optimizer_state(self.model, self.optimizer, Path(folder) / OPTIMIZER_DIR)
+        load_rng(Path(folder) / RNG_FILE)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -381,6 +457,10 @@ class Learner:
             for key, value in local.items():
                 sums[key] = sums.get(key, 0.0) + value / len(minis)
             sums["grad_norm"] = max(sums.get("grad_norm", 0.0), grad_norm)
+        # spent: freed now, not at the next update, so that the sync, the rollout sharing this
+        # device and the checkpoints have their memory
+        self.optimizer.zero_grad(set_to_none=True)
+        self._return_freed_memory()
         self.version += 1
         tokens = sum(np.asarray(batch.column(c).value_lengths()).sum() for c in ("prompt_ids", "response_ids"))
         elapsed = time.perf_counter() - started

@@ -23,6 +23,7 @@ from pipeline.core.errors import PolicyNotFinite
 from workers.hf_engine import HfEngine
 from workers.output import redirect_output
 from workers.sampling import EngineOptions, Generation, RolloutEngine, SamplingParams
+from workers.weight_group import SyncPlan
 from workers.weights import FlatWeights, SharedWeights
 
 
@@ -63,6 +64,24 @@ class RolloutWorker:
     def set_weights(self, weights: FlatWeights | SharedWeights, version: int) -> int:
         """Take the learner's new weights in place; rows sampled afterwards carry ``version``."""
         self.engine.load_weights(weights)
+        self.version = version
+        return version
+
+    def join_weight_group(self, address: str, port: int, rank: int, world_size: int) -> None:
+        """Become ``rank`` of the learner's weight group (``workers.weight_group``)."""
+        self.engine.join_weight_group(address, port, rank, world_size)
+
+    def leave_weight_group(self) -> None:
+        self.engine.leave_weight_group()
+
+    def receive_weights(self, plan: SyncPlan, version: int) -> int:
+        """Take the learner's new weights from the weight group as it broadcasts them; rows
+        sampled afterwards carry ``version``."""
+        try:
+            self.engine.receive_weights(plan)
+        except BaseException:
+            self.engine.leave_weight_group()  # a broken group: the driver makes a new one
+            raise
         self.version = version
         return version
 

@@ -50,13 +50,20 @@ class EngineOptions:
 
 class RolloutEngine(Protocol):
     """A policy that samples. ``tokenizer`` is the policy's; weights arrive either as a
-    checkpoint folder (a stage's start) or from the learner (``workers.weights``)."""
+    checkpoint folder (a stage's start) or from the learner: through shared memory or the object
+    store (``workers.weights``), or broadcast in a weight group (``workers.weight_group``)."""
 
     tokenizer: object
 
     def load_checkpoint(self, model_path: str) -> None: ...
 
     def load_weights(self, weights) -> None: ...
+
+    def join_weight_group(self, address: str, port: int, rank: int, world_size: int) -> None: ...
+
+    def leave_weight_group(self) -> None: ...
+
+    def receive_weights(self, plan) -> None: ...
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> Generation: ...
 

@@ -24,6 +24,7 @@ How it keeps the rollout's contract:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ import numpy as np
 
 from pipeline.core.checkpoint import torch_dtype
 from workers.sampling import EngineOptions, Generation, SamplingParams
+from workers.weight_group import SyncPlan, WeightGroup, receive
 from workers.weights import FlatWeights, SharedWeights, WeightsBlock
 
 GIB = 1 << 30
@@ -69,7 +71,8 @@ def checkpoint_weights(folder: str) -> dict:
 
 class WeightLoaderExtension:
     """Mixed into vLLM's workers (``worker_extension_cls``), wherever they run: the driver names
-    a shared-memory block or a checkpoint folder, and the worker reloads the model in place."""
+    a shared-memory block or a checkpoint folder, or has the worker join the learner's weight
+    group and receive a sync there, and the worker reloads the model in place."""
 
     def load_shared_weights(self, block: str, names: list[str], shapes: list[list[int]], aliases: dict[str, str]) -> None:
         weights = SharedWeights(block, names, [tuple(shape) for shape in shapes], aliases).state_dict()
@@ -77,6 +80,18 @@ class WeightLoaderExtension:
 
     def load_checkpoint_weights(self, folder: str) -> None:
         self.reload_weights(weights_iterator=iter(checkpoint_weights(folder).items()))
+
+    def join_weight_group(self, address: str, port: int, rank: int, world_size: int) -> None:
+        self.weight_group = WeightGroup(address, port, rank, world_size, self.device)
+
+    def leave_weight_group(self) -> None:
+        if getattr(self, "weight_group", None) is not None:  # vLLM makes its workers: no __init__ of ours
+            self.weight_group.close()
+            self.weight_group = None
+
+    def receive_weights(self, plan: dict) -> None:
+        """A sync from the weight group, fed to vLLM's reload as its buckets arrive."""
+        self.reload_weights(weights_iterator=receive(self.weight_group, SyncPlan(**plan)))
 
 
 class VllmEngine:
@@ -171,6 +186,23 @@ class VllmEngine:
             self.llm.collective_rpc("load_shared_weights", args=(shared.block, shared.names,
                                                                  [list(s) for s in shared.shapes], shared.aliases))
             self.llm.reset_prefix_cache()  # cached prompt blocks hold the old weights' keys and values
+        finally:
+            self._rest()
+
+    def join_weight_group(self, address: str, port: int, rank: int, world_size: int) -> None:
+        """The engine's worker joins the learner's weight group as ``rank`` (one worker per
+        engine: no tensor parallelism on this path)."""
+        self.llm.collective_rpc("join_weight_group", args=(address, port, rank, world_size))
+
+    def leave_weight_group(self) -> None:
+        self.llm.collective_rpc("leave_weight_group")
+
+    def receive_weights(self, plan: SyncPlan) -> None:
+        """Take a sync from the weight group in place (the plan crosses as plain data)."""
+        self._wake()
+        try:
+            self.llm.collective_rpc("receive_weights", args=(dataclasses.asdict(plan),))
+            self.llm.reset_prefix_cache()
         finally:
             self._rest()
 

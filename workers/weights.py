@@ -1,6 +1,7 @@
 """Weights in transit from the learner to the rollout workers: one flat float32 buffer.
 
-Two ways to carry it, both read back with ``state_dict()``:
+Two ways to carry it through Ray, both read back with ``state_dict()`` (the third way, a
+broadcast in a process group of their own, is ``workers.weight_group``):
 - :class:`SharedWeights`, for rollout workers on the learner's node: the learner repacks its
   weights into a named shared-memory block it keeps, and only the block's name and layout cross
   Ray; a worker copies straight from the block into its model. A sync then costs the two copies
@@ -23,6 +24,7 @@ import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
@@ -53,9 +55,11 @@ def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
     return aliases
 
 
-def _pack_into(flat: torch.Tensor, state_dict: dict[str, torch.Tensor]) -> None:
-    """Copy every tensor of ``state_dict`` (any device, any float dtype) into float32 ``flat``."""
-    for part, tensor in zip(flat.split([t.numel() for t in state_dict.values()]), state_dict.values()):
+def _pack_into(flat: torch.Tensor, state_dict: dict[str, torch.Tensor], tensors: Iterable[torch.Tensor] | None) -> None:
+    """Copy every tensor of ``state_dict`` (any device, any float dtype) into float32 ``flat``, or
+    the values ``tensors`` yields for them, in its order, taken one at a time."""
+    values = state_dict.values() if tensors is None else tensors
+    for part, tensor in zip(flat.split([t.numel() for t in state_dict.values()]), values, strict=True):
         part.copy_(tensor.detach().reshape(-1))
 
 
@@ -80,15 +84,18 @@ class FlatWeights:
     aliases: dict[str, str] = field(default_factory=dict)  # tied name -> the name it is sent under
 
     @classmethod
-    def pack(cls, state_dict: dict[str, torch.Tensor], aliases: dict[str, str] | None = None) -> FlatWeights:
+    def pack(cls, state_dict: dict[str, torch.Tensor], aliases: dict[str, str] | None = None,
+             tensors: Iterable[torch.Tensor] | None = None) -> FlatWeights:
         """``state_dict``'s floating-point tensors, on any device, copied one by one into one CPU
         float32 buffer (the learner's master dtype): no second copy of the weights is held. The
-        names in ``aliases`` are left out and read back as views of the tensors they are tied to."""
+        names in ``aliases`` are left out and read back as views of the tensors they are tied to.
+        ``tensors``: the values to copy, in ``state_dict``'s order bar the aliases, where its own
+        are only shards (a sharded learner's, gathered one at a time as they are reached)."""
         aliases = aliases or {}
         state_dict = {name: tensor for name, tensor in state_dict.items() if name not in aliases}
         _check_floating(state_dict)
         flat = torch.empty(sum(t.numel() for t in state_dict.values()), dtype=torch.float32)
-        _pack_into(flat, state_dict)
+        _pack_into(flat, state_dict, tensors)
         return cls(list(state_dict), [tuple(t.shape) for t in state_dict.values()], flat.numpy(), aliases)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -162,10 +169,11 @@ class WeightsBlock:
     def __init__(self):
         self.memory: SharedMemory | None = None
 
-    def publish(self, state_dict: dict[str, torch.Tensor], aliases: dict[str, str] | None = None) -> SharedWeights | None:
+    def publish(self, state_dict: dict[str, torch.Tensor], aliases: dict[str, str] | None = None,
+                tensors: Iterable[torch.Tensor] | None = None) -> SharedWeights | None:
         """Pack ``state_dict`` into the block; its handle, or None if the block would not fit in
-        this node's shared memory (a container's /dev/shm is often 64 MB): send FlatWeights then.
-        ``aliases`` as for :meth:`FlatWeights.pack`."""
+        this node's shared memory (a container's /dev/shm is often 64 MB): send FlatWeights then
+        (``tensors`` is then untouched). ``aliases`` and ``tensors`` as for :meth:`FlatWeights.pack`."""
         aliases = aliases or {}
         state_dict = {name: tensor for name, tensor in state_dict.items() if name not in aliases}
         _check_floating(state_dict)
@@ -180,7 +188,7 @@ class WeightsBlock:
             name = f"{BLOCK_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
             self.memory = SharedMemory(name=name, create=True, size=4 * count)
         values = np.ndarray((count,), np.float32, buffer=self.memory.buf)
-        _pack_into(torch.from_numpy(values), state_dict)
+        _pack_into(torch.from_numpy(values), state_dict, tensors)
         return SharedWeights(self.memory.name, list(state_dict), [tuple(t.shape) for t in state_dict.values()], aliases)
 
     def close(self) -> None:

@@ -6,6 +6,10 @@ A stage's checkpoint is what the next stage, vLLM, verl's ``model.path`` and
 
 from __future__ import annotations
 
+import json
+import math
+import struct
+from collections.abc import Iterable
 from os import PathLike
 from pathlib import Path
 
@@ -13,7 +17,11 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from pipeline.core.files import atomic_dir, safetensors_os_errors
+from pipeline.core.files import atomic_dir
+
+WEIGHTS_FILE = "model.safetensors"
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
+                      torch.int64: "I64", torch.int32: "I32", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
 
 # per-load progress bars would interleave across actors' logs
 transformers.utils.logging.disable_progress_bar()
@@ -38,23 +46,63 @@ def load_policy(path: str | PathLike[str], dtype: str | torch.dtype = "float32")
     return model, tokenizer
 
 
-def save_policy(model, tokenizer, folder: str | PathLike[str], state_dict: dict | None = None) -> Path:
-    """Write a loadable folder (config, safetensors, generation config, tokenizer) atomically."""
+def save_policy(model, tokenizer, folder: str | PathLike[str], tensors: Iterable[torch.Tensor] | None = None) -> Path:
+    """Write a loadable folder (config, safetensors, generation config, tokenizer) atomically;
+    ``tensors`` as for :func:`write_policy_files`."""
     with atomic_dir(folder) as tmp:
-        write_policy_files(model, tokenizer, tmp, state_dict)
+        write_policy_files(model, tokenizer, tmp, tensors)
     return Path(folder).absolute()
 
 
-def write_policy_files(model, tokenizer, folder: Path, state_dict: dict | None = None) -> None:
-    """The Hugging Face files of a policy, safetensors only, into an existing ``folder``;
-    ``state_dict``: the weights to write, when the model holds only a shard of them."""
+def saved_weights(model) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint holds, by name, in the order it writes them: the model's state
+    dict without the names tied to another (an output layer tied to the embeddings is saved once,
+    as Hugging Face does). A sharded model's entries are DTensors: their shapes are the whole
+    tensors'."""
+    named = dict(model.named_parameters())
+    tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - named.keys()
+    return {name: value for name, value in model.state_dict().items() if name not in tied}
+
+
+def write_policy_files(model, tokenizer, folder: Path, tensors: Iterable[torch.Tensor] | None = None) -> None:
+    """The Hugging Face files of a policy, safetensors only, into an existing ``folder``.
+    ``tensors``: the whole values of :func:`saved_weights`, in its order, for a model that holds
+    only a shard of them (each is written as it comes, so at most one is held at a time)."""
     generation_config = model.generation_config or GenerationConfig()
     generation_config.eos_token_id = tokenizer.eos_token_id
     generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config = generation_config
-    if state_dict is not None:  # copies share no storage, so transformers cannot see tied weights
-        aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - dict(model.named_parameters()).keys()
-        state_dict = {name: value for name, value in state_dict.items() if name not in aliases}
-    with safetensors_os_errors(folder):
-        model.save_pretrained(str(folder), state_dict=state_dict, safe_serialization=True)
+    weights = saved_weights(model)
+    model.config.architectures = [type(model).__name__]
+    model.config.dtype = str(next(iter(weights.values())).dtype).removeprefix("torch.")
+    model.config.save_pretrained(str(folder))
+    generation_config.save_pretrained(str(folder))
+    if tensors is None:
+        tensors = (value.detach() for value in weights.values())
+    write_safetensors(folder / WEIGHTS_FILE, {name: (value.dtype, tuple(value.shape)) for name, value in weights.items()},
+                      tensors)
     tokenizer.save_pretrained(str(folder))
+
+
+def write_safetensors(path: Path, specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+                      tensors: Iterable[torch.Tensor]) -> None:
+    """A safetensors file of the tensors ``specs`` names (dtype, shape), written as ``tensors``
+    yields their values (in ``specs``' order, on any device), so that the file never needs all
+    of them in memory at once. The header, which comes first, needs only the specs."""
+    header: dict[str, dict] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, (dtype, shape) in specs.items():
+        size = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    try:
+        with open(path, "wb") as out:
+            out.write(struct.pack("<Q", len(encoded)) + encoded)
+            for (name, (dtype, shape)), value in zip(specs.items(), tensors, strict=True):
+                if value.dtype != dtype or tuple(value.shape) != shape:
+                    raise ValueError(f"{path}: {name} is {value.dtype} {tuple(value.shape)}, not {dtype} {shape}")
+                out.write(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    except OSError as err:  # a full disk names the file it could not write
+        raise OSError(err.errno, err.strerror, str(path)) from err

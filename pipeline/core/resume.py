@@ -2,8 +2,10 @@
 
 A point is a folder ``RUN_DIR/checkpoints/resume/step-<global step>-stage-<index>`` holding
 ``trainer_state.json`` (the driver's :class:`Progress`: stage, step, data position, evals so far)
-and, for a point inside a stage, the learner's state: the policy as a Hugging Face folder plus
-``learner_state.safetensors`` (AdamW's moments and step counts, the torch RNG). No pickle.
+and, for a point inside a stage, the learner's state: the policy as a Hugging Face folder, AdamW's
+moments and step counts in ``optimizer/`` (a ``torch.distributed.checkpoint`` folder: each learner
+rank writes its own shard, and a run may resume on another number of ranks, which read the parts
+they hold) and the torch RNG in ``rng_state``. No pickle.
 
 Each point is filled in a temporary folder and renamed into place, and ``trainer_state.json``,
 written last, lists every file's size: a point torn anyway (a copy cut short, a lost file) is
@@ -12,22 +14,32 @@ recognised and passed over for the one before it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import os
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.tensor import DTensor
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.files import atomic_dir, safetensors_os_errors
 
 STATE_FILE = "trainer_state.json"
-LEARNER_STATE_FILE = "learner_state.safetensors"
-FORMAT = 1
+OPTIMIZER_DIR = "optimizer"
+RNG_FILE = "rng_state"  # safetensors, named so that no model loader globbing *.safetensors reads it
+FORMAT = 2  # 1: the whole optimizer state in one learner_state.safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +74,7 @@ class ResumePoint:
 
     @property
     def has_learner_state(self) -> bool:
-        return (self.folder / LEARNER_STATE_FILE).exists()
+        return (self.folder / OPTIMIZER_DIR).is_dir()
 
 
 def resume_root(run_dir: Path) -> Path:
@@ -86,7 +98,7 @@ def _read_point(folder: Path) -> tuple[ResumePoint | None, str]:
     try:
         state = json.loads((folder / STATE_FILE).read_text())
         if state.get("format") != FORMAT:
-            return None, f"unknown format {state.get('format')!r}"
+            return None, f"format {state.get('format')!r}, not {FORMAT}: written by another version of gft-pipeline"
         for name, size in state["files"].items():
             path = folder / name
             if not path.is_file() or path.stat().st_size != size:
@@ -143,31 +155,58 @@ def prune(run_dir: Path, keep_last: int) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def save_learner_state(optimizer_state: dict[str, dict[str, torch.Tensor]], path: Path) -> None:
-    """The optimizer's per-parameter state (by parameter name) and the RNG states, as safetensors."""
-    tensors = {
-        f"optimizer.{name}.{key}": torch.as_tensor(value).detach().cpu().contiguous()
-        for name, state in optimizer_state.items()
-        for key, value in state.items()
-    }
-    tensors["rng.cpu"] = torch.get_rng_state()
+def save_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """AdamW's per-parameter state, by parameter name, into ``folder``; called by every learner
+    rank at once, each writing the shard it holds (a sharded model's state is DTensors). Replicas
+    hold equal states, which one rank writes. The parameter groups are not saved: the resumed
+    stage's recipe sets them."""
+    state = get_optimizer_state_dict(model, optimizer)["state"]
+    try:
+        with _single_process_quietly():
+            dcp.save({"optimizer": state}, checkpoint_id=folder, no_dist=not dist.is_initialized())
+    except (Exception, CheckpointException) as err:
+        # DCP's file writer reports a full disk as a bare "unexpected pos" RuntimeError; with
+        # less room left than this rank's part needs, it is the full disk it looks like
+        needed = sum(_local_bytes(value) for values in state.values() for value in values.values())
+        if shutil.disk_usage(folder.parent).free < needed:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder)) from err
+        raise
+
+
+def _local_bytes(tensor: torch.Tensor) -> int:
+    return (tensor.to_local() if isinstance(tensor, DTensor) else tensor).nbytes
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Load what :func:`save_optimizer_state` wrote into ``optimizer``, whatever the number of ranks
+    that wrote it and that read it now: each rank reads the parts of the tensors it holds."""
+    current = get_optimizer_state_dict(model, optimizer)  # the structure to fill, made by a step with lr 0
+    with _single_process_quietly():
+        dcp.load({"optimizer": current["state"]}, checkpoint_id=folder, no_dist=not dist.is_initialized())
+    set_optimizer_state_dict(model, optimizer, current)
+
+
+@contextlib.contextmanager
+def _single_process_quietly():
+    with warnings.catch_warnings():  # a single learner has no process group, which DCP warns of
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def save_rng(path: Path) -> None:
+    """The torch RNG states (CPU, and every GPU's), as safetensors."""
+    tensors = {"rng.cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         tensors |= {f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
     with safetensors_os_errors(path):
         save_file(tensors, str(path))
 
 
-def load_learner_state(path: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """Restore the RNG states :func:`save_learner_state` wrote, and return its optimizer state."""
+def load_rng(path: Path) -> None:
+    """Restore the RNG states :func:`save_rng` wrote."""
     tensors = load_file(str(path))
-    state: dict[str, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        if name.startswith("optimizer."):
-            parameter, key = name.removeprefix("optimizer.").rsplit(".", 1)
-            state.setdefault(parameter, {})[key] = value
     torch.set_rng_state(tensors["rng.cpu"])
     cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
     cuda_states = [tensors[k] for k in cuda_keys]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
-    return state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -31,6 +32,7 @@ from workers.output import ACTOR_LOG_ENV, point_output_at
 from workers.rollout import RolloutWorker
 from workers.sampling import EngineOptions, SamplingParams
 from workers.teacher import TeacherWorker
+from workers.weight_group import SyncPlan
 
 logger = logging.getLogger(__name__)
 SEATING_WARNING_S = 30  # how often a run waiting for cluster resources says so
@@ -39,7 +41,17 @@ RESTART_TIMEOUT_S = 600  # a restarted actor reloads its model; a large one take
 # memory at once, so every step page-faults its activations in anew (a tenth of the first learner
 # steps went to the kernel). Keeping them in the heap makes a step reuse the last one's memory.
 ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
-ACTOR_RUNTIME_ENV = {"env_vars": ALLOCATOR_ENV}
+# ... but for a large model the heap then keeps what its steps free: at Qwen2.5-0.5B's shape a
+# sharded learner's update peaked at 9.2 GB with it and 6.1 GB without, and its resident memory
+# never came down (docs/benchmarks.md). Only a model this small gets it.
+ALLOCATOR_MAX_WEIGHTS_BYTES = 256 << 20
+
+
+def allocator_env(model_path: str) -> dict[str, str]:
+    """:data:`ALLOCATOR_ENV` for a model whose weights files are small, where a step is short
+    enough for page faults to count; nothing for a larger one."""
+    weights = sum(f.stat().st_size for f in Path(model_path).glob("*.safetensors"))
+    return ALLOCATOR_ENV if weights <= ALLOCATOR_MAX_WEIGHTS_BYTES else {}
 
 
 def start_ray(config: RunConfig, log_dir: Path | None = None) -> None:
@@ -57,6 +69,14 @@ def start_ray(config: RunConfig, log_dir: Path | None = None) -> None:
         _init_ray(config, logs)
 
 
+def local_cluster_cpus(config: RunConfig) -> int:
+    """The cores of the local cluster a run starts: the machine's (or ``ray.num_cpus``), or what
+    the recipe's roles ask if that is more (they share the cores well, since the learner and
+    the rollout never compute at once), rounded up: Ray takes whole numbers only."""
+    needed = plan_placement(config).num_cpus + config.teacher.num_cpus
+    return max(config.ray.num_cpus or os.cpu_count() or 1, math.ceil(needed))
+
+
 def _init_ray(config: RunConfig, logs: dict) -> None:
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -64,9 +84,6 @@ def _init_ray(config: RunConfig, logs: dict) -> None:
         return
     from ray._private import ray_constants  # Ray's private module: imported beside its one use
 
-    # The machine's cores, or what the recipe's placement asks if that is more: the roles share
-    # the cores well, since the learner and the rollout never compute at once.
-    needed = plan_placement(config).num_cpus + config.teacher.num_cpus
     # On Linux Ray swaps even a loopback node address for the machine's outward one, and its
     # servers (GCS, raylet, object manager, workers, agents, metrics) then listen on every
     # interface. Its switch for single-machine clusters keeps the node on 127.0.0.1, so all of
@@ -74,7 +91,7 @@ def _init_ray(config: RunConfig, logs: dict) -> None:
     cluster_mode, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
     try:
         ray.init(
-            num_cpus=max(config.ray.num_cpus or os.cpu_count() or 1, needed),
+            num_cpus=local_cluster_cpus(config),
             include_dashboard=config.ray.dashboard,
             dashboard_host=config.ray.dashboard_host,
             log_to_driver=True,
@@ -146,7 +163,9 @@ class Roles:
             env_vars = {**runtime_env.get("env_vars", {}), ACTOR_LOG_ENV: str(log_dir / f"{name}.log")}
             return {**runtime_env, "env_vars": env_vars}
 
-        def seated(seat: Seat, name: str, runtime_env: dict = ACTOR_RUNTIME_ENV, **options):
+        allocator = {"env_vars": allocator_env(model_path)}
+
+        def seated(seat: Seat, name: str, runtime_env: dict = allocator, **options):
             strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=seat.bundle)
             return ray.remote(num_cpus=seat.num_cpus, num_gpus=seat.num_gpus, scheduling_strategy=strategy,
                               runtime_env=logged(runtime_env, name), **options)
@@ -155,7 +174,8 @@ class Roles:
         self.learners = [  # an eval-only job has none
             seated(seat, f"learner-{rank}")(Learner).remote(
                 model_path, config.model.dtype, config.seed, num_threads=max(1, threads // len(placement.learners)),
-                gradient_checkpointing=config.learner.gradient_checkpointing)
+                gradient_checkpointing=config.learner.gradient_checkpointing,
+                return_freed_memory=not allocator["env_vars"])
             for rank, seat in enumerate(placement.learners)
         ]
         self.learner = self.learners[0] if self.learners else None
@@ -168,14 +188,14 @@ class Roles:
             dtype=config.model.dtype, max_num_seqs=rollout.max_num_seqs, seed=config.seed, sleep_when_idle=colocated,
             gpu_memory_utilization=rollout.gpu_memory_utilization, kv_cache_gib=rollout.kv_cache_gib)
         self.rollouts = [
-            seated(seat, f"rollout-{index}", rollout_runtime_env(config, ALLOCATOR_ENV), max_restarts=self.max_restarts,
+            seated(seat, f"rollout-{index}", rollout_runtime_env(config, allocator["env_vars"]), max_restarts=self.max_restarts,
                    max_task_retries=0)(RolloutWorker).remote(
                 model_path, rollout.backend, engine_options, num_threads=max(1, threads // len(placement.rollouts)))
             for index, seat in enumerate(placement.rollouts)
         ]
         teacher = config.teacher
         self.teacher = ray.remote(num_cpus=teacher.num_cpus, num_gpus=teacher.num_gpus, max_restarts=self.max_restarts,
-                                  max_task_retries=0, runtime_env=logged(ACTOR_RUNTIME_ENV, "teacher"))(TeacherWorker).remote(
+                                  max_task_retries=0, runtime_env=logged(allocator, "teacher"))(TeacherWorker).remote(
             model_path, config.reward.function, teacher.model_path, num_threads=1,
             reward_timeout_s=config.reward.timeout_s, reward_workers=config.reward.num_workers,
             answer_extraction=config.reward.extraction)
@@ -190,6 +210,12 @@ class Roles:
             world = len(self.learners)
             ray.get([rank.join_group.remote(i, world, address, port, config.learner.fsdp)
                      for i, rank in enumerate(self.learners)])
+        # weights broadcast in a group of their own: where asked, or where shared memory cannot reach
+        self.sync_plan: SyncPlan | None = None
+        sync = config.rollout.weight_sync
+        if self.learner is not None and (sync == "collective" or (sync == "auto" and not self.same_node)):
+            self.sync_plan = ray.get(self.learner.weight_plan.remote(config.rollout.weight_bucket_mb << 20))
+            self._form_weight_group()
 
     def _report_rollout(self, colocated: bool) -> None:
         """Say what the rollout runs on; a colocated engine that could sleep but cannot (no sleep
@@ -268,6 +294,11 @@ class Roles:
         block again only after an update, which comes after those rollouts."""
         shared = ray.put(batch)
         metrics = [rank.update.remote(shared, settings) for rank in self.learners]
+        if self.sync_plan is not None:  # broadcast at the next rollout call (:meth:`_broadcast_weights`)
+            metrics = self._learners_get(metrics)[0]
+            self.version, self.stale = int(metrics["policy_version"]), set(range(len(self.rollouts)))
+            self.pending = None
+            return metrics
         weights = self._request_weights()
         metrics = self._learners_get(metrics)[0]
         self.pending, *others = weights
@@ -310,7 +341,24 @@ class Roles:
         return results
 
     def _recover(self, actor: ActorHandle, err: RayActorError) -> None:
+        """Wait for Ray to restart ``actor`` and, a rollout worker, bring it to the current policy."""
         logger.warning("an actor's process died (%s); waiting for Ray to restart it", type(err).__name__)
+        self._wait_restarted(actor)
+        if any(actor is r for r in self.rollouts) and self.sync_plan is not None:
+            # restarted from the base model, and out of the weight group: a group anew, and the
+            # policy the others serve (the learner's weights: a sync is sent only between updates)
+            self._form_weight_group()
+            self.stale = set(range(len(self.rollouts)))
+            self._broadcast_weights()
+        elif any(actor is r for r in self.rollouts) and self.learner is not None:
+            # restarted from the base model: take the policy the others serve, the last sync's
+            # weights (not asked anew: the learner must not rewrite its shared block while the
+            # others may be reading it), else the learner's, which are the stage's start
+            weights, *others = [self.pending] if self.pending is not None else self._request_weights()
+            ray.get(actor.set_weights.remote(weights, self.version))
+            self._learners_get(others)
+
+    def _wait_restarted(self, actor: ActorHandle) -> None:
         deadline = time.monotonic() + RESTART_TIMEOUT_S
         while True:
             try:
@@ -324,16 +372,10 @@ class Roles:
                 raise RoleFailed(f"an actor died and Ray did not restart it (ray.max_actor_restarts="
                                  f"{self.max_restarts}): {final}") from final
         self.restarts += 1
-        if any(actor is r for r in self.rollouts) and self.learner is not None:
-            # restarted from the base model: take the policy the others serve, the last sync's
-            # weights (not asked anew: the learner must not rewrite its shared block while the
-            # others may be reading it), else the learner's, which are the stage's start
-            weights, *others = [self.pending] if self.pending is not None else self._request_weights()
-            ray.get(actor.set_weights.remote(weights, self.version))
-            self._learners_get(others)
 
     def rollout(self, records: list[PromptRecord], params: SamplingParams, seed: int) -> tuple[pa.RecordBatch, dict]:
         """Self rows for ``records``, the prompts split evenly across the rollout workers."""
+        sync_s = self._broadcast_weights() if self.sync_plan is not None and self.stale else None
         chunks = [list(c) for c in np.array_split(np.arange(len(records)), len(self.rollouts)) if len(c)]
         calls = [
             (worker, lambda w, chunk=chunk, index=index: w.rollout.remote(
@@ -344,7 +386,56 @@ class Roles:
         results = self._call(calls)
         self.stale -= set(range(len(calls)))
         batch = concat_batches([b for b, _ in results])
-        return batch, _merge_rollout_metrics([m for _, m in results])
+        metrics = _merge_rollout_metrics([m for _, m in results])
+        if sync_s is not None:
+            metrics.update(weight_load_s=sync_s, weight_load_bytes=self.sync_plan.nbytes * len(self.rollouts))
+        return batch, metrics
+
+    def _form_weight_group(self) -> None:
+        """Learner rank 0 and every rollout worker join a weight group anew (``workers.weight_group``),
+        leaving the one they were in."""
+        members = [self.learner, *self.rollouts]
+        for member in members:
+            with contextlib.suppress(RayActorError):  # one that died: its process took its part along
+                ray.get(member.leave_weight_group.remote())
+        address, port = ray.get(self.learner.rendezvous.remote())
+        joins = [self.learner.join_weight_group.remote(address, port, len(members))]
+        joins += [worker.join_weight_group.remote(address, port, 1 + index, len(members))
+                  for index, worker in enumerate(self.rollouts)]
+        self._learners_get(joins)
+
+    def _broadcast_weights(self) -> float:
+        """Every rollout worker takes the learner's weights from the weight group at once, as the
+        learner ranks send them; the seconds that took. A worker lost meanwhile fails the others'
+        part too: it is restarted, the group made anew and the weights sent again."""
+        started, attempts = time.perf_counter(), 0
+        while True:
+            sends = [rank.broadcast_weights.remote(self.sync_plan) for rank in self.learners]
+            receives = [worker.receive_weights.remote(self.sync_plan, self.version) for worker in self.rollouts]
+            lost, errors = [], []
+            for worker, future in zip(self.rollouts, receives):
+                try:
+                    ray.get(future)
+                except RayActorError:
+                    lost.append(worker)
+                except RayTaskError as err:  # as a rule, a peer went and broke the group for everyone
+                    errors.append(err)
+            try:
+                self._learners_get(sends)
+            except RayTaskError as err:
+                errors.append(err)
+            if not lost and errors:  # no peer went: a fault of the sync itself
+                raise errors[0]
+            if not lost:
+                self.stale = set()
+                return time.perf_counter() - started
+            attempts += 1
+            if attempts > self.max_restarts:
+                raise RoleFailed(f"a rollout worker died {attempts} times while taking the weights")
+            for worker in lost:
+                logger.warning("a rollout worker died while it took the weights; waiting for Ray to restart it")
+                self._wait_restarted(worker)
+            self._form_weight_group()
 
     def score(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict]:
         (result,) = self._call([(self.teacher, lambda t: t.score.remote(batch))])

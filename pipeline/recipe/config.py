@@ -98,6 +98,16 @@ class RolloutConfig:
     num_gpus: float = 0.0
     gpu_memory_utilization: float = 0.5  # vllm on a GPU: its share of the GPU's memory
     kv_cache_gib: float | None = None  # vllm: KV cache size; None: 1 GiB on CPU, what fits on a GPU
+    # how the learner's weights reach the workers after each update: shared_memory (the
+    # learner's node's /dev/shm, else Ray's object store) | collective (broadcast through a
+    # process group joining learner rank 0 and the workers: gloo on CPU, nccl on GPU, in the
+    # compute dtype, in buckets of weight_bucket_mb) | auto: shared_memory when every worker is
+    # on learner rank 0's node, collective when one is not
+    weight_sync: str = "auto"
+    weight_bucket_mb: int = 256
+
+
+WEIGHT_SYNCS = ("auto", "shared_memory", "collective")
 
 
 @dataclass
@@ -385,6 +395,9 @@ def validate(config: RunConfig, training: bool = True, check_paths: bool = True)
     _check(rollout.max_num_seqs >= 1, "rollout.max_num_seqs must be >= 1")
     _check(0 < rollout.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization must be in (0, 1]")
     _check(rollout.kv_cache_gib is None or rollout.kv_cache_gib > 0, "rollout.kv_cache_gib must be > 0 or null")
+    _check(rollout.weight_sync in WEIGHT_SYNCS,
+           f"rollout.weight_sync: {rollout.weight_sync!r} is not one of {', '.join(WEIGHT_SYNCS)}")
+    _check(rollout.weight_bucket_mb >= 1, "rollout.weight_bucket_mb must be >= 1")
     _check(config.model.dtype in ("auto", "float32", "bfloat16"), "model.dtype must be auto, float32 or bfloat16")
     _check(config.learner.num_workers >= 1, "learner.num_workers must be >= 1")
     _check(not config.learner.fsdp or config.learner.num_workers >= 2,

@@ -2,11 +2,12 @@
 
 Every term is a count of elements times their width, from the model's shape and the recipe:
 
-- learner, kept for the whole stage: float32 master weights, float32 gradients and AdamW's two
-  float32 moments (16 bytes a parameter), each 1/N of the model under FSDP over N learners; the
-  KL reference in the compute dtype, sharded alike, when a stage holds one
+- learner, kept for the whole stage: float32 master weights and AdamW's two float32 moments
+  (12 bytes a parameter), each 1/N of the model under FSDP over N learners; the KL reference in
+  the compute dtype, sharded alike, when a stage holds one
   (``pipeline.recipe.algorithms.needs_reference``);
-- learner, during an update: the weights FSDP gathers in the compute dtype (the embeddings and
+- learner, during an update: float32 gradients (4 bytes a parameter, sharded alike; freed when
+  the update ends); the weights FSDP gathers in the compute dtype (the embeddings and
   output layer for the whole forward and backward, two decoder layers at a time: the one
   computing and the one prefetched); the activations of one micro-batch of
   ``micro_batch_tokens`` tokens, per decoder layer and token ``9h + 3kv + 4i`` values of the
@@ -102,7 +103,7 @@ def learner_terms(shape: ModelShape, config: RunConfig, on_gpu: bool = True) -> 
     cb = _compute_bytes(config, on_gpu)
     p = shape.parameters()
     terms = [Term("learner", "master weights (float32)", 4 * p / shards, True),
-             Term("learner", "gradients (float32)", 4 * p / shards, True),
+             Term("learner", "gradients (float32)", 4 * p / shards, False),
              Term("learner", "AdamW moments (float32)", 8 * p / shards, True)]
     if any(needs_reference(s) for s in stages):
         terms.append(Term("learner", "KL reference (compute dtype)", cb * p / shards, True))

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("script, extra", [("rollout", []), ("learner", []), ("overheads", []), ("scaling", []),
                                            ("pipeline", ["--steps", "2", "--trl", "0"]), ("seeds", ["--seeds", "2"]),
-                                           ("checkpointing", [])])
+                                           ("checkpointing", []), ("weight_sync", [])])
 def test_benchmark_runs_and_writes_its_table(ray_cluster, script, extra, tmp_path, monkeypatch, capsys):
     out = tmp_path / f"{script}.json"
     monkeypatch.setattr(sys, "argv", [f"bench.{script}", "--quick", "--out", str(out), *extra])

@@ -143,13 +143,16 @@ def test_gradient_checkpointing_recomputes_each_layer_and_leaves_the_gradients(a
     grads, runs, metrics = {}, {}, {}
     for on in (False, True):
         learner = Learner(str(assets.base_model), gradient_checkpointing=on)
-        learner.start_stage(str(assets.base_model), lr=0.0)  # the step leaves the weights; .grad stays
+        learner.start_stage(str(assets.base_model), lr=1e-3)
         calls, layer = [], learner.model.model.layers[0]
         forward = layer.forward  # counted here: the backward's recompute runs no forward hooks
         layer.forward = lambda *args, forward=forward, calls=calls, **kwargs: calls.append(1) or forward(*args, **kwargs)
+        step, model = learner.optimizer.step, learner.model  # the gradients, as the step sees them (the update frees them)
+        learner.optimizer.step = lambda step=step, on=on, model=model: grads.setdefault(on, {
+            name: p.grad.clone() for name, p in model.named_parameters()}) and step()
         metrics[on] = learner.update(batch, UpdateSettings(mean_log_prob, micro_batch_tokens=512))
         runs[on] = len(calls)
-        grads[on] = {name: p.grad.clone() for name, p in learner.model.named_parameters()}
+        assert all(p.grad is None for p in learner.model.parameters())
     assert (runs[False], runs[True]) == (1, 2)
     assert metrics[True]["loss"] == metrics[False]["loss"]
     assert metrics[True]["grad_norm"] == pytest.approx(metrics[False]["grad_norm"], rel=1e-5)

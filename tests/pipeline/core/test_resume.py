@@ -8,17 +8,21 @@ import torch
 
 from pipeline.core.errors import ConfigError
 from pipeline.core.resume import (
+    OPTIMIZER_DIR,
+    RNG_FILE,
     STATE_FILE,
     Progress,
     chosen_point,
     is_point,
     latest_point,
-    load_learner_state,
+    load_optimizer_state,
+    load_rng,
     points,
     prune,
     resume_root,
     run_dir_of,
-    save_learner_state,
+    save_optimizer_state,
+    save_rng,
     write_point,
 )
 
@@ -102,21 +106,23 @@ def _train(model, optimizer, steps):
 
 def test_optimizer_and_rng_round_trip_exactly(tmp_path):
     """Three steps, save, three more; against: a fresh optimizer that loads the state (and the
-    weights) after the first three, then takes the same three: bitwise the same weights."""
+    weights) after the first three, then takes the same three: bitwise the same weights. The
+    resumed optimizer keeps its own parameter groups (the resumed recipe's)."""
     model, optimizer = _optimizer(0)
     _train(model, optimizer, 3)
-    names = [name for name, _ in model.named_parameters()]
-    by_name = {names[i]: state for i, state in optimizer.state_dict()["state"].items()}
-    save_learner_state(by_name, tmp_path / "state.safetensors")
+    save_optimizer_state(model, optimizer, tmp_path / OPTIMIZER_DIR)
+    save_rng(tmp_path / RNG_FILE)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     _train(model, optimizer, 3)
 
     resumed, resumed_optimizer = _optimizer(1)  # other initial weights and RNG position
     resumed.load_state_dict(weights)
-    state = load_learner_state(tmp_path / "state.safetensors")
-    assert set(state) == set(names) and set(state[names[0]]) == {"step", "exp_avg", "exp_avg_sq"}
-    resumed_optimizer.load_state_dict({"state": {names.index(n): s for n, s in state.items()},
-                                       "param_groups": resumed_optimizer.state_dict()["param_groups"]})
+    resumed_optimizer.param_groups[0]["weight_decay"] = 0.2
+    load_optimizer_state(resumed, resumed_optimizer, tmp_path / OPTIMIZER_DIR)
+    load_rng(tmp_path / RNG_FILE)
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in weights.items())  # loading took no step
+    assert resumed_optimizer.param_groups[0]["weight_decay"] == 0.2
+    resumed_optimizer.param_groups[0]["weight_decay"] = 0.1
     _train(resumed, resumed_optimizer, 3)
     for name, value in model.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name

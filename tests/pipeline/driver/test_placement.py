@@ -1,6 +1,7 @@
 """Placement plans: bundles per learner rank, rollout workers colocated or apart."""
 
 from pipeline.driver.placement import Seat, plan_placement
+from pipeline.driver.roles import ALLOCATOR_ENV, allocator_env, local_cluster_cpus
 from pipeline.recipe.config import RunConfig
 
 
@@ -36,3 +37,24 @@ def test_apart_every_actor_has_its_own_bundle():
 def test_an_eval_job_places_rollout_workers_only():
     plan = plan_placement(_config(learners=2, rollouts=2), with_learners=False)
     assert plan.learners == [] and plan.bundles == [{"CPU": 1.0}] * 2
+
+
+def test_a_local_cluster_asks_ray_for_whole_cores():
+    """Ray refuses a node of 2.5 CPUs: what the roles ask (here 2 learners and one rollout worker
+    of half a core, as the default recipe's, 2.5 on a 1-core budget) rounds up."""
+    config = _config(learners=2)
+    config.rollout.num_cpus, config.ray.num_cpus = 0.5, 1
+    assert plan_placement(config).num_cpus + config.teacher.num_cpus == 2.5
+    assert local_cluster_cpus(config) == 3
+    config.ray.num_cpus = 8
+    assert local_cluster_cpus(config) == 8
+
+
+def test_only_a_small_model_gets_the_allocator_settings_that_keep_freed_memory(tmp_path):
+    small, large = tmp_path / "small", tmp_path / "large"
+    for folder, size in ((small, 4 << 20), (large, 2 << 30)):  # sparse files: no disk used
+        folder.mkdir()
+        with (folder / "model.safetensors").open("wb") as f:
+            f.truncate(size)
+    assert allocator_env(str(small)) == ALLOCATOR_ENV and ALLOCATOR_ENV
+    assert allocator_env(str(large)) == {}

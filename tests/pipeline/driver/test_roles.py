@@ -41,11 +41,17 @@ def roles(ray_cluster, assets, request):
 
 
 @pytest.mark.parametrize("roles", ["hf", "vllm"], indirect=True)
-@pytest.mark.parametrize("same_node", [True, False], ids=["shared-memory", "object-store"])
-def test_rollout_samples_with_the_learners_new_weights_after_a_sync(roles, assets, tokenizer, same_node, monkeypatch):
+@pytest.mark.parametrize("sync", ["shared-memory", "object-store", "collective"])
+def test_rollout_samples_with_the_learners_new_weights_after_a_sync(roles, assets, tokenizer, sync, monkeypatch):
+    """Each way weights travel; ``collective``: broadcast in a weight group, in buckets of 64 KiB
+    (the embedded model's 3.4 MB in many)."""
     roles, config = roles
-    assert roles.same_node  # one machine
-    monkeypatch.setattr(roles, "same_node", same_node)  # False: as if the workers were on other nodes
+    assert roles.same_node and roles.sync_plan is None  # one machine: weight_sync auto chose shared memory
+    monkeypatch.setattr(roles, "same_node", sync == "shared-memory")  # False: as if the workers were on other nodes
+    if sync == "collective":
+        monkeypatch.setattr(roles, "sync_plan", ray.get(roles.learner.weight_plan.remote(1 << 16)))
+        assert len(roles.sync_plan.bucket_ends) > 10
+        roles._form_weight_group()
     records = load_prompts(assets.train, tokenizer, 512)[:6]
     stage = StageConfig(name="gft", algorithm="gft", lr=1e-3, prompts_per_step=6)
     roles.start_stage(str(assets.base_model), stage.lr, stage.weight_decay, stage.max_grad_norm)
@@ -54,7 +60,10 @@ def test_rollout_samples_with_the_learners_new_weights_after_a_sync(roles, asset
     assert metrics["policy_version"] == version + 1
     for source in ("expert", "teacher", "self"):
         assert f"reward/{source}" in metrics
-    assert type(ray.get(roles.pending)) is (SharedWeights if same_node else FlatWeights)
+    if sync == "collective":
+        assert roles.pending is None  # nothing crosses Ray: the rollout call starts the broadcast
+    else:
+        assert type(ray.get(roles.pending)) is (SharedWeights if sync == "shared-memory" else FlatWeights)
 
     params = SamplingParams(n=2, temperature=1.0, max_new_tokens=12)
     assert roles.stale == set(range(len(roles.rollouts)))
@@ -72,6 +81,31 @@ def test_rollout_samples_with_the_learners_new_weights_after_a_sync(roles, asset
     ray.get(roles.learner.update.remote(weighted, UpdateSettings(objective_for(stage), micro_batch_tokens=512)))
     stale = np.concatenate(ray.get(roles.learner.response_log_probs.remote(batch)))
     assert np.abs(stale - behaviour).max() > 1e-3
+
+
+def test_sharded_learners_broadcast_to_a_vllm_engine_that_then_samples_their_policy(ray_cluster, assets, tokenizer):
+    """2 FSDP learners and a vLLM worker in a weight group (``rollout.weight_sync: collective``):
+    after an update the engine's behaviour log-probs are the learners' own."""
+    config = RunConfig(seed=0)
+    config.ray.num_cpus = 3
+    config.learner.num_workers, config.learner.fsdp = 2, True
+    config.rollout.backend, config.rollout.weight_sync, config.rollout.weight_bucket_mb = "vllm", "collective", 1
+    check_rollout_environment(config)
+    roles = Roles(config, str(assets.base_model))
+    try:
+        assert roles.sync_plan is not None and len(roles.sync_plan.bucket_ends) > 1
+        records = load_prompts(assets.train, tokenizer, 512)[:6]
+        stage = StageConfig(name="gft", algorithm="gft", lr=1e-3, prompts_per_step=6)
+        roles.start_stage(None, stage.lr, stage.weight_decay, stage.max_grad_norm)
+        train_step(roles, stage, records, config, seed=0)
+        batch, metrics = roles.rollout(records, SamplingParams(n=2, temperature=1.0, max_new_tokens=12), seed=5)
+        assert metrics["weight_load_bytes"] == roles.sync_plan.nbytes and not roles.stale
+        assert set(batch.column("policy_version").to_pylist()) == {1}
+        learner = np.concatenate(ray.get([rank.response_log_probs.remote(batch) for rank in roles.learners])[0])
+        behaviour = np.concatenate(batch.column("behaviour_logprobs").to_pylist())
+        np.testing.assert_allclose(behaviour, learner, atol=1e-4)
+    finally:
+        roles.close()
 
 
 def test_reward_timeouts_work_in_a_threaded_ray_actor(roles, assets, tokenizer, tmp_path):
@@ -131,6 +165,37 @@ def test_a_rollout_worker_killed_mid_call_is_restarted_and_the_call_retried(role
     assert time.perf_counter() - started > kill_after and roles.restarts == restarts + 1
     assert _pid(worker) != pid
     # the same rows as without the kill: sampled once, by the current policy, none lost
+    assert got.equals(expected)
+
+
+def test_a_rollout_worker_lost_in_a_weight_group_is_restarted_into_a_new_one(roles, assets, tokenizer, monkeypatch):
+    """Weights broadcast in a weight group: a worker killed before a sync fails everyone's part of
+    it; it is restarted, the group made anew and the sync sent again. One killed while it samples
+    is restarted into a new group and given the weights before the call is retried. Either way
+    the rows are those of the same call without a kill."""
+    roles, config = roles
+    monkeypatch.setattr(roles, "sync_plan", ray.get(roles.learner.weight_plan.remote(1 << 16)))
+    roles._form_weight_group()
+    records = load_prompts(assets.train, tokenizer, 512)[:24]
+    stage = StageConfig(name="gft", algorithm="gft", lr=1e-2, prompts_per_step=6)
+    roles.start_stage(str(assets.base_model), stage.lr, stage.weight_decay, stage.max_grad_norm)
+    train_step(roles, stage, records[:6], config, seed=1)  # off the base weights a restarted worker loads
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=128)
+    started = time.perf_counter()
+    expected, _ = roles.rollout(records, params, seed=11)
+    kill_after = (time.perf_counter() - started) / 10
+
+    worker, restarts = roles.rollouts[0], roles.restarts
+    os.kill(_pid(worker), signal.SIGKILL)
+    roles.stale = set(range(len(roles.rollouts)))  # the same weights sent again, to a group one short
+    got, metrics = roles.rollout(records, params, seed=11)
+    assert roles.restarts == restarts + 1 and metrics["weight_load_bytes"] == roles.sync_plan.nbytes * 2
+    assert got.equals(expected)
+
+    killer = _kill_soon(_pid(worker), kill_after)
+    got, _ = roles.rollout(records, params, seed=11)
+    killer.join()
+    assert roles.restarts == restarts + 2
     assert got.equals(expected)
 
 
