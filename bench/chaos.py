@@ -14,9 +14,16 @@ its own ``gft`` process group:
   among the driver's descendants by the title Ray gives it (``ray::RolloutWorker`` ...), which
   needs no connection to the run's cluster (Ray's state API would);
 - ``sigterm``: SIGTERM to the driver, as ``gft stop`` and cluster schedulers send it;
+- ``sigint``, ``sigint_twice``: Ctrl-C, once or twice 0.3 s apart, as a terminal sends it: SIGINT
+  to the driver's whole process group;
 - ``disk_full``: the run's output folder is a tmpfs of ``--tmpfs-mib`` (root only) and a file
   fills it to within 256 KiB, so the next checkpoint or resume point finds no space; the file is
   removed before the resume.
+- ``kill_node``: the run goes to a cluster of two nodes on loopback (``bench.local_cluster``),
+  the learner on the head, the rollout and the teacher on the other node, and that node is
+  SIGKILLed (its raylet and every process of it); a node with the same resources joins after a
+  delay of up to twice the run's ``ray.node_wait_s`` (20 s), so that the run either waits for it
+  and goes on, or stops (exit 3) and is resumed once it has joined.
 
 A run's faults are drawn from ``--seed`` and its index (printed): the kind (the runs go through
 the kinds in a shuffled order, so that every kind is hit before any is hit twice), the step after
@@ -48,6 +55,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +66,7 @@ import yaml
 from safetensors.torch import load_file
 
 from bench.common import RESULTS, ROOT, machine, print_table
+from bench.local_cluster import LocalCluster
 from pipeline.recipe.config import load_recipe
 from pipeline.recipe.configio import to_dict
 
@@ -71,7 +80,14 @@ RECIPE = [
 ]
 STEPS = [("warmup", 3), ("gft", 5), ("grpo", 3)]  # the recipe's stages and their steps, in order
 ACTORS = {"kill_rollout": "ray::RolloutWorker", "kill_teacher": "ray::TeacherWorker", "kill_learner": "ray::Learner"}
-KINDS = ["kill_group", *ACTORS, "sigterm", "disk_full"]
+KINDS = ["kill_group", *ACTORS, "sigterm", "sigint", "sigint_twice", "disk_full", "kill_node"]
+SECOND_SIGINT_S = 0.3  # Ctrl-C pressed twice: the second this long after the first
+# kill_node: a run on two nodes, the learner on the head, the rollout and the teacher on the other
+NODES = [{"num_cpus": 2, "resources": {"learner_node": 2}}, {"num_cpus": 2, "resources": {"rollout_node": 2}}]
+ACROSS_NODES = ("ray.colocate=false", "learner.resources={learner_node: 1}", "rollout.resources={rollout_node: 1}",
+                "teacher.resources={rollout_node: 1}")
+NODE_WAIT_S = 20  # the run's ray.node_wait_s; a replacement joins up to twice as long after the loss
+
 # differ between any two runs, or count what a fault changed: a restarted actor, and the sync a
 # resumed attempt does not make (its rollout workers load the resume point's weights instead)
 UNTIMED_OUT = ("time", "step_time_s", "wall_time_s", "actor_restarts", "weight_sync_bytes")
@@ -196,9 +212,11 @@ def logged(out: Path, since: float) -> list[tuple[str, int]]:
     return rows
 
 
-def inject(fault: Fault, process: subprocess.Popen, out: Path, since: float, rng: random.Random) -> Path | None:
+def inject(fault: Fault, process: subprocess.Popen, out: Path, since: float, rng: random.Random,
+           cluster: LocalCluster | None = None) -> Path | threading.Thread | None:
     """Wait for the fault's moment in this attempt, then hit. Returns the file that fills the disk
-    (``disk_full``), to be removed before the resume."""
+    (``disk_full``), to be removed before the resume, or the thread that adds a node in place of
+    the one killed (``kill_node``), to be joined before it."""
     moment = stage_step(fault.after)
     while moment not in logged(out, since):
         if process.poll() is not None:
@@ -212,6 +230,12 @@ def inject(fault: Fault, process: subprocess.Popen, out: Path, since: float, rng
         os.killpg(process.pid, signal.SIGKILL)
     elif fault.kind == "sigterm":
         os.kill(process.pid, signal.SIGTERM)
+    elif fault.kind in ("sigint", "sigint_twice"):  # Ctrl-C: a terminal signals the whole foreground group
+        os.killpg(process.pid, signal.SIGINT)
+        if fault.kind == "sigint_twice":
+            time.sleep(SECOND_SIGINT_S)
+            with contextlib.suppress(ProcessLookupError):  # the first may have stopped it already
+                os.killpg(process.pid, signal.SIGINT)
     elif fault.kind in ACTORS:
         title = ACTORS[fault.kind]
         actors = [p for p in psutil.Process(process.pid).children(recursive=True) if _title(p).startswith(title)]
@@ -221,6 +245,11 @@ def inject(fault: Fault, process: subprocess.Popen, out: Path, since: float, rng
         rng.choice(actors).kill()
     elif fault.kind == "disk_full":
         return _fill(out)
+    elif fault.kind == "kill_node":
+        cluster.kill(len(cluster.nodes) - 1)  # the newest node: the rollout's and the teacher's
+        replacement = threading.Timer(rng.uniform(0, 2 * NODE_WAIT_S), cluster.add, args=(NODES[1],))
+        replacement.start()
+        return replacement
     return None
 
 
@@ -285,16 +314,22 @@ def chaos_run(run: ChaosRun, out: Path, reference: Path, tear_probability: float
     out.mkdir(parents=True)
     if mounted:
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_mib}m", "tmpfs", str(out)], check=True)
+    cluster = None
+    if any(f.kind == "kill_node" for f in run.faults):
+        cluster = LocalCluster(NODES, log=out.parent / f"{out.name}-cluster.log")
+        overrides = (*overrides, *ACROSS_NODES, f"ray.address={cluster.address}", f"ray.node_wait_s={NODE_WAIT_S}")
     try:
         pending, args = list(run.faults), ["run", *RECIPE, *overrides, f"output_dir={out}"]
         while len(run.attempts) < MAX_ATTEMPTS:
             started_wall, started = time.time(), time.monotonic()
             process = gft(*args)
-            filler = inject(pending.pop(0), process, out, started_wall, rng) if pending else None
+            left = inject(pending.pop(0), process, out, started_wall, rng, cluster) if pending else None
             log = out.parent / f"{out.name}-attempt-{len(run.attempts) + 1}.log"
             run.attempts.append(finish(process, "gft " + " ".join(args[:2]), started, log))
-            if filler is not None:
-                filler.unlink()
+            if isinstance(left, threading.Thread):  # the node in place of the one killed has joined
+                left.join()
+            elif left is not None:
+                left.unlink()
             if run.attempts[-1].exit_code == 0:
                 break
             run_dir = run_dir_in(out)
@@ -309,6 +344,8 @@ def chaos_run(run: ChaosRun, out: Path, reference: Path, tear_probability: float
         if run.recovered:
             compare(run, run_dir_in(out), reference)
     finally:
+        if cluster is not None:
+            cluster.close()
         if mounted:
             keep = Path(tempfile.mkdtemp(prefix=f"chaos-{run.index:02d}-", dir=out.parent))
             shutil.copytree(out, keep, dirs_exist_ok=True)  # the run's files outlive the tmpfs

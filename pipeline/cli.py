@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -111,7 +112,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     config = _eval_config(args)
     out = args.out or Path("runs") / "eval" / f"{args.checkpoint.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
-    results = evaluate_checkpoint(config, out, verbose=args.verbose)
+    try:
+        results = evaluate_checkpoint(config, out, verbose=args.verbose)
+    except KeyboardInterrupt:  # nothing to finish: an eval is kept whole or not at all
+        print(f"\ngft: interrupted: the eval stopped unfinished; {out} holds no results", file=sys.stderr)
+        return 128 + signal.SIGINT
     print(eval_summary(results, config.eval.pass_k, out))
     return 0
 
@@ -162,10 +167,10 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    import functools
+    import math
     import shlex
 
-    from pipeline.core.errors import ConfigError
+    from pipeline.core.errors import ConfigError, StopRequested
     from pipeline.driver import run as run_module
     from pipeline.recipe.config import load_recipe
     from pipeline.tools.compare import (
@@ -184,10 +189,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     cache = args.out.resolve() / "runs"  # absolute, so the cache keys do not depend on the working directory
     try:
         sweep_lrs = sorted({float(lr) for lr in args.sweep_lr.split(",")}) if args.sweep_lr else []
-    except ValueError as err:
-        raise ConfigError(f"--sweep-lr: expected comma-separated learning rates, got {args.sweep_lr!r}") from err
+    except ValueError:
+        sweep_lrs = [math.nan]
+    if not all(math.isfinite(lr) and lr > 0 for lr in sweep_lrs):
+        raise ConfigError(f"--sweep-lr: expected comma-separated learning rates > 0, got {args.sweep_lr!r}")
+    if args.eval_every < 0 or (sweep_lrs and args.val_prompts < 1):
+        raise ConfigError("--eval-every must be >= 0 and --val-prompts >= 1")
     inputs = shared_inputs(recipe, cache, args.val_prompts if sweep_lrs else 0)
-    run = functools.partial(run_module.run, verbose=args.verbose)
+
+    def run(config, **settings):
+        try:
+            return run_module.run(config, verbose=args.verbose, **settings)
+        except StopRequested as err:  # Ctrl-C or SIGTERM: the comparison goes on, not only the run
+            raise StopRequested(f"{err}\nOr run this comparison again; it reuses every run it finished and resumes "
+                                f"this one: gft {shlex.join(args.argv)}", err.signum) from None
+
     choices = None
     if sweep_lrs:
         sweep = plan_sweep(recipe, list(seeds), sweep_lrs, recipe.seed, cache, inputs)
@@ -479,6 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except OSError:  # a name too long to be a file's
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.core.errors import ConfigError, DataError, RoleFailed, StopRequested, TrainingStopped
     from pipeline.rewards.guard import RewardFunctionError
@@ -489,20 +512,32 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     # a recipe path and key=value overrides share the positional slots
     recipe = getattr(args, "recipe", None)
-    if recipe and "=" in recipe and not Path(recipe).is_file():
+    if recipe and "=" in recipe and not _is_file(recipe):
         args.recipe, args.overrides = None, [recipe, *args.overrides]
     try:
         return args.handler(args)
     except (ConfigError, DataError, RewardFunctionError, JobError) as err:  # the user's input: fix and rerun
         print(f"gft: error: {err}", file=sys.stderr)
         return 2
-    except StopRequested as err:  # SIGTERM, handled: 128 + 15, what schedulers read as "terminated"
+    except StopRequested as err:  # SIGTERM or SIGINT, handled: 128 + its number, as a shell reports it
         print(f"gft: stopped: {err}", file=sys.stderr)
-        return 128 + 15
+        return 128 + err.signum
+    except KeyboardInterrupt:  # Ctrl-C outside a run's steps (starting up, an eval): nothing to keep
+        print("\ngft: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except (TrainingStopped, RoleFailed) as err:  # the run stopped; its last resume point is kept
         print(f"gft: stopped: {err}", file=sys.stderr)
         return 3
 
 
+def program() -> None:
+    """``gft`` as a program: :func:`main`, then exit with its code. Ray's exit handlers (its
+    ``ray.shutdown``) run after main returns; a Ctrl-C pressed meanwhile, once a stop has been
+    reported, would only turn them into a traceback, so it is ignored from there on."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    program()

@@ -23,7 +23,7 @@ from pipeline.core.errors import PolicyNotFinite
 from workers.hf_engine import HfEngine
 from workers.output import redirect_output
 from workers.sampling import EngineOptions, Generation, RolloutEngine, SamplingParams
-from workers.weight_group import SyncPlan
+from workers.weight_group import NotInWeightGroup, SyncPlan
 from workers.weights import FlatWeights, SharedWeights
 
 
@@ -35,6 +35,11 @@ def start_engine(backend: str, model_path: str, options: EngineOptions) -> Rollo
 
         return VllmEngine(model_path, options)
     return HfEngine(model_path, options)
+
+
+class PolicyMissing(RuntimeError):
+    """A rollout worker asked to sample a policy it does not hold: Ray restarted its process (from
+    the base model) between two calls. The driver gives it the policy and asks again."""
 
 
 class RolloutWorker:
@@ -50,6 +55,7 @@ class RolloutWorker:
         self.backend = backend
         self.engine = start_engine(backend, model_path, options or EngineOptions())
         self.version = 0
+        self.in_weight_group = False
 
     def load(self, model_path: str, version: int) -> None:
         """Serve the policy in ``model_path`` (a stage's start checkpoint) as ``version``."""
@@ -70,17 +76,21 @@ class RolloutWorker:
     def join_weight_group(self, address: str, port: int, rank: int, world_size: int) -> None:
         """Become ``rank`` of the learner's weight group (``workers.weight_group``)."""
         self.engine.join_weight_group(address, port, rank, world_size)
+        self.in_weight_group = True
 
     def leave_weight_group(self) -> None:
         self.engine.leave_weight_group()
+        self.in_weight_group = False
 
     def receive_weights(self, plan: SyncPlan, version: int) -> int:
         """Take the learner's new weights from the weight group as it broadcasts them; rows
         sampled afterwards carry ``version``."""
+        if not self.in_weight_group:
+            raise NotInWeightGroup("this rollout worker joined no weight group since it started")
         try:
             self.engine.receive_weights(plan)
         except BaseException:
-            self.engine.leave_weight_group()  # a broken group: the driver makes a new one
+            self.leave_weight_group()  # a broken group: the driver makes a new one
             raise
         self.version = version
         return version
@@ -98,6 +108,9 @@ class RolloutWorker:
         loading = time.perf_counter()
         if weights is not None:
             self.set_weights(weights, version)
+        elif version != self.version:
+            raise PolicyMissing(f"asked to sample policy version {version}, this worker serves {self.version}: Ray "
+                                "restarted it since it was given its weights")
         started = time.perf_counter()
         out = self.sample([r.prompt_ids for r in records], params, seed)
         elapsed = time.perf_counter() - started

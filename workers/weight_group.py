@@ -26,6 +26,11 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_BUCKET_BYTES = 256 << 20
+
+
+class NotInWeightGroup(RuntimeError):
+    """Asked to receive weights by an engine that is in no weight group: Ray restarted its
+    process (it lost its node, say) since the group was made. The driver makes the group anew."""
 TIMEOUT = datetime.timedelta(minutes=5)  # a peer gone mid-sync fails the others' calls at the latest then
 
 

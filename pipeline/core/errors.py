@@ -1,8 +1,8 @@
 """The errors a run ends with, each light to import. A user's mistake (``ConfigError``,
 ``DataError``, and ``pipeline.rewards.guard.RewardFunctionError``) is told as a message that
 names the key, or the file, row and field; the CLI maps them to exit code 2. The others end a
-run without a user's mistake: the CLI maps them to exit code 3, and a stop on SIGTERM to 143, as
-a shell reports a process that SIGTERM ended."""
+run without a user's mistake: the CLI maps them to exit code 3, and a stop on a signal to 128 + its
+number (143 for SIGTERM, 130 for SIGINT), as a shell reports a process that signal ended."""
 
 
 class ConfigError(ValueError):
@@ -30,7 +30,12 @@ class PolicyNotFinite(RuntimeError):
 
 
 class StopRequested(TrainingStopped):
-    """The run stopped on SIGTERM at a step boundary, with a resume point of the last step done."""
+    """The run stopped on a signal (SIGTERM, or SIGINT from Ctrl-C): at a step boundary, with a
+    resume point of the last step done, or at once on a second one. ``signum``: which."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 class DiskFull(TrainingStopped):

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from pipeline.core.batch import concat_batches
 from pipeline.core.data import PromptRecord
-from pipeline.core.errors import RoleFailed
+from pipeline.core.errors import ConfigError, RoleFailed
 from pipeline.core.resume import Progress
 from pipeline.driver.placement import Seat, plan_placement
 from pipeline.driver.rollout_env import check_rollout_environment, rollout_runtime_env
@@ -29,14 +30,17 @@ from pipeline.recipe.config import RunConfig
 from pipeline.rewards.guard import RewardGuard
 from workers.learner import Learner, UpdateSettings
 from workers.output import ACTOR_LOG_ENV, point_output_at
-from workers.rollout import RolloutWorker
+from workers.rollout import PolicyMissing, RolloutWorker
 from workers.sampling import EngineOptions, SamplingParams
 from workers.teacher import TeacherWorker
-from workers.weight_group import SyncPlan
+from workers.weight_group import NotInWeightGroup, SyncPlan
 
 logger = logging.getLogger(__name__)
 SEATING_WARNING_S = 30  # how often a run waiting for cluster resources says so
 RESTART_TIMEOUT_S = 600  # a restarted actor reloads its model; a large one takes a while
+CONNECT_TIMEOUT_S = 10  # for a cluster's head to answer at ray.address
+NODE_CHECK_S = 2.0  # while waiting on an actor, how often to look for lost nodes
+LOCAL_ACTORS_PER_CORE = 4  # the roles time-share the cores; beyond this a machine only thrashes
 # glibc's allocator hands tensors of more than a few MB out as fresh mmaps and returns freed
 # memory at once, so every step page-faults its activations in anew (a tenth of the first learner
 # steps went to the kernel). Keeping them in the heap makes a step reuse the last one's memory.
@@ -54,6 +58,36 @@ def allocator_env(model_path: str) -> dict[str, str]:
     return ALLOCATOR_ENV if weights <= ALLOCATOR_MAX_WEIGHTS_BYTES else {}
 
 
+def check_cluster(config: RunConfig) -> None:
+    """Before anything starts: the cluster a run is to join answers at its address, and a local
+    one started here would not put more actor processes on each core than it can bear."""
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    key = "ray.address" if config.ray.address else "RAY_ADDRESS"
+    if address:
+        host, _, port = address.rpartition(":")
+        if address == "auto" or "://" in address:  # Ray finds it, or it is a Ray client's: Ray's to check
+            return
+        if not host or not port.isdigit():
+            raise ConfigError(f"{key}: {address!r} is not HOST:PORT (the head's GCS, 6379 by default)")
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as err:
+            raise ConfigError(f"{key}={address}: no Ray cluster answers there ({err.strerror or err}); "
+                              "start its head with `ray start --head`, or leave ray.address unset for a local "
+                              "cluster") from None
+        return
+    for role in ("learner", "rollout", "teacher"):
+        if getattr(config, role).resources:
+            raise ConfigError(f"{role}.resources: a local cluster started here has no custom resources; join a "
+                              "cluster whose nodes were started with them (ray.address)")
+    cores = config.ray.num_cpus or os.cpu_count() or 1
+    actors = config.learner.num_workers + config.rollout.num_workers + 1  # and the teacher
+    if actors > LOCAL_ACTORS_PER_CORE * cores:
+        raise ConfigError(f"learner.num_workers + rollout.num_workers: {actors} actor processes, with the teacher, on "
+                          f"a local cluster of {cores} cores (more than {LOCAL_ACTORS_PER_CORE} a core); ask for "
+                          "fewer, or join a cluster with ray.address")
+
+
 def start_ray(config: RunConfig, log_dir: Path | None = None) -> None:
     """Join ``ray.address``, else the cluster named by RAY_ADDRESS, else start a local cluster
     bound to loopback. Ray sets RAY_ADDRESS for the driver of a job (``gft submit``), whose run
@@ -63,6 +97,7 @@ def start_ray(config: RunConfig, log_dir: Path | None = None) -> None:
     check_rollout_environment(config)  # once per process; a run has checked before making its folder
     if ray.is_initialized():
         return
+    check_cluster(config)
     logs = {"logging_level": logging.WARNING, "configure_logging": log_dir is None}
     quiet = _ray_output_to(log_dir / "ray.log") if log_dir is not None else contextlib.nullcontext()
     with quiet:
@@ -77,28 +112,38 @@ def local_cluster_cpus(config: RunConfig) -> int:
     return max(config.ray.num_cpus or os.cpu_count() or 1, math.ceil(needed))
 
 
+@contextlib.contextmanager
+def _on_loopback():
+    """On Linux Ray swaps even a loopback address for the machine's outward one: a local cluster's
+    servers (GCS, raylet, object manager, workers, agents, metrics) would listen on every
+    interface, and a cluster whose nodes all bind 127.0.0.1 could not be joined. Its switch for
+    single-machine clusters keeps 127.0.0.1 as it is; Ray reads it once at import, hence the
+    change around one call only."""
+    from ray._private import ray_constants  # Ray's private module: imported beside its one use
+
+    cluster_mode, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
 def _init_ray(config: RunConfig, logs: dict) -> None:
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **logs)
+        host = address.rpartition(":")[0]
+        with _on_loopback() if host in ("127.0.0.1", "localhost") else contextlib.nullcontext():
+            ray.init(address=address, **logs)
         return
-    from ray._private import ray_constants  # Ray's private module: imported beside its one use
-
-    # On Linux Ray swaps even a loopback node address for the machine's outward one, and its
-    # servers (GCS, raylet, object manager, workers, agents, metrics) then listen on every
-    # interface. Its switch for single-machine clusters keeps the node on 127.0.0.1, so all of
-    # them bind loopback; Ray reads it once at import, hence the change around this call only.
-    cluster_mode, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
-    try:
+    with _on_loopback():
         ray.init(
+            address="local",  # a new cluster, even where another one on this machine is Ray's "current" one
             num_cpus=local_cluster_cpus(config),
             include_dashboard=config.ray.dashboard,
             dashboard_host=config.ray.dashboard_host,
             log_to_driver=True,
             **logs,
         )
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
 
 
 @contextlib.contextmanager
@@ -121,6 +166,34 @@ def _ray_output_to(path: Path):
         for fd, kept in zip((1, 2), saved):
             os.dup2(kept, fd)
             os.close(kept)
+
+
+class _NodeWatch:
+    """Called every NODE_CHECK_S while the driver waits on a rollout or teacher actor: once a
+    node of the run's roles is reported dead, says which roles were on it (once), then allows
+    ``ray.node_wait_s`` for the cluster to seat them again before the run stops."""
+
+    def __init__(self, roles: Roles):
+        self.roles, self.lost, self.deadline = roles, {}, 0.0
+
+    def check(self) -> bool:
+        """Whether a node is lost (and the wait for it still within its time)."""
+        if not self.lost:
+            self.lost = self.roles.lost_nodes()
+            if not self.lost:
+                return False
+            self.deadline = time.monotonic() + self.roles.node_wait_s
+            logger.warning("%s; waiting up to %g s (ray.node_wait_s) for the cluster to seat them again",
+                           _told(self.lost), self.roles.node_wait_s)
+        if time.monotonic() > self.deadline:
+            raise RoleFailed(f"{_told(self.lost)}, and the cluster did not seat them again within "
+                             f"ray.node_wait_s={self.roles.node_wait_s:g} s")
+        return True
+
+
+def _told(lost: dict[str, list[str]]) -> str:
+    """``lost`` (node id -> roles), as a user reads it."""
+    return "; ".join(f"node {node} was lost, with {', '.join(roles)} on it" for node, roles in lost.items())
 
 
 def _node_id(actor: ActorHandle) -> ray.ObjectRef:
@@ -149,6 +222,7 @@ class Roles:
         the driver's console (``workers.output``); None: to the console, as Ray streams it."""
         RewardGuard(config.reward.function, extraction=config.reward.extraction).close()  # a broken file fails here
         self.max_restarts = config.ray.max_actor_restarts
+        self.node_wait_s = config.ray.node_wait_s
         self.restarts = 0  # actor processes that died and were restarted
         self.version = 0  # the policy version the rollout workers serve
         self.pending: ray.ObjectRef | None = None  # that version's weights, from the last sync
@@ -167,8 +241,8 @@ class Roles:
 
         def seated(seat: Seat, name: str, runtime_env: dict = allocator, **options):
             strategy = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=seat.bundle)
-            return ray.remote(num_cpus=seat.num_cpus, num_gpus=seat.num_gpus, scheduling_strategy=strategy,
-                              runtime_env=logged(runtime_env, name), **options)
+            return ray.remote(num_cpus=seat.num_cpus, num_gpus=seat.num_gpus, resources=seat.resources,
+                              scheduling_strategy=strategy, runtime_env=logged(runtime_env, name), **options)
 
         threads = config.ray.num_cpus or os.cpu_count() or 1  # torch threads, split among the actors
         self.learners = [  # an eval-only job has none
@@ -194,8 +268,9 @@ class Roles:
             for index, seat in enumerate(placement.rollouts)
         ]
         teacher = config.teacher
-        self.teacher = ray.remote(num_cpus=teacher.num_cpus, num_gpus=teacher.num_gpus, max_restarts=self.max_restarts,
-                                  max_task_retries=0, runtime_env=logged(allocator, "teacher"))(TeacherWorker).remote(
+        self.teacher = ray.remote(num_cpus=teacher.num_cpus, num_gpus=teacher.num_gpus, resources=teacher.resources,
+                                  max_restarts=self.max_restarts, max_task_retries=0,
+                                  runtime_env=logged(allocator, "teacher"))(TeacherWorker).remote(
             model_path, config.reward.function, teacher.model_path, num_threads=1,
             reward_timeout_s=config.reward.timeout_s, reward_workers=config.reward.num_workers,
             answer_extraction=config.reward.extraction)
@@ -203,8 +278,8 @@ class Roles:
         ray.get([actor.__ray_ready__.remote() for actor in [self.teacher, *self.rollouts, *self.learners]])
         self._report_rollout(colocated)
         # weights reach rollout workers on the learner's node through its shared memory
-        nodes = ray.get([_node_id(actor) for actor in [*self.learners[:1], *self.rollouts]])
-        self.same_node = len(set(nodes)) == 1
+        self._locate()
+        self.same_node = len(set(self.nodes["learners"][:1] + self.nodes["rollouts"])) == 1
         if len(self.learners) > 1:
             address, port = ray.get(self.learner.rendezvous.remote())
             world = len(self.learners)
@@ -216,6 +291,9 @@ class Roles:
         if self.learner is not None and (sync == "collective" or (sync == "auto" and not self.same_node)):
             self.sync_plan = ray.get(self.learner.weight_plan.remote(config.rollout.weight_bucket_mb << 20))
             self._form_weight_group()
+        self.weight_sync = "collective" if self.sync_plan is not None else "shared_memory" if self.same_node \
+            else "object_store"  # (an eval job's workers load the checkpoint itself)
+        logger.info("roles on nodes %s; weights reach the rollout by %s", self.nodes, self.weight_sync)
 
     def _report_rollout(self, colocated: bool) -> None:
         """Say what the rollout runs on; a colocated engine that could sleep but cannot (no sleep
@@ -252,14 +330,14 @@ class Roles:
         0's answer."""
         return self._learners_get([call(rank) for rank in self.learners])[0]
 
-    @staticmethod
-    def _learners_get(futures: list[ray.ObjectRef]) -> list:
+    def _learners_get(self, futures: list[ray.ObjectRef]) -> list:
         """``ray.get`` of learner calls. A learner's state cannot be rebuilt: its process lost ends
-        the run, as :class:`RoleFailed`."""
+        the run, as :class:`RoleFailed`, naming the node where that was lost with it."""
         try:
             return ray.get(futures)
         except RayActorError as err:
-            raise RoleFailed(f"a learner's process died: {err}") from err
+            lost = self.lost_nodes()
+            raise RoleFailed(_told(lost) if lost else f"a learner's process died: {err}") from err
 
     def load_policy(self, model_path: str, version: int) -> None:
         """Every role serves the checkpoint in ``model_path`` as policy ``version``."""
@@ -322,19 +400,20 @@ class Roles:
             for index, (actor, submit) in enumerate(calls):
                 for attempt in range(self.max_restarts + 1):
                     try:
-                        results.append(ray.get(futures[index]))
+                        results.append(self._await(futures[index]))
                         break
-                    except RayActorError as err:
+                    except (RayActorError, PolicyMissing) as err:  # died in the call, or before it
                         if attempt == self.max_restarts:
                             raise RoleFailed(f"an actor died {attempt + 1} times in one call: {err}") from err
                         self._recover(actor, err)
                         futures[index] = submit(actor)
         except Exception as err:
             # the other calls fail as a rule for the same reason: read their errors too, or Ray logs
-            # each with its traceback as unhandled
-            for future in futures:
+            # each with its traceback as unhandled; but not those a lost node keeps waiting
+            wait_s = 0 if isinstance(err, RoleFailed) else RESTART_TIMEOUT_S
+            for future in ray.wait(futures, num_returns=len(futures), timeout=wait_s)[0]:
                 with contextlib.suppress(Exception):
-                    ray.get(future, timeout=RESTART_TIMEOUT_S)
+                    ray.get(future)
             if isinstance(err, RayActorError):  # died again while it was being brought back
                 raise RoleFailed(f"an actor died while it was being restarted: {err}") from err
             raise
@@ -359,19 +438,51 @@ class Roles:
             self._learners_get(others)
 
     def _wait_restarted(self, actor: ActorHandle) -> None:
-        deadline = time.monotonic() + RESTART_TIMEOUT_S
+        """Until Ray has restarted ``actor``: within RESTART_TIMEOUT_S as a rule (a large model
+        loads), or as :class:`_NodeWatch` allows where a node of the run is gone."""
+        deadline, watch = time.monotonic() + RESTART_TIMEOUT_S, _NodeWatch(self)
+        ready = actor.__ray_ready__.remote()
         while True:
             try:
-                ray.get(actor.__ray_ready__.remote())
-                break
-            except ActorUnavailableError as busy:  # still restarting
-                if time.monotonic() > deadline:
-                    raise RoleFailed(f"an actor did not come back within {RESTART_TIMEOUT_S} s: {busy}") from busy
-                time.sleep(0.2)
+                ray.get(ready, timeout=NODE_CHECK_S)
+                self.restarts += 1
+                self._locate()
+                return
+            except GetTimeoutError:  # not seated yet: a lost node's resources are missing, or a model loads
+                pass
+            except ActorUnavailableError:  # restarting: ask again
+                ready = actor.__ray_ready__.remote()
             except ActorDiedError as final:
                 raise RoleFailed(f"an actor died and Ray did not restart it (ray.max_actor_restarts="
                                  f"{self.max_restarts}): {final}") from final
-        self.restarts += 1
+            if not watch.check() and time.monotonic() > deadline:
+                raise RoleFailed(f"an actor did not come back within {RESTART_TIMEOUT_S} s")
+
+    def _await(self, future: ray.ObjectRef):
+        """``ray.get`` of a rollout or teacher call. A call to an actor whose node is gone waits,
+        queued, until Ray seats the actor again; meanwhile the run says so (:class:`_NodeWatch`)."""
+        watch = _NodeWatch(self)
+        while not ray.wait([future], timeout=NODE_CHECK_S)[0]:
+            watch.check()
+        return ray.get(future)
+
+    def _locate(self) -> None:
+        """Each role's Ray node id, asked of the actors: at the start, and after one is restarted
+        (on another node, if its own was lost)."""
+        nodes = ray.get([_node_id(actor) for actor in [*self.learners, *self.rollouts, self.teacher]])
+        self.nodes = {"learners": nodes[:len(self.learners)], "rollouts": nodes[len(self.learners):-1],
+                      "teacher": nodes[-1]}
+
+    def lost_nodes(self) -> dict[str, list[str]]:
+        """The nodes this run's roles were placed on that Ray reports dead, each with those roles."""
+        alive = {node["NodeID"]: node["Alive"] for node in ray.nodes()}
+        placed = [*((f"learner-{i}", n) for i, n in enumerate(self.nodes["learners"])),
+                  *((f"rollout-{i}", n) for i, n in enumerate(self.nodes["rollouts"])), ("teacher", self.nodes["teacher"])]
+        lost: dict[str, list[str]] = {}
+        for role, node in placed:
+            if not alive.get(node, False):
+                lost.setdefault(node, []).append(role)
+        return lost
 
     def rollout(self, records: list[PromptRecord], params: SamplingParams, seed: int) -> tuple[pa.RecordBatch, dict]:
         """Self rows for ``records``, the prompts split evenly across the rollout workers."""
@@ -380,7 +491,7 @@ class Roles:
         calls = [
             (worker, lambda w, chunk=chunk, index=index: w.rollout.remote(
                 [records[i] for i in chunk], params, seed + 7919 * index,
-                *((self.pending, self.version) if index in self.stale else ())))
+                self.pending if index in self.stale else None, self.version))
             for index, (worker, chunk) in enumerate(zip(self.rollouts, chunks))
         ]
         results = self._call(calls)
@@ -412,26 +523,31 @@ class Roles:
         while True:
             sends = [rank.broadcast_weights.remote(self.sync_plan) for rank in self.learners]
             receives = [worker.receive_weights.remote(self.sync_plan, self.version) for worker in self.rollouts]
-            lost, errors = [], []
+            lost, restarted, errors = [], 0, []
             for worker, future in zip(self.rollouts, receives):
                 try:
-                    ray.get(future)
+                    self._await(future)
                 except RayActorError:
                     lost.append(worker)
+                except NotInWeightGroup:  # restarted by Ray between two calls: out of the group
+                    restarted += 1
                 except RayTaskError as err:  # as a rule, a peer went and broke the group for everyone
                     errors.append(err)
             try:
                 self._learners_get(sends)
             except RayTaskError as err:
                 errors.append(err)
-            if not lost and errors:  # no peer went: a fault of the sync itself
+            if not lost and not restarted and errors:  # no peer went: a fault of the sync itself
                 raise errors[0]
-            if not lost:
+            if not lost and not restarted:
                 self.stale = set()
                 return time.perf_counter() - started
             attempts += 1
             if attempts > self.max_restarts:
                 raise RoleFailed(f"a rollout worker died {attempts} times while taking the weights")
+            self.restarts += restarted
+            if restarted:
+                self._locate()
             for worker in lost:
                 logger.warning("a rollout worker died while it took the weights; waiting for Ray to restart it")
                 self._wait_restarted(worker)

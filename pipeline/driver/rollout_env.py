@@ -76,7 +76,7 @@ def check_rollout_environment(config: RunConfig) -> None:
 
 @functools.cache
 def _check_interpreter(python: str, backend: str, key: str) -> None:
-    if not Path(python).is_file():
+    if not os.path.isfile(python):  # False for a name too long as well
         raise ConfigError(f"{key}: {python} does not exist; {BUILD_HINT}")
     env = {**os.environ, "PYTHONPATH": _python_path()}
     try:

@@ -29,8 +29,9 @@ from pipeline.core.files import atomic_path, write_json_lines
 from pipeline.core.metric_sinks import MetricSink, MlflowSink, TensorBoardSink, WandbSink
 from pipeline.core.metrics import MetricsLogger
 from pipeline.core.resume import Progress, ResumePoint, chosen_point, latest_point, points, prune, write_point
+from pipeline.core.run_folder import RunLock, claim_new
 from pipeline.driver.evals import evaluate_sets, load_eval_sets, save_generations
-from pipeline.driver.roles import Roles, start_ray
+from pipeline.driver.roles import Roles, check_cluster, start_ray
 from pipeline.driver.rollout_env import check_rollout_environment
 from pipeline.driver.stages import train_step
 from pipeline.embedded import build_embedded_assets
@@ -50,16 +51,6 @@ class RunResult:
     wall_time_s: float = 0.0
     skipped_rows: int = 0  # bad training rows left out (data.bad_rows=skip)
     short_groups: dict[str, int] = field(default_factory=dict)  # source -> groups short of it (data.short_groups)
-
-
-def _new_run_dir(config: RunConfig) -> Path:
-    root = Path(config.output_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = root / f"{config.name}-{stamp}"
-    suffix = 1
-    while run_dir.exists():
-        run_dir, suffix = root / f"{config.name}-{stamp}-{suffix}", suffix + 1
-    return run_dir
 
 
 @dataclass
@@ -99,26 +90,34 @@ def _load_inputs(config: RunConfig, run_dir: Path) -> Inputs:
 
 
 class _StopSignal:
-    """SIGTERM, as ``gft stop``, ``kill`` and cluster schedulers send it, asks the driver to stop
-    at the next step boundary (see ``_Driver.stop_if_asked``) instead of dying mid-write. A second
-    SIGTERM ends the process at once, as the handler before this one would have."""
+    """SIGTERM (as ``gft stop``, ``kill`` and cluster schedulers send it) and SIGINT (Ctrl-C, which a
+    terminal sends to the whole process group: Ray's own processes ignore it) ask the driver to
+    stop at the next step boundary (see ``_Driver.stop_if_asked``) instead of dying mid-write. A
+    second one ends the run at once: the handler raises ``KeyboardInterrupt``, the one exception
+    that Ray lets out of a waiting ``ray.get``."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.received, self.previous = False, None
+        self.received: signal.Signals | None = None
+        self.previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
+            self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.received = True
-        signal.signal(signal.SIGTERM, self.previous)
-        logger.warning("SIGTERM received: stopping after the step under way, with a resume point")
+        if self.received is not None:
+            self.received = signal.Signals(signum)
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum)
+        logger.warning("%s received: stopping after the step under way, with a resume point (again: at once)",
+                       self.received.name)
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 class _Driver:
@@ -136,6 +135,8 @@ class _Driver:
     def run(self) -> None:
         try:
             self.run_stages()
+        except KeyboardInterrupt:  # a second SIGTERM or SIGINT: out at once, from the middle of a step
+            raise StopRequested(self.interrupted(), self.stop.received or signal.SIGINT) from None
         except PolicyNotFinite as err:  # raised in a rollout actor: its own message, not Ray's traceback
             raise TrainingStopped(self.blown_up(getattr(err, "cause", err))) from None
         except RoleFailed as err:  # a role's process gone for good: say where the run stood and where it goes on
@@ -162,15 +163,25 @@ class _Driver:
             self.save_point(learner=False)
 
     def stop_if_asked(self, stage: StageConfig) -> None:
-        """After SIGTERM, between two steps: write a resume point of the last step done and stop."""
-        if not self.stop.received:
+        """After SIGTERM or SIGINT, between two steps: write a resume point of the last step done and stop."""
+        received = self.stop.received
+        if received is None:
             return
         p = self.progress
         point = self.save_point(learner=p.step > 0)  # at a stage's start, its start checkpoint is the policy
         raise StopRequested(
-            f"SIGTERM: stopped before step {p.step + 1} of stage {stage.name} (global step {p.global_step} done); "
-            f"resume point: {point}. Continue with: gft run --resume {self.run_dir} (on a cluster: gft submit "
-            f"--resume {self.run_dir})")
+            f"{received.name}: stopped before step {p.step + 1} of stage {stage.name} (global step {p.global_step} "
+            f"done); resume point: {point}. Continue with: gft run --resume {self.run_dir} (on a cluster: gft submit "
+            f"--resume {self.run_dir})", received)
+
+    def interrupted(self) -> str:
+        """What to say when a second signal ended the run mid-step."""
+        p, point, stage = self.progress, latest_point(self.run_dir), self.current_stage()
+        where = f"in step {p.step + 1} of stage {stage.name}" if p.step < stage.steps else f"ending stage {stage.name}"
+        kept = (f"its newest resume point, {point.folder}, holds global step {point.progress.global_step}"
+                if point else "it has no resume point yet")
+        return (f"a second signal ({self.stop.received.name}): stopped at once, {where}; {kept}. Continue with: "
+                f"gft run --resume {self.run_dir}")
 
     def blown_up(self, err: PolicyNotFinite) -> str:
         """What to say when the policy's weights have grown too large to sample from."""
@@ -278,13 +289,16 @@ def run(config: RunConfig, run_dir: Path | None = None, on_step: Callable[[], No
     """
     started = time.perf_counter()
     check_rollout_environment(config)
-    run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(config)
+    check_cluster(config)
+    fresh = run_dir is None or not Path(run_dir).exists()
+    run_dir = Path(run_dir) if run_dir is not None else claim_new(Path(config.output_dir), config.name)
     try:
-        result = _run(config, run_dir, on_step, resume, resume_point, None if verbose else run_dir / "logs")
-        result.wall_time_s = time.perf_counter() - started
-        # written last and atomically: its presence says the run finished (``gft compare`` relies on it)
-        with atomic_path(run_dir / "eval.json") as tmp:
-            tmp.write_text(json.dumps({"evals": result.evals, "wall_time_s": result.wall_time_s}, indent=2))
+        with RunLock(run_dir):
+            result = _run(config, run_dir, fresh, on_step, resume, resume_point, None if verbose else run_dir / "logs")
+            result.wall_time_s = time.perf_counter() - started
+            # written last and atomically: its presence says the run finished (``gft compare`` relies on it)
+            with atomic_path(run_dir / "eval.json") as tmp:
+                tmp.write_text(json.dumps({"evals": result.evals, "wall_time_s": result.wall_time_s}, indent=2))
     except OSError as err:
         full = getattr(err, "cause", err)  # the learner's writes fail inside its actor
         if not isinstance(full, OSError) or full.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -293,9 +307,8 @@ def run(config: RunConfig, run_dir: Path | None = None, on_step: Callable[[], No
     return result
 
 
-def _run(config: RunConfig, run_dir: Path, on_step: Callable[[], None] | None, resume: bool,
+def _run(config: RunConfig, run_dir: Path, fresh: bool, on_step: Callable[[], None] | None, resume: bool,
          resume_point: Path | None, log_dir: Path | None) -> RunResult:
-    fresh = not run_dir.exists()
     try:
         inputs = _load_inputs(config, run_dir)
     except BaseException:
@@ -327,6 +340,8 @@ def _run(config: RunConfig, run_dir: Path, on_step: Callable[[], None] | None, r
         with _StopSignal() as stop:  # after ray.init, which sets a SIGTERM handler of its own
             roles = Roles(config, inputs.base_model, log_dir=log_dir)
             try:
+                with atomic_path(run_dir / "placement.json") as tmp:  # where this attempt's roles run
+                    tmp.write_text(json.dumps({"nodes": roles.nodes, "weight_sync": roles.weight_sync}, indent=2))
                 driver = _Driver(config, run_dir, inputs, roles, metrics, start, on_step, stop)
                 driver.run()
             finally:

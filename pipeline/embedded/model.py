@@ -15,6 +15,8 @@ from pipeline.core.shapes import ModelShape
 
 from .tokenizer import PAD_TOKEN
 
+TINY_MAX = 8192  # of any TinyModelConfig size
+
 
 @dataclass
 class TinyModelConfig:
@@ -38,8 +40,10 @@ class TinyModelConfig:
             "num_key_value_heads",
             "max_position_embeddings",
         ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TinyModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+            if not 1 <= getattr(self, name) <= TINY_MAX:  # tiny: built in memory, on every run's start
+                raise ValueError(f"TinyModelConfig.{name} must be in [1, {TINY_MAX}], got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"TinyModelConfig.seed must be in [0, 2**32), got {self.seed}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})"

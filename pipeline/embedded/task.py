@@ -58,8 +58,13 @@ class TaskConfig:
             raise ValueError(
                 f"TaskConfig.ood_min_terms ({self.ood_min_terms}) must be <= ood_max_terms ({self.ood_max_terms})"
             )
-        if self.max_operand < 1:
-            raise ValueError(f"TaskConfig.max_operand must be >= 1, got {self.max_operand}")
+        if not 1 <= self.max_operand <= 10**6:
+            raise ValueError(f"TaskConfig.max_operand must be in [1, 1000000], got {self.max_operand}")
+        if max(self.max_terms, self.ood_max_terms) > 64:  # a chain's prompt and answer grow with it
+            raise ValueError(f"TaskConfig.max_terms and ood_max_terms must be <= 64, got {self.max_terms} and "
+                             f"{self.ood_max_terms}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"TaskConfig.seed must be in [0, 2**32), got {self.seed}")
         rate = self.teacher_error_rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
             raise ValueError(f"TaskConfig.teacher_error_rate must be a number in [0, 1], got {rate!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from pipeline.core.metric_sinks import BACKENDS, WANDB_MODES
 from pipeline.embedded import TaskConfig, TinyModelConfig
 from pipeline.eval.benchmarks import BENCHMARKS
 from pipeline.recipe.algorithms import ALGORITHMS
-from pipeline.recipe.configio import apply_override, build, read_yaml
+from pipeline.recipe.configio import apply_override, bounded, build, check_bounds, read_yaml
 from pipeline.rewards.verifiers import DEFAULT_EXTRACTION, EXTRACTIONS
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
@@ -28,6 +29,16 @@ ADVANTAGE_GROUPS = ("prompt", "prompt_and_source")
 EMBEDDED = "embedded"
 SHORT_GROUPS = ("refuse", "allow")
 PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")  # torch.load would run code a file carries
+# Upper bounds far above any real recipe, below what would exhaust a node before the run could
+# say so (a million actors, a group of a billion rows)
+MAX_ACTORS, MAX_CPUS, MAX_GPUS = 4096, 2**16, 2**12
+MAX_GROUP = 4096  # rows of one prompt's group, samples per eval prompt, updates per batch
+MAX_TOKENS = 2**20
+# A role's ``resources`` are custom Ray resources, which only the nodes started with them have
+# (`ray start --resources '{"learner_node": 4}'`): asking for them places the role on those nodes
+# (verl's resource pools by node). Ray's own CPU, GPU and memory are asked by num_cpus and num_gpus.
+RAY_OWN_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a run's or a stage's name names folders
 
 
 @dataclass
@@ -37,10 +48,10 @@ class EmbeddedConfig:
 
     task: TaskConfig = field(default_factory=TaskConfig)
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
-    n_train: int = 4096
-    n_test: int = 256
-    n_ood: int = 256
-    n_teacher: int = 3
+    n_train: int = bounded(4096, low=1, high=10**7)
+    n_test: int = bounded(256, low=1, high=10**6)
+    n_ood: int = bounded(256, low=1, high=10**6)
+    n_teacher: int = bounded(3, low=0, high=64)
 
 
 @dataclass
@@ -56,10 +67,11 @@ class LearnerConfig:
     gradients and optimizer state across them (torch's ``fully_shard``), for a model whose
     training state does not fit one device; otherwise each holds a whole replica."""
 
-    num_workers: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    num_workers: int = bounded(1, low=1, high=MAX_ACTORS)
+    num_cpus: float = bounded(1.0, low=0, high=MAX_CPUS)
+    num_gpus: float = bounded(0.0, low=0, high=MAX_GPUS)
     fsdp: bool = False
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources: see RAY_OWN_RESOURCES
     # keep each decoder layer's input only and recompute its activations in the backward: about
     # one more forward's compute for activation memory that no longer grows with the layers
     gradient_checkpointing: bool = False
@@ -71,7 +83,7 @@ class DataConfig:
 
     train_files: list[str] = field(default_factory=list)
     eval_files: dict[str, str] = field(default_factory=dict)  # split name -> parquet
-    max_prompt_length: int = 512
+    max_prompt_length: int = bounded(512, low=1, high=MAX_TOKENS)
     bad_rows: str = "error"  # error: refuse a file with a bad row | skip: leave bad rows out, and report them
     # the column whose value the reward function receives as data_source (verl's option; the GFT
     # authors' files use "source")
@@ -89,22 +101,24 @@ class RolloutConfig:
 
     backend: str = "hf"  # hf | vllm
     python: str | None = None  # the workers' interpreter; None: the driver's (hf), .venv-vllm's (vllm)
-    num_workers: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    max_num_seqs: int = 256  # sequences decoded at once (prompts x n), bounds memory
-    num_cpus: float = 1.0  # per worker
-    num_gpus: float = 0.0
-    gpu_memory_utilization: float = 0.5  # vllm on a GPU: its share of the GPU's memory
-    kv_cache_gib: float | None = None  # vllm: KV cache size; None: 1 GiB on CPU, what fits on a GPU
+    num_workers: int = bounded(1, low=1, high=MAX_ACTORS)
+    temperature: float = bounded(1.0, above=0)
+    top_p: float = bounded(1.0, above=0, high=1)
+    max_new_tokens: int = bounded(64, low=1, high=MAX_TOKENS)
+    max_num_seqs: int = bounded(256, low=1, high=2**16)  # sequences decoded at once (prompts x n), bounds memory
+    num_cpus: float = bounded(1.0, low=0, high=MAX_CPUS)  # per worker
+    num_gpus: float = bounded(0.0, low=0, high=MAX_GPUS)
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources: see RAY_OWN_RESOURCES
+    gpu_memory_utilization: float = bounded(0.5, above=0, high=1)  # vllm on a GPU: its share of the GPU's memory
+    # vllm: KV cache size; None: 1 GiB on CPU, what fits on a GPU
+    kv_cache_gib: float | None = bounded(None, above=0, high=2**14)
     # how the learner's weights reach the workers after each update: shared_memory (the
     # learner's node's /dev/shm, else Ray's object store) | collective (broadcast through a
     # process group joining learner rank 0 and the workers: gloo on CPU, nccl on GPU, in the
     # compute dtype, in buckets of weight_bucket_mb) | auto: shared_memory when every worker is
     # on learner rank 0's node, collective when one is not
     weight_sync: str = "auto"
-    weight_bucket_mb: int = 256
+    weight_bucket_mb: int = bounded(256, low=1, high=2**20)
 
 
 WEIGHT_SYNCS = ("auto", "shared_memory", "collective")
@@ -113,9 +127,11 @@ WEIGHT_SYNCS = ("auto", "shared_memory", "collective")
 @dataclass
 class TeacherConfig:
     model_path: str | None = None  # sample teacher responses live from this local model
-    temperature: float = 1.0
-    num_cpus: float = 0.0  # scoring waits on its reward worker processes, which Ray does not count
-    num_gpus: float = 0.0
+    temperature: float = bounded(1.0, above=0)
+    # scoring waits on its reward worker processes, which Ray does not count
+    num_cpus: float = bounded(0.0, low=0, high=MAX_CPUS)
+    num_gpus: float = bounded(0.0, low=0, high=MAX_GPUS)
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources: see RAY_OWN_RESOURCES
 
 
 @dataclass
@@ -128,67 +144,73 @@ class RewardConfig:
     # none: scores 0) | lenient (then "the answer is ...", else the last number, as the GFT
     # authors' verifier does; pipeline/rewards/verifiers.py)
     extraction: str = DEFAULT_EXTRACTION
-    timeout_s: float = 10.0  # per call
-    num_workers: int = 1  # scoring processes
+    timeout_s: float = bounded(10.0, above=0, high=86_400)  # per call
+    num_workers: int = bounded(1, low=1, high=MAX_ACTORS)  # scoring processes
 
 
 @dataclass
 class GroupConfig:
     """Members of each prompt's group, by source (docs/design.md §2)."""
 
-    expert: int = 1
-    teacher: int = 3
-    self: int = 4
+    expert: int = bounded(1, low=0, high=MAX_GROUP)
+    teacher: int = bounded(3, low=0, high=MAX_GROUP)
+    self: int = bounded(4, low=0, high=MAX_GROUP)
 
 
 @dataclass
 class EvalConfig:
     splits: list[str] = field(default_factory=lambda: ["test", "ood"])
-    max_prompts: int | None = 128  # per eval set; None: all of it
-    pass_k: int = 4  # pass@k from k samples at temperature 1
-    max_new_tokens: int = 64
+    max_prompts: int | None = bounded(128, low=1)  # per eval set; None: all of it
+    pass_k: int = bounded(4, low=1, high=MAX_GROUP)  # pass@k from k samples at temperature 1
+    max_new_tokens: int = bounded(64, low=1, high=MAX_TOKENS)
 
 
 @dataclass
 class StageConfig:
     name: str
     algorithm: str  # sft | dft | gft | grpo | eval
-    steps: int = 0
-    prompts_per_step: int = 16
+    steps: int = bounded(0, low=0)
+    prompts_per_step: int = bounded(16, low=1)
     group: GroupConfig = field(default_factory=GroupConfig)
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    warmup_steps: int = 0  # linear ramp from 0
+    lr: float = bounded(1e-6, low=0)
+    weight_decay: float = bounded(0.0, low=0)
+    warmup_steps: int = bounded(0, low=0)  # linear ramp from 0
     lr_schedule: str = "constant"  # constant | cosine (to 10% of lr at the last step)
-    max_grad_norm: float = 1.0
-    tau: float = 0.1  # DCR threshold (gft)
+    max_grad_norm: float = bounded(1.0, above=0)
+    tau: float = bounded(0.1, above=0)  # DCR threshold (gft)
     # gft, departures from the paper for ablations: the sources whose tokens DCR rectifies (others
     # keep c = 1; the paper: all), and the groups rewards are normalised in (prompt: the paper,
     # all of a prompt's rows together; prompt_and_source: each source's rows apart)
     dcr_sources: list[str] = field(default_factory=lambda: ["expert", "teacher", "self"])
     advantage_groups: str = "prompt"
-    clip_ratio: float = 0.2  # PPO epsilon (grpo)
-    kl_coef: float = 0.0  # low-variance KL to the stage's start policy (grpo)
-    updates_per_batch: int = 1  # optimizer steps per batch (mini-batches); >1 makes clipping bite
+    clip_ratio: float = bounded(0.2, above=0, below=1)  # PPO epsilon (grpo)
+    kl_coef: float = bounded(0.0, low=0)  # low-variance KL to the stage's start policy (grpo)
+    # optimizer steps per batch (mini-batches); >1 makes clipping bite
+    updates_per_batch: int = bounded(1, low=1, high=MAX_GROUP)
     # learner forward/backward budget per micro-batch (packed, padding-free): bounds activation memory;
     # fewer, larger micro-batches also pay the per-call costs less often (docs/benchmarks.md)
-    micro_batch_tokens: int = 4096
-    eval_every: int = 0  # 0: evaluate only after the stage
+    micro_batch_tokens: int = bounded(4096, low=1)
+    eval_every: int = bounded(0, low=0)  # 0: evaluate only after the stage
     # log the KL to the stage's start policy every N steps: it costs a forward of that policy,
     # which runs every step anyway when kl_coef > 0, and holding it (sharded as the policy, in the
     # compute dtype). 0: only then; with kl_coef 0 the learners then hold no copy of it at all
-    kl_every: int = 10
+    kl_every: int = bounded(10, low=0)
 
 
 @dataclass
 class RayConfig:
     address: str | None = None  # None: start a local cluster
-    num_cpus: int | None = None  # cores of a local cluster, and the torch threads its actors share; None: all
+    # cores of a local cluster, and the torch threads its actors share; None: all
+    num_cpus: int | None = bounded(None, low=1, high=MAX_CPUS)
     dashboard: bool = False
     dashboard_host: str = "127.0.0.1"
     # a rollout or teacher actor whose process dies is restarted this many times; the step it
     # was serving is retried on the new one
-    max_actor_restarts: int = 3
+    max_actor_restarts: int = bounded(3, low=0, high=10**6)
+    # after a node holding a rollout or teacher actor is lost, how long the run waits for the
+    # cluster to seat it again (the node, or another with its resources, joining), then stops
+    # with the resume command; a lost learner stops the run at once (its state is gone)
+    node_wait_s: float = bounded(300.0, low=0, high=86_400)
     # rollout workers share the learners' placement-group bundles (and GPUs: the learner and the
     # rollout never compute at once); false gives each rollout worker a bundle of its own
     colocate: bool = True
@@ -199,8 +221,8 @@ class CheckpointConfig:
     """Resume checkpoints (``RUN_DIR/checkpoints/resume/step-N``): weights, optimizer, RNG and
     data position, written atomically. One is always written at the end of each stage."""
 
-    every: int = 50  # also every N steps within a stage; 0: only at stage ends
-    keep_last: int = 2  # older ones are deleted; more than 1 survives a torn latest one
+    every: int = bounded(50, low=0)  # also every N steps within a stage; 0: only at stage ends
+    keep_last: int = bounded(2, low=1)  # older ones are deleted; more than 1 survives a torn latest one
 
 
 @dataclass
@@ -219,12 +241,12 @@ class LoggingConfig:
 @dataclass
 class RunConfig:
     name: str = "gft"
-    seed: int = 0
+    seed: int = bounded(0, low=0, high=2**32 - 1)  # numpy's seeds are 32-bit
     output_dir: str = "runs"
     save_batches: bool = False  # write every step's learner batch to RUN_DIR/batches/*.arrow
     # a step whose update is skipped (non-finite loss or grad-norm) keeps the weights; this many
     # skipped steps in a row stop the run, with a resume checkpoint of the last good weights
-    max_consecutive_skips: int = 3
+    max_consecutive_skips: int = bounded(3, low=1)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
@@ -256,38 +278,28 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_name(key: str, name: str) -> None:
+    _check(NAME.fullmatch(name) is not None, f"{key}: {name!r} names folders: up to 64 letters, digits, '.', '_' "
+                                             "or '-', starting with a letter or digit")
+
+
 def validate_stages(config: RunConfig) -> None:
     _check(bool(config.stages), "stages: the recipe has no stage")
     names = [s.name for s in config.stages]
     _check(len(set(names)) == len(names), f"stages: stage names repeat: {names}")
     for i, stage in enumerate(config.stages):
+        _check_name(f"stages.{i}.name", stage.name)
         where = f"stages.{stage.name}"
         _check(stage.algorithm in STAGE_KINDS, f"{where}.algorithm: {stage.algorithm!r} is not one of {STAGE_KINDS}")
         if stage.algorithm == "eval":
             continue
         _check(stage.steps > 0, f"{where}.steps must be > 0, got {stage.steps}")
-        _check(stage.prompts_per_step > 0, f"{where}.prompts_per_step must be > 0, got {stage.prompts_per_step}")
-        _check(math.isfinite(stage.lr) and stage.lr >= 0, f"{where}.lr must be a finite number >= 0, got {stage.lr}")
         _check(stage.lr_schedule in ("constant", "cosine"), f"{where}.lr_schedule must be constant or cosine")
-        _check(
-            math.isfinite(stage.max_grad_norm) and stage.max_grad_norm > 0,
-            f"{where}.max_grad_norm must be a finite number > 0, got {stage.max_grad_norm}",
-        )
-        _check(stage.updates_per_batch >= 1, f"{where}.updates_per_batch must be >= 1")
-        _check(stage.micro_batch_tokens > 0, f"{where}.micro_batch_tokens must be > 0")
-        _check(stage.eval_every >= 0, f"{where}.eval_every must be >= 0")
-        _check(stage.kl_every >= 0, f"{where}.kl_every must be >= 0")
         _validate_group(stage, where)
-        if stage.algorithm == "gft":
-            _check(stage.tau > 0, f"{where}.tau must be > 0, got {stage.tau}")
-            unknown = sorted(set(stage.dcr_sources) - set(SOURCES))
-            _check(not unknown, f"{where}.dcr_sources: {unknown} are not sources; the sources are {list(SOURCES)}")
+        unknown = sorted(set(stage.dcr_sources) - set(SOURCES))
+        _check(not unknown, f"{where}.dcr_sources: {unknown} are not sources; the sources are {list(SOURCES)}")
         _check(stage.advantage_groups in ADVANTAGE_GROUPS,
                f"{where}.advantage_groups: {stage.advantage_groups!r} is not one of {', '.join(ADVANTAGE_GROUPS)}")
-        if ALGORITHMS[stage.algorithm].old_log_probs:  # its ratio is clipped
-            _check(0 < stage.clip_ratio < 1, f"{where}.clip_ratio must be in (0, 1)")
-        if ALGORITHMS[stage.algorithm].kl_penalty:
-            _check(stage.kl_coef >= 0, f"{where}.kl_coef must be >= 0")
 
 
 def _validate_group(stage: StageConfig, where: str) -> None:
@@ -295,7 +307,6 @@ def _validate_group(stage: StageConfig, where: str) -> None:
     algorithm, group = ALGORITHMS[stage.algorithm], stage.group
     for source in SOURCES:
         count = getattr(group, source)
-        _check(count >= 0, f"{where}.group.{source} must be >= 0")
         _check(count == 0 or source in algorithm.sources,
                f"{where}.group.{source} must be 0 for {algorithm.name}: it trains on {' and '.join(algorithm.sources)} "
                "rows only")
@@ -331,11 +342,31 @@ def check_data(config: RunConfig, files: dict[str, list[PromptRecord]]) -> None:
                         f"stages.{stage.name}.group.{source}, or accept short groups with data.short_groups=allow")
 
 
+def _path_problem(path: str, kind: str) -> str | None:
+    """Why ``path`` is not a readable ``kind`` (file or folder), or None when it is."""
+    try:
+        if Path(path).is_file() if kind == "file" else Path(path).is_dir():
+            return None
+        return f"is not a {kind}" if kind == "folder" or Path(path).exists() else "does not exist"
+    except OSError as err:  # a name too long, a folder that may not be entered
+        return f"cannot be read ({err.strerror})"
+
+
+def _validate_eval_splits(config: RunConfig) -> None:
+    """``eval.splits`` name eval sets the recipe has: its ``data.eval_files``, or the embedded
+    task's test and ood sets. A recipe with none evaluates nothing, whatever the splits say."""
+    known = list(config.data.eval_files) or (["test", "ood"] if config.model.path == EMBEDDED else [])
+    unknown = [split for split in config.eval.splits if split not in known]
+    _check(not known or not unknown, f"eval.splits: {unknown} are not eval sets of this recipe; its sets: "
+                                     f"{', '.join(known)} (data.eval_files names them)")
+
+
 def validate_model_folder(key: str, path: str) -> None:
     """``path`` must be a Hugging Face model folder with safetensors weights: loading pickle
     weights can run code hidden in them, so they are refused, not loaded."""
     folder = Path(path)
-    _check(folder.is_dir(), f"{key}: {path} is not a folder")
+    problem = _path_problem(path, "folder")
+    _check(problem is None, f"{key}: {path} {problem}")
     _check(
         (folder / "config.json").is_file(), f"{key}: {path} has no config.json; it is not a Hugging Face model folder"
     )
@@ -373,7 +404,8 @@ def _validate_paths(config: RunConfig, training: bool) -> None:
     for key, path in [("data.train_files", p) for p in config.data.train_files] + [
         (f"data.eval_files.{k}", p) for k, p in config.data.eval_files.items()
     ]:
-        _check(Path(path).is_file(), f"{key}: {path} does not exist")
+        problem = _path_problem(path, "file")
+        _check(problem is None, f"{key}: {path} {problem}")
         _check(Path(path).suffix != ".jsonl" or Path(path).stem in BENCHMARKS,
                f"{key}: {path}: a .jsonl eval file must be one of the benchmarks {', '.join(BENCHMARKS)}")
     if config.teacher.model_path is not None:
@@ -384,54 +416,40 @@ def validate(config: RunConfig, training: bool = True, check_paths: bool = True)
     """Refuse impossible settings before anything starts; each message names the key. Paths are
     relative to the working directory. ``training=False`` checks an eval-only job (no stages);
     ``check_paths=False`` leaves out what needs the model and data files (``gft plan``)."""
+    check_bounds(config)
+    _check_name("name", config.name)
     if training:
         validate_stages(config)
     rollout = config.rollout
     _check(rollout.backend in ("hf", "vllm"), f"rollout.backend: {rollout.backend!r} is not 'hf' or 'vllm'")
-    _check(rollout.num_workers >= 1, "rollout.num_workers must be >= 1")
-    _check(rollout.temperature > 0, "rollout.temperature must be > 0 (sampling is on-policy)")
-    _check(0 < rollout.top_p <= 1, "rollout.top_p must be in (0, 1]")
-    _check(rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
-    _check(rollout.max_num_seqs >= 1, "rollout.max_num_seqs must be >= 1")
-    _check(0 < rollout.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization must be in (0, 1]")
-    _check(rollout.kv_cache_gib is None or rollout.kv_cache_gib > 0, "rollout.kv_cache_gib must be > 0 or null")
     _check(rollout.weight_sync in WEIGHT_SYNCS,
            f"rollout.weight_sync: {rollout.weight_sync!r} is not one of {', '.join(WEIGHT_SYNCS)}")
-    _check(rollout.weight_bucket_mb >= 1, "rollout.weight_bucket_mb must be >= 1")
     _check(config.model.dtype in ("auto", "float32", "bfloat16"), "model.dtype must be auto, float32 or bfloat16")
-    _check(config.learner.num_workers >= 1, "learner.num_workers must be >= 1")
     _check(not config.learner.fsdp or config.learner.num_workers >= 2,
            "learner.fsdp shards the model across learner ranks: set learner.num_workers >= 2, or learner.fsdp=false")
     for role in ("learner", "rollout", "teacher"):
-        section = getattr(config, role)
-        _check(section.num_cpus >= 0 and section.num_gpus >= 0, f"{role}: num_cpus and num_gpus must be >= 0")
+        for name, amount in getattr(config, role).resources.items():
+            _check(name not in RAY_OWN_RESOURCES, f"{role}.resources.{name}: ask for Ray's own resources with "
+                                                  f"{role}.num_cpus and {role}.num_gpus")
+            _check(amount > 0, f"{role}.resources.{name} must be > 0, got {amount}")
     for role in ("learner", "rollout"):  # each has a placement-group bundle, which cannot be empty
         section = getattr(config, role)
-        _check(section.num_cpus + section.num_gpus > 0, f"{role}: num_cpus or num_gpus must be > 0")
-    _check(config.eval.pass_k >= 1, "eval.pass_k must be >= 1")
-    _check(config.eval.max_prompts is None or config.eval.max_prompts >= 1, "eval.max_prompts must be >= 1 or null")
+        _check(section.num_cpus + section.num_gpus > 0, f"{role}.num_cpus or {role}.num_gpus must be > 0")
     bad_rows = config.data.bad_rows
     _check(bad_rows in BAD_ROWS, f"data.bad_rows: {bad_rows!r} is not one of {', '.join(BAD_ROWS)}")
     _check(config.data.short_groups in SHORT_GROUPS,
            f"data.short_groups: {config.data.short_groups!r} is not one of {', '.join(SHORT_GROUPS)}")
-    _check(bool(config.data.reward_fn_key.strip()), "data.reward_fn_key: name the column of the reward's data_source")
     if check_paths:
         _validate_paths(config, training)
+    _validate_eval_splits(config)
     function = config.reward.function
-    _check(not check_paths or function is None or Path(function).exists(),
-           f"reward.function: {function} does not exist")
+    if check_paths and function is not None:
+        problem = _path_problem(function, "file")
+        _check(problem is None, f"reward.function: {function} {problem}")
     _check(config.reward.extraction in EXTRACTIONS,
            f"reward.extraction: {config.reward.extraction!r} is not one of {', '.join(EXTRACTIONS)}")
     _check(function is None or config.reward.extraction == DEFAULT_EXTRACTION,
            "reward.extraction applies to the built-in verifiers; a reward.function file finds answers its own way")
-    _check(config.reward.timeout_s > 0, f"reward.timeout_s must be > 0, got {config.reward.timeout_s}")
-    _check(config.reward.num_workers >= 1, f"reward.num_workers must be >= 1, got {config.reward.num_workers}")
-    _check(config.checkpoint.every >= 0, f"checkpoint.every must be >= 0, got {config.checkpoint.every}")
-    _check(config.checkpoint.keep_last >= 1, f"checkpoint.keep_last must be >= 1, got {config.checkpoint.keep_last}")
-    _check(config.max_consecutive_skips >= 1,
-           f"max_consecutive_skips must be >= 1, got {config.max_consecutive_skips}")
-    _check(config.ray.max_actor_restarts >= 0,
-           f"ray.max_actor_restarts must be >= 0, got {config.ray.max_actor_restarts}")
     validate_logging(config.logging)
 
 

@@ -1,13 +1,17 @@
 """Typed configs from YAML: dataclass trees built from nested dicts, with dotted overrides.
 
 Every mistake becomes a :class:`ConfigError` naming the dotted key (``stages.gft.lr``), what was
-expected and, for an unknown key, the nearest valid one. No work starts on a bad config.
+expected and, for an unknown key, the nearest valid one. No work starts on a bad config. Rules
+that hold for every key are kept here: a number is finite, a string is not empty (``null`` is how
+a recipe leaves a setting unset), and a field declared with :func:`bounded` is within its bounds
+(:func:`check_bounds`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -16,6 +20,30 @@ from typing import Any
 import yaml
 
 from pipeline.core.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The numbers a field accepts: ``>= low``, ``> above``, ``<= high``, ``< below`` (each optional)."""
+
+    low: float | None = None
+    above: float | None = None
+    high: float | None = None
+    below: float | None = None
+
+    def holds(self, value: float) -> bool:
+        return ((self.low is None or value >= self.low) and (self.above is None or value > self.above)
+                and (self.high is None or value <= self.high) and (self.below is None or value < self.below))
+
+    def __str__(self) -> str:
+        said = [f"{sign} {limit}" if isinstance(limit, int) else f"{sign} {limit:g}" for sign, limit in
+                ((">=", self.low), (">", self.above), ("<=", self.high), ("<", self.below)) if limit is not None]
+        return " and ".join(said)
+
+
+def bounded(default, **bounds: float):
+    """A dataclass field of ``default`` that :func:`check_bounds` holds to ``Bounds(**bounds)``."""
+    return dataclasses.field(default=default, metadata={"bounds": Bounds(**bounds)})
 
 
 def _type_name(tp) -> str:
@@ -45,10 +73,7 @@ def _coerce(value: Any, tp, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         # items with a name are addressed by it, as overrides address them (stages.gft.lr)
-        return [
-            _coerce(v, args[0], f"{where}.{v['name'] if isinstance(v, dict) and 'name' in v else i}")
-            for i, v in enumerate(value)
-        ]
+        return [_coerce(v, args[0], f"{where}.{_item_label(v, i)}") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
@@ -60,23 +85,37 @@ def _coerce(value: Any, tp, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-6" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-6" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        if not value.strip():
+            raise ConfigError(f"{where}: empty; give a value, or null where the setting may be left unset")
+        return value
     raise TypeError(f"unsupported config type {tp!r} at {where}")
+
+
+def _item_label(item, index: int) -> str:
+    """A list item's name in messages: its ``name``, when that reads as one, else its index."""
+    name = item.get("name") if isinstance(item, dict) else None
+    return name if isinstance(name, str) and 0 < len(name) <= 64 and name.isprintable() and " " not in name \
+        and "." not in name else str(index)
 
 
 def build(cls, data: dict, where: str = ""):
@@ -99,6 +138,20 @@ def build(cls, data: dict, where: str = ""):
         return cls(**kwargs)
     except (TypeError, ValueError) as err:  # a dataclass's own __post_init__ checks
         raise ConfigError(f"{where or cls.__name__}: {err}") from None
+
+
+def check_bounds(config, where: str = "") -> None:
+    """Every :func:`bounded` field of the dataclass tree ``config`` within its bounds, however the
+    tree was made (a recipe, or a command's options); list items are named by their ``name``."""
+    for f in dataclasses.fields(config):
+        value, key = getattr(config, f.name), _join(where, f.name)
+        bounds = f.metadata.get("bounds")
+        if bounds is not None and value is not None and not bounds.holds(value):
+            raise ConfigError(f"{key} must be {bounds}, got {value!r}")
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if dataclasses.is_dataclass(item):
+                check_bounds(item, key if item is value else _join(key, getattr(item, "name", i)))
 
 
 def _join(where: str, key) -> str:

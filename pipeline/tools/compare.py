@@ -182,6 +182,8 @@ def _check_pipelines(pipelines: list[str]) -> None:
 def seeds_per_pipeline(text: str, first_seed: int, count: int) -> dict[str, list[int]]:
     """``--pipelines`` read as pipeline -> its seeds: ``grpo,sft:13`` gives grpo ``count`` seeds
     and sft 13, each from ``first_seed`` (the same seeds, so differences pair up by seed)."""
+    if count < 1:
+        raise ConfigError(f"--seeds: {count} seeds per pipeline; give 1 or more")
     seeds = {}
     for item in text.split(","):
         name, _, wanted = item.strip().partition(":")

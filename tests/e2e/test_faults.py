@@ -1,5 +1,5 @@
-"""Faults at chosen moments of real runs of the ``gft`` command: a SIGTERM, then SIGKILLs of the
-whole process group, each followed by ``--resume``, through ``bench.chaos``'s own helpers and its
+"""Faults at chosen moments of real runs of the ``gft`` command: Ctrl-C once and twice, and SIGKILLs
+of the whole process group, each followed by ``--resume`` (SIGTERM's stop is in test_submit.py), through ``bench.chaos``'s own helpers and its
 fault-free twin (the session's ``fault_free_run``); and, in this process on the session's Ray
 cluster (nothing is killed there), non-finite updates and a blown-up policy that stop the run.
 A learner's death and a full disk, from torn histories, are in tests/bench/test_chaos.py."""
@@ -36,20 +36,29 @@ def gft(ray_cluster, capsys):
 
 def test_a_run_stopped_then_killed_twice_resumes_to_the_same_weights_metrics_and_evals(
         fault_free_run, tmp_path, monkeypatch, mlflow_history):
-    """SIGTERM after warm-up step 2; then, on the resumed attempts, a SIGKILL of everything mid-stage
-    one step after a resume point (gft step 3, global 6), and one where the latest point is a
-    stage's end (grpo step 1, global 9). Its metrics go to wandb (offline) and MLflow as well."""
+    """Ctrl-C after warm-up step 2; then, on the resumed attempts, a SIGKILL of everything mid-stage
+    one step after a resume point (gft step 3, global 6), Ctrl-C twice in the last GFT step, and a
+    SIGKILL where the latest point is a stage's end (grpo step 1, global 9). Its metrics go to wandb
+    (offline) and MLflow as well."""
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))  # not the machine's own
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    run = chaos.replayed("sigterm@2,kill_group@6,kill_group@9")
+    run = chaos.replayed("sigint@2,kill_group@6,sigint_twice@7,kill_group@9")
     chaos.chaos_run(run, tmp_path / "run", fault_free_run, tear_probability=0.0, tmpfs_mib=0, overrides=(
         "logging.backends=[jsonl,tensorboard,wandb,mlflow]", "logging.wandb_mode=offline"))
-    assert [f.hit for f in run.faults] == ["warmup step 2 done", "gft step 3 done", "grpo step 1 done"]
-    assert [a.exit_code for a in run.attempts] == [143, -9, -9, 0]
-    # SIGTERM: a clean stop at a step boundary, with a resume point and the command that continues
+    assert [f.hit for f in run.faults] == ["warmup step 2 done", "gft step 3 done", "gft step 4 done",
+                                           "grpo step 1 done"]
+    assert [a.exit_code for a in run.attempts] == [130, -9, 130, -9, 0]
+    # Ctrl-C, as a terminal sends it to the whole process group (Ray's processes ignore it): a clean
+    # stop at a step boundary, with a resume point and the command that continues
     stopped = run.attempts[0].message
-    assert stopped.startswith("gft: stopped: SIGTERM: stopped before step ") and "Continue with: gft run --resume" \
-        in stopped
+    assert stopped.startswith("gft: stopped: SIGINT: stopped before step 3 of stage warmup ") and \
+        "Continue with: gft run --resume" in stopped
+    # Ctrl-C twice: a message and no traceback, wherever the second lands (mid-step: out at once,
+    # the newest point kept; or while the first's stop is ending the run, even in Ray's exit)
+    stopped = run.attempts[2].message
+    assert stopped.startswith(("gft: stopped: a second signal (SIGINT): stopped at once, ",
+                               "gft: stopped: SIGINT: stopped before step 5 of stage gft ")), stopped
+    assert "Traceback" not in (tmp_path / "run-attempt-3.log").read_text()
     # CPU and fixed seeds: checkpoints bitwise; every step logged once, in order, with the same values
     assert run.checkpoints_equal and run.metrics_equal and run.evals_equal, run.differences
     # each backend went on in one run, and holds every step of metrics.jsonl once: those a resume

@@ -1,6 +1,6 @@
-"""``gft submit``, ``status``, ``logs`` and ``stop`` against a real Ray head, started here with
-``ray start --head`` as on a cluster, on loopback. Every gft command runs in its own process,
-as a user runs it, so nothing here shares Ray state with the other tests."""
+"""``gft submit``, ``status``, ``logs`` and ``stop`` against a real Ray cluster of two nodes, each
+its own raylet and object store, on loopback (``bench.local_cluster``). Every gft command runs in
+its own process, as a user runs it, so nothing here shares Ray state with the other tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,23 +19,26 @@ from pathlib import Path
 import pytest
 import requests
 
+from bench import chaos, local_cluster
+
 pytestmark = pytest.mark.slow
 
-RAY = Path(sys.executable).with_name("ray")
-SMALL = [
-    "embedded.n_train=256", "embedded.n_test=32", "embedded.n_ood=32",
-    "eval.splits=[test]", "eval.max_prompts=16", "eval.pass_k=2",
-    "stages.warmup.steps=3", "stages.warmup.prompts_per_step=8",
-    "stages.gft.steps=3", "stages.gft.prompts_per_step=4",
-    "stages.grpo.steps=2", "stages.grpo.prompts_per_step=4", "rollout.num_workers=1",
+ROOT = Path(__file__).resolve().parents[2]
+# bench.chaos's recipe, so that the run can be held against the session's fault-free run of it;
+# the learners on the head, the rollout and the teacher on the other node
+ACROSS_NODES = [
+    *chaos.RECIPE, "ray.colocate=false", "learner.resources={learner_node: 1}", "rollout.resources={rollout_node: 1}",
+    "teacher.resources={rollout_node: 1}",
     "output_dir=runs",  # relative, as users write it: the job must still write here
 ]
+ROLLOUT_NODE = {"num_cpus": 2, "resources": {"rollout_node": 2}}
 
 
 @dataclass
 class Head:
     address: str
     env: dict[str, str]  # what a user's shell needs to talk to this head
+    cluster: local_cluster.LocalCluster  # its nodes: the head's, then the other's
 
 
 def _free_ports(n: int) -> list[int]:
@@ -51,39 +53,28 @@ def _free_ports(n: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def head():
-    folder = Path(tempfile.mkdtemp(prefix="gft-head-"))  # short: Ray's socket paths must fit in 107 bytes
+    """A cluster of two nodes on loopback (``bench.local_cluster``): the head, with the learners'
+    resource and the Jobs API, and a node with the rollout's."""
+    folder = Path(tempfile.mkdtemp(prefix="gft-head-"))
     token = folder / "auth_token"
     token.write_text(secrets.token_hex(32))
     env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
     env.update(
-        RAY_USAGE_STATS_ENABLED="0",
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # keeps every server of the head on 127.0.0.1
+        local_cluster.ENV,
         # token auth, Ray's default for a head when ~/.ray/auth_token exists; this head has a
         # token of its own, so the test neither needs nor touches the user's
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN_PATH=str(token),
     )
-    gcs, dashboard, client, agent = _free_ports(4)
-    # --block: the head's processes end with this one, so the teardown stops this head only
-    # (`ray stop` would stop every Ray cluster on the machine)
-    command = [str(RAY), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--include-dashboard", "true",
-               "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
-               "--num-cpus", "2", "--temp-dir", str(folder / "ray")]
-    log = (folder / "head.log").open("w")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    address = f"http://127.0.0.1:{dashboard}"
+    (dashboard,) = _free_ports(1)
+    cluster = local_cluster.LocalCluster([{"num_cpus": 2, "resources": {"learner_node": 2}}, ROLLOUT_NODE], env,
+                                         dashboard, folder / "cluster.log")
     try:
-        _wait_for_dashboard(address, token.read_text(), process, folder / "head.log")
-        yield Head(address, env)
+        address = f"http://127.0.0.1:{dashboard}"
+        _wait_for_dashboard(address, token.read_text(), cluster.process, folder / "cluster.log")
+        yield Head(address, env, cluster)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        cluster.close()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -105,10 +96,14 @@ def gft(head: Head, *args: str, cwd: Path | None = None, timeout: float = 120) -
                           cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def test_a_job_stopped_mid_run_resumes_as_a_new_job_and_runs_to_the_end(head, tmp_path):
+def test_a_job_across_two_nodes_stopped_mid_run_resumes_as_a_new_job_to_the_single_node_runs_end(
+        head, tmp_path, fault_free_run):
+    """Submitted to the head, the job's driver places the learners there and the rollout and
+    the teacher on the other node; weights cross by the collective path. Stopped mid-run and
+    resumed as a new job, it ends bitwise where the single-node run of the same recipe did."""
     # The head's `python` is not this venv's (ray was started without activating it): --python
     # names the interpreter, as a user does when the cluster's PATH leads elsewhere.
-    done = gft(head, "submit", *SMALL, "--job-id", "gft-e2e-stop", "--python", sys.executable, "--no-wait",
+    done = gft(head, "submit", *ACROSS_NODES, "--job-id", "gft-e2e-stop", "--python", sys.executable, "--no-wait",
                cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "submitted job gft-e2e-stop" in done.stdout and "gft stop gft-e2e-stop" in done.stdout
@@ -124,23 +119,29 @@ def test_a_job_stopped_mid_run_resumes_as_a_new_job_and_runs_to_the_end(head, tm
     assert "gft: stopped: SIGTERM: stopped before step" in logs, logs[-3000:]
     assert f"gft submit --resume {run_dir}" in logs
     done_before = len(_logged_steps(tmp_path))
-    assert 0 < done_before < 8 and not (run_dir / "eval.json").exists()
+    total = sum(steps for _, steps in chaos.STEPS)
+    assert 0 < done_before < total and not (run_dir / "eval.json").exists()
 
     resumed = gft(head, "submit", "--resume", str(run_dir), "--job-id", "gft-e2e-resume", "--python",
                   sys.executable, cwd=tmp_path, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "submitted job gft-e2e-resume" in resumed.stdout and "job gft-e2e-resume: SUCCEEDED" in resumed.stdout
     assert f"run folder: {run_dir}" in resumed.stdout  # followed: the driver's summary came through
-    # every step once, in order: what the stop had done was kept, nothing was redone or skipped
-    assert _logged_steps(tmp_path) == [(stage, step) for stage, steps in (("warmup", 3), ("gft", 3), ("grpo", 2))
-                                       for step in range(1, steps + 1)]
-    checkpoint = run_dir / "checkpoints" / "grpo"
-    assert (checkpoint / "model.safetensors").is_file() and (run_dir / "eval.json").exists()
+    placed = json.loads((run_dir / "placement.json").read_text())
+    learner_node, other_node = head.cluster.nodes
+    assert placed == {"nodes": {"learners": [learner_node], "rollouts": [other_node], "teacher": other_node},
+                      "weight_sync": "collective"}
+    # every step once, in order, and the same weights, metrics and evals as on one node
+    assert _logged_steps(tmp_path) == [(stage, step) for stage, steps in chaos.STEPS for step in range(1, steps + 1)]
+    compared = chaos.ChaosRun(0, "across-nodes", [])
+    chaos.compare(compared, run_dir, fault_free_run)
+    assert compared.checkpoints_equal and compared.metrics_equal and compared.evals_equal, compared.differences
 
     status = gft(head, "status", "gft-e2e-resume")
     assert status.returncode == 0 and status.stdout.startswith("gft-e2e-resume: SUCCEEDED")
     logs = gft(head, "logs", "gft-e2e-resume")
     assert logs.returncode == 0
+    checkpoint = run_dir / "checkpoints" / "grpo"
     assert f"run folder: {run_dir}" in logs.stdout and f"checkpoint grpo: {checkpoint}" in logs.stdout
 
 
@@ -164,9 +165,52 @@ def test_an_unknown_job_is_named_without_a_traceback(head):
 
 def test_a_reused_job_id_is_refused(head, tmp_path):
     # `true` ignores its arguments: a job that ends at once, since only its id matters here
-    first = gft(head, "submit", *SMALL, "--job-id", "gft-e2e-twice", "--python", "true", "--no-wait", cwd=tmp_path)
+    first = gft(head, "submit", *ACROSS_NODES, "--job-id", "gft-e2e-twice", "--python", "true", "--no-wait", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    again = gft(head, "submit", *SMALL, "--job-id", "gft-e2e-twice", "--no-wait", cwd=tmp_path)
+    again = gft(head, "submit", *ACROSS_NODES, "--job-id", "gft-e2e-twice", "--no-wait", cwd=tmp_path)
     assert again.returncode == 2
     assert "refused the request" in again.stderr and "already exists" in again.stderr
     assert "Traceback" not in again.stderr, again.stderr
+
+
+def test_a_node_lost_is_waited_for_then_a_stop_and_the_run_ends_as_without_the_losses(head, tmp_path, fault_free_run):
+    """The rollout's and the teacher's node SIGKILLed (its raylet and every process of it) in the
+    GFT stage: the run says which roles it lost on which node and waits; a node with the same
+    resources joins, Ray seats them there, and the run goes on. That node lost in turn in the
+    GRPO stage, with none to replace it: after ``ray.node_wait_s`` the run stops with the resume
+    command; a node joins, and ``--resume`` ends the run bitwise as the run without the losses.
+    Last in this module: it changes the cluster."""
+    run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", *ACROSS_NODES, f"ray.address={head.cluster.address}",
+                            "ray.node_wait_s=10", f"output_dir={tmp_path / 'runs'}"], env=head.env, cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_step(tmp_path, ("gft", 2), run)
+        first = head.cluster.kill(1)
+        time.sleep(5)  # the run waits without the node meanwhile
+        second = head.cluster.add(ROLLOUT_NODE)
+        _wait_for_step(tmp_path, ("grpo", 1), run)
+        head.cluster.kill(2)
+        _, err = run.communicate(timeout=600)
+    finally:
+        run.kill()
+    (run_dir,) = tmp_path.glob("runs/*")
+    assert run.returncode == 3, err[-3000:]
+    assert f"node {first} was lost, with rollout-0, teacher on it; waiting up to 10 s (ray.node_wait_s)" in err
+    assert f"node {second} was lost, with rollout-0, teacher on it, and the cluster did not seat them again within " \
+           f"ray.node_wait_s=10 s" in err and f"gft run --resume {run_dir}" in err and "Traceback" not in err, \
+        err[-3000:]
+
+    head.cluster.add(ROLLOUT_NODE)
+    resumed = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--resume", str(run_dir)], env=head.env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    compared = chaos.ChaosRun(0, "nodes-lost", [])
+    chaos.compare(compared, run_dir, fault_free_run)
+    assert compared.checkpoints_equal and compared.evals_equal and compared.metrics_equal, compared.differences
+
+
+def _wait_for_step(folder: Path, step: tuple[str, int], run: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 300
+    while step not in _logged_steps(folder):
+        assert run.poll() is None and time.monotonic() < deadline, f"the run did not reach {step}"
+        time.sleep(0.1)

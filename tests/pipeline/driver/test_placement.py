@@ -34,6 +34,17 @@ def test_apart_every_actor_has_its_own_bundle():
     assert all(s.num_gpus == 1.0 for s in plan.learners + plan.rollouts)
 
 
+def test_custom_resources_put_each_role_on_the_nodes_that_have_them():
+    config = _config(learners=2, rollouts=1, colocate=False)
+    config.learner.resources, config.rollout.resources = {"learner_node": 1.0}, {"rollout_node": 0.5}
+    plan = plan_placement(config)
+    assert plan.bundles == [{"CPU": 1.0, "learner_node": 1.0}] * 2 + [{"CPU": 1.0, "rollout_node": 0.5}]
+    assert plan.rollouts == [Seat(2, 1.0, 0.0, {"rollout_node": 0.5})]
+    config.ray.colocate = True  # a bundle shared by both roles asks for both roles' resources
+    assert plan_placement(config).bundles == [{"CPU": 2.0, "learner_node": 1.0, "rollout_node": 0.5},
+                                              {"CPU": 1.0, "learner_node": 1.0}]
+
+
 def test_an_eval_job_places_rollout_workers_only():
     plan = plan_placement(_config(learners=2, rollouts=2), with_learners=False)
     assert plan.learners == [] and plan.bundles == [{"CPU": 1.0}] * 2

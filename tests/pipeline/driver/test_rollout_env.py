@@ -60,8 +60,8 @@ def test_an_interpreter_with_another_ray_is_refused(refusal, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("rollout.gpu_memory_utilization=0", "rollout.gpu_memory_utilization must be in (0, 1]"),
-    ("rollout.kv_cache_gib=-1", "rollout.kv_cache_gib must be > 0 or null"),
+    ("rollout.gpu_memory_utilization=0", "rollout.gpu_memory_utilization must be > 0 and <= 1, got 0.0"),
+    ("rollout.kv_cache_gib=-1", "rollout.kv_cache_gib must be > 0 and <= 16384, got -1.0"),
 ])
 def test_vllm_memory_settings_are_checked(refusal, override, message):
     assert message in refusal(override)

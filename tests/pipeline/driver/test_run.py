@@ -1,13 +1,17 @@
 """The driver's refusals: bad data, an impossible batch or a bad path stop a run before Ray
 starts, naming what is wrong, with nothing left behind; a skip policy counts what it leaves out."""
 
+import os
+import signal
+import time
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
 from pipeline.core.errors import DataError
-from pipeline.driver.run import _load_inputs
+from pipeline.driver.run import _load_inputs, _StopSignal
 from pipeline.recipe.config import load_recipe
 
 GOOD = {"data_source": "d", "prompt": [{"role": "user", "content": "1+1?"}], "reward_model": {"ground_truth": "2"},
@@ -119,3 +123,20 @@ def test_wandb_that_cannot_start_is_refused_before_ray_starts(assets, tmp_path, 
     assert "logging.wandb_mode=offline" in err
     assert list(out.iterdir()) == []  # no run folder is left behind
     assert ray_starts == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_first_signal_asks_for_a_stop_and_a_second_interrupts(signum):
+    """Ctrl-C or SIGTERM once: noted, for the driver to stop at the next step boundary; again:
+    ``KeyboardInterrupt`` where the driver is (the driver reports it as a stop at once)."""
+    before = signal.getsignal(signum)
+    with _StopSignal() as stop:
+        os.kill(os.getpid(), signum)
+        deadline = time.monotonic() + 10
+        while stop.received is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stop.received == signum
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signum)
+            time.sleep(10)
+    assert signal.getsignal(signum) is before

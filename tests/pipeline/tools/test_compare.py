@@ -87,6 +87,8 @@ def test_pipelines_may_run_more_seeds_than_the_rest(tmp_path):
             seeds_per_pipeline(wrong, 0, 2)
     with pytest.raises(ConfigError, match="unknown ppo"):
         seeds_per_pipeline("grpo,ppo:3", 0, 2)
+    with pytest.raises(ConfigError, match="--seeds: 0 seeds per pipeline; give 1 or more"):
+        seeds_per_pipeline("grpo", 0, 0)
 
 
 def key(table) -> list[str]:

@@ -1,0 +1,70 @@
+"""A run's own edges: two ``gft run`` processes started at once with one recipe and one
+``output_dir``, as a user would start two seeds (``gft run seed=0 & gft run seed=1 &``), each
+claiming a folder of its own, then two ``--resume``s of one run at once, one refused; and a run
+given the extreme values that validation accepts, which must run (tests/pipeline/recipe/
+test_config_fuzz.py has the values it refuses)."""
+
+import subprocess
+
+import pytest
+import yaml
+
+from bench import chaos
+from pipeline.cli import main
+from pipeline.core.resume import latest_point
+
+pytestmark = pytest.mark.slow
+ONE_STEP_EACH = [*chaos.RECIPE, "stages.warmup.steps=1", "stages.gft.steps=1", "stages.grpo.steps=1",
+                 "eval.max_prompts=4"]
+
+
+def _together(*commands: list[str]) -> list[tuple[int, str]]:
+    """Start every command, then wait for each: (exit code, stderr)."""
+    processes = [chaos.gft(*command) for command in commands]
+    ended = []
+    for process in processes:
+        try:
+            _, err = process.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        ended.append((process.returncode, err))
+    return ended
+
+
+def test_runs_started_at_once_never_share_a_folder_nor_do_two_resumes(tmp_path):
+    out = tmp_path / "runs"
+    ended = _together(*(["run", *ONE_STEP_EACH, f"seed={seed}", f"output_dir={out}"] for seed in (0, 1)))
+    assert [code for code, _ in ended] == [0, 0], [err[-2000:] for _, err in ended]
+    folders = sorted(out.iterdir())
+    assert len(folders) == 2
+    assert {yaml.safe_load((folder / "config.yaml").read_text())["seed"] for folder in folders} == {0, 1}
+    for folder in folders:  # each run's steps once, in its own metrics
+        steps = [(row["stage"], row["step"]) for row in chaos.metric_rows(folder) if row["stage"] != "eval"]
+        assert steps == [("warmup", 1), ("gft", 1), ("grpo", 1)]
+
+    point = latest_point(folders[0]).folder
+    ended = _together(["run", "--resume", str(point)], ["run", "--resume", str(point)])
+    assert sorted(code for code, _ in ended) == [0, 2], [err[-2000:] for _, err in ended]
+    refused = next(err for code, err in ended if code == 2)
+    assert f"gft: error: {folders[0]} is in use by another run (pid " in refused and "Traceback" not in refused
+
+
+EXTREMES = [  # each accepted by validation; together in one short run
+    "seed=4294967295", "embedded.task.seed=4294967295", "embedded.model.seed=4294967295",
+    "rollout.temperature=1e308", "rollout.max_num_seqs=65536", "rollout.weight_bucket_mb=1048576",
+    "stages.gft.tau=1e308", "stages.gft.max_grad_norm=1e308", "stages.gft.eval_every=1000000000000",
+    "stages.gft.kl_every=1000000000000", "stages.grpo.micro_batch_tokens=1000000000000",
+    "stages.grpo.warmup_steps=1000000000000", "stages.warmup.lr=0", "checkpoint.every=1000000000000",
+    "checkpoint.keep_last=1000000000000", "max_consecutive_skips=1000000000000", "eval.max_prompts=1000000000000",
+    "reward.timeout_s=86400", "ray.max_actor_restarts=0",
+]
+
+
+def test_the_extreme_values_validation_accepts_run(ray_cluster, tmp_path, capsys):
+    code = main(["run", *ONE_STEP_EACH, *EXTREMES, f"output_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 0, err[-3000:]
+    (run_dir,) = tmp_path.iterdir()
+    steps = [(row["stage"], row["step"]) for row in chaos.metric_rows(run_dir) if row["stage"] != "eval"]
+    assert steps == [("warmup", 1), ("gft", 1), ("grpo", 1)]
