@@ -87,7 +87,10 @@ def main() -> int:
     os.environ.update(ENV)  # before Ray reads it at import
     from ray.cluster_utils import Cluster
 
+    # the head's dashboard agent (which runs submitted jobs) on a free port, as the other nodes'
+    # are: the default one may be taken by another Ray instance on this machine
     head = {"include_dashboard": args.dashboard_port is not None, "dashboard_host": "127.0.0.1",
+            "dashboard_agent_listen_port": None,
             **({"dashboard_port": args.dashboard_port} if args.dashboard_port else {}), **args.node[0]}
     cluster = Cluster(initialize_head=True, head_node_args=head)
     nodes = [cluster.head_node] + [cluster.add_node(**node) for node in args.node[1:]]

@@ -40,6 +40,7 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # a resume point. The status says STOPPED once the driver is gone.
 STOP_GRACE_S = 120
 STOP_TIMEOUT_S = STOP_GRACE_S + 60.0
+AGENT_WAIT_S = 60  # for a head's job agent to come up (a cluster just started)
 
 
 class JobError(RuntimeError):
@@ -128,14 +129,21 @@ def submit(config: RunConfig, address: str, job_id: str | None = None, python: s
     with tempfile.TemporaryDirectory(prefix="gft-submit-") as folder:
         stage(config, Path(folder), with_recipe=resume is None)
         with _cluster(address, job_id) as client:
-            # Ray zips and uploads the folder before submit_job returns, so it may go right after.
-            return client.submit_job(
-                entrypoint=entrypoint(python, run_args),
-                submission_id=job_id,
-                # the driver's stdout is a file: unbuffered, `gft logs --follow` shows progress live
-                runtime_env={"working_dir": folder, "env_vars": {
-                    "PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": str(stop_grace_s)}},
-            )
+            deadline = time.monotonic() + AGENT_WAIT_S
+            while True:
+                try:
+                    # Ray zips and uploads the folder before submit_job returns, so it may go right after.
+                    return client.submit_job(
+                        entrypoint=entrypoint(python, run_args),
+                        submission_id=job_id,
+                        # the driver's stdout is a file: unbuffered, `gft logs --follow` shows progress live
+                        runtime_env={"working_dir": folder, "env_vars": {
+                            "PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_WAIT_TIME_S": str(stop_grace_s)}},
+                    )
+                except RuntimeError as err:  # a head just started may have no job agent yet; Ray says try again
+                    if "No available agent" not in str(err) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(1.0)
 
 
 def status(address: str, job_id: str) -> tuple[str, str]:

@@ -15,6 +15,7 @@ from pipeline.cli import main
 from pipeline.driver import roles
 from pipeline.recipe.config import RunConfig, load_recipe
 from pipeline.recipe.configio import to_dict
+from pipeline.tools import submit as submit_module
 from pipeline.tools.submit import PROJECT_ROOT, SUBMITTED_RECIPE, entrypoint, stage, submitted_recipe
 
 SMALL = ["embedded.n_train=256", "embedded.n_test=32", "embedded.n_ood=32", "eval.splits=[test]"]
@@ -122,6 +123,23 @@ def test_submit_hands_ray_the_staged_code_and_the_run_command(tmp_path, monkeypa
     assert f"under {tmp_path / 'runs'} on the cluster" in captured.err and "deleted" in captured.err
 
 
+def test_a_head_without_its_job_agent_yet_is_asked_again(tmp_path, monkeypatch, fake_client):
+    """A head just started answers before its job agent is up: Ray says to try again later."""
+    refusals = ["Request failed with status code 500: No available agent to submit job, please try again later."] * 2
+    submitted = FakeClient.submit_job
+
+    def busy_then_ready(self, **kwargs):
+        if refusals:
+            raise RuntimeError(refusals.pop())
+        return submitted(self, **kwargs)
+
+    monkeypatch.setattr(FakeClient, "submit_job", busy_then_ready)
+    monkeypatch.setattr(submit_module.time, "sleep", lambda s: None)
+    monkeypatch.chdir(tmp_path)
+    assert main(["submit", *SMALL, "--address", "http://head:8265", "--job-id", "job-2", "--no-wait"]) == 0
+    assert not refusals and fake_client.created[0].submitted["submission_id"] == "job-2"
+
+
 def test_submit_resume_continues_the_saved_recipe_with_absolute_paths(tmp_path, monkeypatch, fake_client, capsys):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "runs" / "gft-1"
@@ -178,6 +196,7 @@ def test_address_overrides_and_defaults_to_ray_address(monkeypatch, capsys):
 
 def test_start_ray_joins_the_cluster_of_the_job_it_drives(monkeypatch):
     calls = []
+    monkeypatch.setattr(roles, "check_cluster", lambda config: None)  # no head at these addresses
     monkeypatch.setattr(roles.ray, "is_initialized", lambda: False)
     monkeypatch.setattr(roles.ray, "init", lambda **kwargs: calls.append(kwargs))
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
