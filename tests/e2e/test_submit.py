@@ -27,11 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # bench.chaos's recipe, so that the run can be held against the session's fault-free run of it;
 # the learners on the head, the rollout and the teacher on the other node
 ACROSS_NODES = [
-    *chaos.RECIPE, "ray.colocate=false", "learner.resources={learner_node: 1}", "rollout.resources={rollout_node: 1}",
-    "teacher.resources={rollout_node: 1}",
+    *chaos.RECIPE, *chaos.ACROSS_NODES,
     "output_dir=runs",  # relative, as users write it: the job must still write here
 ]
-ROLLOUT_NODE = {"num_cpus": 2, "resources": {"rollout_node": 2}}
+LEARNER_NODE, ROLLOUT_NODE = chaos.NODES
 
 
 @dataclass
@@ -67,8 +66,7 @@ def head():
         RAY_AUTH_TOKEN_PATH=str(token),
     )
     (dashboard,) = _free_ports(1)
-    cluster = local_cluster.LocalCluster([{"num_cpus": 2, "resources": {"learner_node": 2}}, ROLLOUT_NODE], env,
-                                         dashboard, folder / "cluster.log")
+    cluster = local_cluster.LocalCluster([LEARNER_NODE, ROLLOUT_NODE], env, dashboard, folder / "cluster.log")
     try:
         address = f"http://127.0.0.1:{dashboard}"
         _wait_for_dashboard(address, token.read_text(), cluster.process, folder / "cluster.log")
