@@ -80,9 +80,10 @@ RECIPE = [
 ]
 STEPS = [("warmup", 3), ("gft", 5), ("grpo", 3)]  # the recipe's stages and their steps, in order
 ACTORS = {"kill_rollout": "ray::RolloutWorker", "kill_teacher": "ray::TeacherWorker", "kill_learner": "ray::Learner"}
-KINDS = ["kill_group", *ACTORS, "sigterm", "sigint", "sigint_twice", "disk_full", "kill_node"]
+KINDS = ["kill_group", *ACTORS, "sigterm", "sigint", "sigint_twice", "disk_full", "kill_node", "kill_head"]
+ON_NODES = ("kill_node", "kill_head")  # run on a cluster of NODES
 SECOND_SIGINT_S = 0.3  # Ctrl-C pressed twice: the second this long after the first
-# kill_node: a run on two nodes, the learner on the head, the rollout and the teacher on the other
+# kill_node, kill_head: a run on two nodes, the learner on the head, the rollout and the teacher on the other
 NODES = [{"num_cpus": 2, "resources": {"learner_node": 2}}, {"num_cpus": 2, "resources": {"rollout_node": 2}}]
 ACROSS_NODES = ("ray.colocate=false", "learner.resources={learner_node: 1}", "rollout.resources={rollout_node: 1}",
                 "teacher.resources={rollout_node: 1}")
@@ -250,6 +251,8 @@ def inject(fault: Fault, process: subprocess.Popen, out: Path, since: float, rng
         replacement = threading.Timer(rng.uniform(0, 2 * NODE_WAIT_S), cluster.add, args=(NODES[1],))
         replacement.start()
         return replacement
+    elif fault.kind == "kill_head":
+        cluster.kill(0)
     return None
 
 
@@ -314,8 +317,8 @@ def chaos_run(run: ChaosRun, out: Path, reference: Path, tear_probability: float
     out.mkdir(parents=True)
     if mounted:
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_mib}m", "tmpfs", str(out)], check=True)
-    cluster = None
-    if any(f.kind == "kill_node" for f in run.faults):
+    cluster, moved = None, []  # moved: the resume's ray.address, once the cluster is a new one
+    if any(f.kind in ON_NODES for f in run.faults):
         cluster = LocalCluster(NODES, log=out.parent / f"{out.name}-cluster.log")
         overrides = (*overrides, *ACROSS_NODES, f"ray.address={cluster.address}", f"ray.node_wait_s={NODE_WAIT_S}")
     try:
@@ -323,13 +326,18 @@ def chaos_run(run: ChaosRun, out: Path, reference: Path, tear_probability: float
         while len(run.attempts) < MAX_ATTEMPTS:
             started_wall, started = time.time(), time.monotonic()
             process = gft(*args)
-            left = inject(pending.pop(0), process, out, started_wall, rng, cluster) if pending else None
+            fault = pending.pop(0) if pending else None
+            left = inject(fault, process, out, started_wall, rng, cluster) if fault else None
             log = out.parent / f"{out.name}-attempt-{len(run.attempts) + 1}.log"
             run.attempts.append(finish(process, "gft " + " ".join(args[:2]), started, log))
             if isinstance(left, threading.Thread):  # the node in place of the one killed has joined
                 left.join()
             elif left is not None:
                 left.unlink()
+            if fault is not None and fault.kind == "kill_head":  # the cluster went with its head: a new one
+                cluster.close()
+                cluster = LocalCluster(NODES, log=out.parent / f"{out.name}-cluster-{len(run.attempts) + 1}.log")
+                moved = [f"ray.address={cluster.address}"]
             if run.attempts[-1].exit_code == 0:
                 break
             run_dir = run_dir_in(out)
@@ -337,7 +345,7 @@ def chaos_run(run: ChaosRun, out: Path, reference: Path, tear_probability: float
                 continue
             if rng.random() < tear_probability:
                 run.tears.append(tear(run_dir, rng))
-            args = ["run", "--resume", str(run_dir)]
+            args = ["run", "--resume", str(run_dir), *moved]
         for fault in pending:
             fault.hit = "not hit: the run had finished"
         run.recovered = run.attempts[-1].exit_code == 0

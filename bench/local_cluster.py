@@ -50,6 +50,12 @@ class LocalCluster:
         started = json.loads(started)
         self.address, self.dashboard, self.nodes = started["address"], started["dashboard"], started["nodes"]
 
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
     def kill(self, index: int) -> str:
         """SIGKILL node ``index``'s raylet and processes; its id."""
         return self._command(f"kill {index}")["killed"]

@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from bench import chaos, local_cluster
+from pipeline.core.resume import latest_point
 
 pytestmark = pytest.mark.slow
 
@@ -174,10 +175,11 @@ def test_a_reused_job_id_is_refused(head, tmp_path):
 def test_a_node_lost_is_waited_for_then_a_stop_and_the_run_ends_as_without_the_losses(head, tmp_path, fault_free_run):
     """The rollout's and the teacher's node SIGKILLed (its raylet and every process of it) in the
     GFT stage: the run says which roles it lost on which node and waits; a node with the same
-    resources joins, Ray seats them there, and the run goes on. That node lost in turn in the
-    GRPO stage, with none to replace it: after ``ray.node_wait_s`` the run stops with the resume
-    command; a node joins, and ``--resume`` ends the run bitwise as the run without the losses.
-    Last in this module: it changes the cluster."""
+    resources joins, Ray seats them there, and the run goes on. That node lost in turn, with
+    none to replace it: after ``ray.node_wait_s`` the run stops with the resume command; a node
+    joins, and ``--resume`` goes on into the GRPO stage, until the head is lost as well: the
+    driver ends with it, and ``--resume`` on a new cluster ends the run bitwise as the run
+    without the losses. Last in this module: it ends the module's cluster."""
     run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", *ACROSS_NODES, f"ray.address={head.cluster.address}",
                             "ray.node_wait_s=10", f"output_dir={tmp_path / 'runs'}"], env=head.env, cwd=tmp_path,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -186,7 +188,7 @@ def test_a_node_lost_is_waited_for_then_a_stop_and_the_run_ends_as_without_the_l
         first = head.cluster.kill(1)
         time.sleep(5)  # the run waits without the node meanwhile
         second = head.cluster.add(ROLLOUT_NODE)
-        _wait_for_step(tmp_path, ("grpo", 1), run)
+        _wait_for_step(tmp_path, ("gft", 4), run)
         head.cluster.kill(2)
         _, err = run.communicate(timeout=600)
     finally:
@@ -197,11 +199,25 @@ def test_a_node_lost_is_waited_for_then_a_stop_and_the_run_ends_as_without_the_l
     assert f"node {second} was lost, with rollout-0, teacher on it, and the cluster did not seat them again within " \
            f"ray.node_wait_s=10 s" in err and f"gft run --resume {run_dir}" in err and "Traceback" not in err, \
         err[-3000:]
+    stopped_at = latest_point(run_dir).progress.global_step
 
     head.cluster.add(ROLLOUT_NODE)
-    resumed = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--resume", str(run_dir)], env=head.env,
-                             cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--resume", str(run_dir)], env=head.env,
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_step(tmp_path, ("grpo", 2), resumed)
+        head.cluster.kill(0)  # the head, with the learner and the raylet the driver is attached to
+        resumed.communicate(timeout=120)
+    finally:
+        resumed.kill()
+    assert resumed.returncode != 0  # Ray ends a driver whose raylet is gone
+    assert latest_point(run_dir).progress.global_step > stopped_at  # the resumed attempt's own point is kept
+
+    with local_cluster.LocalCluster([LEARNER_NODE, ROLLOUT_NODE], head.env, log=tmp_path / "cluster.log") as cluster:
+        finished = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--resume", str(run_dir),
+                                   f"ray.address={cluster.address}"], env=head.env, cwd=tmp_path, capture_output=True,
+                                  text=True, timeout=600, check=False)
+    assert finished.returncode == 0, finished.stderr[-3000:]
     compared = chaos.ChaosRun(0, "nodes-lost", [])
     chaos.compare(compared, run_dir, fault_free_run)
     assert compared.checkpoints_equal and compared.evals_equal and compared.metrics_equal, compared.differences
