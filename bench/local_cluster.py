@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Self
 
 ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ class LocalCluster:
         started = json.loads(started)
         self.address, self.dashboard, self.nodes = started["address"], started["dashboard"], started["nodes"]
 
-    def __enter__(self) -> LocalCluster:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_) -> None:
