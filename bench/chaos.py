@@ -25,7 +25,10 @@ its own ``gft`` process group:
   delay of up to twice the run's ``ray.node_wait_s`` (20 s), so that the run either waits for it
   and goes on, or stops (exit 3) and is resumed once it has joined.
 
-A run's faults are drawn from ``--seed`` and its index (printed): the kind (the runs go through
+Each run is drawn at ``rollout.max_staleness`` 0 or 1 (``--staleness``; a run with ``kill_node``
+at 0: a rollout worker lost on the collective path while it samples ahead is asked again on the
+newer weights, which no resume can match) and compared with the fault-free run at the same
+staleness. A run's faults are drawn from ``--seed`` and its index (printed): the kind (the runs go through
 the kinds in a shuffled order, so that every kind is hit before any is hit twice), the step after
 which it hits (one with at least one more step after it) and a delay of up to ``--max-delay``
 (0.5 s) into the next one. With probability 0.3 a second fault hits the resumed attempt, later (a
@@ -118,6 +121,7 @@ class ChaosRun:
     index: int
     seed: str
     faults: list[Fault]
+    staleness: int = 0  # the run's rollout.max_staleness
     tears: list[str] = field(default_factory=list)  # what was done to the newest resume point, per resume
     attempts: list[Attempt] = field(default_factory=list)
     recovered: bool = False
@@ -135,10 +139,12 @@ def stage_step(global_step: int) -> tuple[str, int]:
     raise ValueError(global_step)
 
 
-def plan(index: int, seed: int, kinds: list[str], max_delay_s: float = 0.5) -> ChaosRun:
+def plan(index: int, seed: int, kinds: list[str], max_delay_s: float = 0.5,
+         stalenesses: tuple[int, ...] = (0,)) -> ChaosRun:
     """Run ``index``'s faults: its kind from a per-seed shuffle of ``kinds`` (every kind once per
     round), its moments from a generator seeded with (seed, index). A fault is triggered by a
-    step with at least one more after it, so that it has a step to interrupt."""
+    step with at least one more after it, so that it has a step to interrupt. Its staleness is
+    drawn from ``stalenesses`` apart, so that the faults drawn do not depend on them."""
     order = random.Random(seed).sample(kinds, len(kinds))
     rng = random.Random(f"{seed}-{index}")
     last = sum(steps for _, steps in STEPS) - 2
@@ -146,10 +152,13 @@ def plan(index: int, seed: int, kinds: list[str], max_delay_s: float = 0.5) -> C
     faults = [first]
     if rng.random() < 0.3 and first.after + 2 <= last:  # a second one, in the resumed attempt
         faults.append(Fault(rng.choice(kinds), rng.randint(first.after + 2, last), rng.uniform(0, max_delay_s)))
-    return ChaosRun(index, f"{seed}-{index}", faults)
+    staleness = random.Random(f"{seed}-{index}-staleness").choice(stalenesses)
+    if any(fault.kind == "kill_node" for fault in faults):
+        staleness = 0
+    return ChaosRun(index, f"{seed}-{index}", faults, staleness)
 
 
-def replayed(spec: str) -> ChaosRun:
+def replayed(spec: str, staleness: int = 0) -> ChaosRun:
     """The run ``--replay KIND@STEP,...`` names: its faults in order, each on the next attempt."""
     last = sum(steps for _, steps in STEPS) - 1  # a fault needs a step after it to interrupt
     faults = []
@@ -161,7 +170,7 @@ def replayed(spec: str) -> ChaosRun:
         faults.append(Fault(kind, int(step), 0.0))
     if any(later.after <= fault.after for fault, later in itertools.pairwise(faults)):
         raise ValueError(f"--replay: {spec}: each fault's step must come after the one before it")
-    return ChaosRun(0, "replay", faults)
+    return ChaosRun(0, "replay", faults, staleness)
 
 
 def gft(*args: str) -> subprocess.Popen:
@@ -174,22 +183,31 @@ def run_to_end(args: list[str], log: Path) -> Attempt:
     return finish(gft(*args), "gft " + " ".join(args[:2]), time.monotonic(), log)
 
 
-def fault_free_run(out: Path) -> Path:
-    """The recipe run once without faults in ``out``: the run every chaos run must end equal to."""
-    done = run_to_end(["run", *RECIPE, f"output_dir={out}"], out.with_name(f"{out.name}.log"))
+def fault_free_run(out: Path, staleness: int = 0) -> Path:
+    """The recipe run once without faults in ``out``, at ``staleness``: the run every chaos run
+    at that staleness must end equal to."""
+    done = run_to_end(["run", *RECIPE, *at_staleness(staleness), f"output_dir={out}"], out.with_name(f"{out.name}.log"))
     if done.exit_code:
         raise RuntimeError(f"the fault-free run failed (exit {done.exit_code}): {done.message}")
     return run_dir_in(out)
 
 
-def check_reference(run_dir: Path) -> None:
-    """``run_dir`` must be a finished run of this recipe, or every comparison with it is void."""
+def at_staleness(staleness: int) -> tuple[str, ...]:
+    """The recipe's overrides for a run at ``staleness`` (none for the recipe's own, 0)."""
+    return (f"rollout.max_staleness={staleness}",) if staleness else ()
+
+
+def check_reference(run_dir: Path) -> int:
+    """``run_dir`` must be a finished run of this recipe, or every comparison with it is void;
+    its staleness."""
     if not (run_dir / "eval.json").is_file():
         raise ValueError(f"{run_dir} is not a finished run (no eval.json)")
     ran = yaml.safe_load((run_dir / "config.yaml").read_text())
-    expected = to_dict(load_recipe(None, RECIPE))
+    staleness = ran.get("rollout", {}).get("max_staleness", 0)
+    expected = to_dict(load_recipe(None, [*RECIPE, *at_staleness(staleness)]))
     if {k: v for k, v in ran.items() if k != "output_dir"} != {k: v for k, v in expected.items() if k != "output_dir"}:
         raise ValueError(f"{run_dir} is not a run of bench.chaos's recipe")
+    return staleness
 
 
 def run_dir_in(out: Path) -> Path | None:
@@ -310,9 +328,11 @@ def finish(process: subprocess.Popen, command: str, started: float, log: Path) -
 
 def chaos_run(run: ChaosRun, out: Path, reference: Path, tear_probability: float, tmpfs_mib: int,
               overrides: tuple[str, ...] = ()) -> None:
-    """``run``'s faults on the recipe (with ``overrides``, which must leave its training as it is),
-    each followed by ``--resume``, then the result compared with the fault-free ``reference``."""
+    """``run``'s faults on the recipe at its staleness (with ``overrides``, which must leave its
+    training as it is), each followed by ``--resume``, then the result compared with the
+    fault-free ``reference`` (a run at the same staleness)."""
     rng = random.Random(f"{run.seed}-inject")
+    overrides = (*at_staleness(run.staleness), *overrides)
     mounted = any(f.kind == "disk_full" for f in run.faults)
     out.mkdir(parents=True)
     if mounted:
@@ -401,8 +421,11 @@ def main() -> int:
                         help="a fault hits up to this long after its trigger step is logged (default: %(default)s)")
     parser.add_argument("--tmpfs-mib", type=int, default=96, help="size of a disk_full run's output folder")
     parser.add_argument("--workdir", type=Path, help="where the runs go (default: a temporary folder, removed)")
-    parser.add_argument("--reference", type=Path, metavar="RUN_DIR",
-                        help="a finished fault-free run of this recipe to compare with (default: run one first)")
+    parser.add_argument("--reference", type=Path, metavar="RUN_DIR", action="append", default=[],
+                        help="a finished fault-free run of this recipe to compare with, one per staleness drawn "
+                             "(default: run them first)")
+    parser.add_argument("--staleness", choices=["0", "1", "0,1"],
+                        help="the rollout.max_staleness each run is drawn at (default: 0,1; a replay: 0)")
     parser.add_argument("--replay", metavar="KIND@STEP,...",
                         help="one run hit by exactly these faults, in order (instead of --runs and --faults)")
     parser.add_argument("--out", type=Path, help="the JSON file to write (default: bench/results/chaos.json)")
@@ -414,8 +437,10 @@ def main() -> int:
     if unknown:
         parser.error(f"--faults: unknown {sorted(unknown)}; known: {', '.join(KINDS)}")
     if args.replay:
+        if args.staleness not in (None, "0", "1"):
+            parser.error("--staleness: a replay runs at one, 0 or 1")
         try:
-            planned = [replayed(args.replay)]
+            planned = [replayed(args.replay, int(args.staleness or 0))]
         except ValueError as err:
             parser.error(str(err))
         kinds = sorted({fault.kind for fault in planned[0].faults})
@@ -425,15 +450,16 @@ def main() -> int:
         if "disk_full" in kinds and os.geteuid() != 0:
             print("chaos: disk_full needs root to mount a tmpfs; left out of the draws")
             kinds.remove("disk_full")
-        planned = [plan(index, args.seed, kinds, args.max_delay) for index in range(args.runs)]
+        stalenesses = tuple(int(k) for k in (args.staleness or "0,1").split(","))
+        planned = [plan(index, args.seed, kinds, args.max_delay, stalenesses) for index in range(args.runs)]
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gft-chaos-"))
     print(f"chaos: seed {args.seed}, {len(planned)} runs, faults {', '.join(kinds)}; runs in {workdir}")
     started = time.monotonic()
     try:
-        if args.reference:
-            check_reference(args.reference)
-        reference = args.reference or fault_free_run(workdir / "fault-free")
+        references = {check_reference(run_dir): run_dir for run_dir in args.reference}
+        for staleness in sorted({run.staleness for run in planned} - set(references)):
+            references[staleness] = fault_free_run(workdir / f"fault-free-{staleness}", staleness)
     except (RuntimeError, ValueError) as err:
         print(f"chaos: {err}")
         return 1
@@ -441,9 +467,9 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     runs = []
     for run in planned:
-        chaos_run(run, workdir / f"run-{run.index:02d}", reference, args.tear, args.tmpfs_mib)
+        chaos_run(run, workdir / f"run-{run.index:02d}", references[run.staleness], args.tear, args.tmpfs_mib)
         runs.append(run)
-        print(f"run {run.index:2d}: {_row(run)[1]} -> {'recovered' if run.recovered else 'NOT recovered'}, "
+        print(f"run {run.index:2d} (staleness {run.staleness}): {_row(run)[2]} -> {'recovered' if run.recovered else 'NOT recovered'}, "
               f"{'bitwise equal' if run.checkpoints_equal and run.metrics_equal else 'DIFFERENT'}", flush=True)
         totals = _totals(runs, started)
         out.write_text(json.dumps({"benchmark": "chaos", "seed": args.seed, "faults": kinds, "tear": args.tear,
@@ -451,7 +477,7 @@ def main() -> int:
                                    "runs": [asdict(r) for r in runs]}, indent=2) + "\n")  # after every run
 
     totals = _totals(runs, started)
-    columns = ["run", "faults (where they hit)", "torn before resume", "exit codes", "resumes", "recovered",
+    columns = ["run", "staleness", "faults (where they hit)", "torn before resume", "exit codes", "resumes", "recovered",
                "checkpoints equal", "metrics equal"]
     print()
     print_table(columns, [_row(run) for run in runs])
@@ -475,7 +501,7 @@ def _totals(runs: list[ChaosRun], started: float) -> dict:
 
 def _row(run: ChaosRun) -> list:
     faults = "; ".join(f"{f.kind} after {'/'.join(map(str, stage_step(f.after)))} ({f.hit})" for f in run.faults)
-    return [run.index, faults, "; ".join(run.tears) or "-", " ".join(str(a.exit_code) for a in run.attempts),
+    return [run.index, run.staleness, faults, "; ".join(run.tears) or "-", " ".join(str(a.exit_code) for a in run.attempts),
             len(run.attempts) - 1, run.recovered, run.checkpoints_equal, run.metrics_equal]
 
 

@@ -1,4 +1,5 @@
-"""Pipeline throughput: GRPO-stage steps/s against TRL's GRPOTrainer, and GFT-stage steps/s.
+"""Pipeline throughput: GRPO-stage steps/s against TRL's GRPOTrainer, and GFT-stage steps/s, with the
+rollout sampling ahead of the update (rollout.max_staleness 1) and without.
 
     python bench/pipeline.py [--quick] [--threads N] [--steps N] [--trl 0]
 
@@ -6,7 +7,9 @@ Ours is a real ``gft run`` (a local Ray cluster, the rollout, teacher and learne
 batches, weight sync after every update) of two stages from the embedded default's base model:
 GRPO first, as TRL starts from that model, then GFT. Its step times come from the run's own
 ``metrics.jsonl``: ``step_time_s`` and its phases ``timing/*`` (rollout, scoring, advantages,
-update, weight sync), whose medians are printed too.
+update, weight sync), whose medians are printed too. It runs at staleness 0 and 1, each with two
+splits of the threads between the roles (:data:`SPLITS`: the default's, and one thread each for a
+single rollout worker and the learner, so that the two can compute at once on two cores).
 
 TRL's GRPOTrainer runs in a virtualenv of its own (``bench/trl_env.py`` makes it; TRL and verl
 0.9.1 break each other in one environment) on the same model, prompts, group size, completion
@@ -31,9 +34,16 @@ from pipeline.driver.roles import ALLOCATOR_ENV
 from pipeline.driver.run import run
 from pipeline.recipe.config import GroupConfig, StageConfig
 
+# name -> (learner threads, rollout workers, threads per rollout worker); None: the default's
+SPLITS = {"default": (None, None, None), "1+1": (1, 1, 1)}
 
-def ours(assets, folder: Path, args) -> list[dict]:
+
+def ours(assets, folder: Path, args, staleness: int, split: str) -> list[dict]:
     size, config = args.size, default_recipe()
+    config.rollout.max_staleness = staleness
+    learner_threads, workers, rollout_threads = SPLITS[split]
+    config.learner.num_threads, config.rollout.num_threads = learner_threads, rollout_threads
+    config.rollout.num_workers = workers or config.rollout.num_workers
     config.model.path = str(assets.base_model)
     config.data.train_files = [str(assets.train)]
     config.data.eval_files = {"test": str(assets.test)}
@@ -47,7 +57,7 @@ def ours(assets, folder: Path, args) -> list[dict]:
         StageConfig(name="gft", algorithm="gft", steps=args.steps, prompts_per_step=size.prompts, lr=2e-4,
                     group=GroupConfig(expert=1, teacher=3, self=max(1, size.group // 2))),
     ]
-    result = run(config, folder / "ours", on_step=lambda: None)
+    result = run(config, folder / f"ours-{staleness}-{split}", on_step=lambda: None)
     steps = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     return [step for step in steps if "step_time_s" in step]
 
@@ -84,21 +94,29 @@ def main() -> None:
     with workdir() as tmp:
         folder = Path(tmp)
         assets = embedded_assets(folder / "assets")
-        steps = ours(assets, folder, args)
+        splits = ["default"] if args.quick else list(SPLITS)
+        runs = {(staleness, split): ours(assets, folder, args, staleness, split) for staleness in (0, 1)
+                for split in splits}
         baseline = trl(assets, folder, args) if args.trl else None
-    times = {stage: [s["step_time_s"] for s in steps if s["stage"] == stage] for stage in ("grpo", "gft")}
-    grpo, gft = _steps_per_s(times["grpo"]), _steps_per_s(times["gft"])
-    rows = [["grpo", "ours", grpo, grpo / baseline["steps_per_s"] if baseline else None], ["gft", "ours", gft, None]]
-    phases = {stage: _phases(steps, stage) for stage in times}
-    extra = {"step_seconds": {"ours_grpo": times["grpo"], "ours_gft": times["gft"]}, "median_phase_seconds": phases}
+    rows, extra = [], {"step_seconds": {}, "median_phase_seconds": {}}
+    times = {(stage, *key): [s["step_time_s"] for s in steps if s["stage"] == stage]
+             for key, steps in runs.items() for stage in ("grpo", "gft")}
+    rates = {key: _steps_per_s(seconds) for key, seconds in times.items()}
+    for (stage, staleness, split), rate in rates.items():
+        synchronous = max(rates[stage, 0, other] for other in splits)  # the best split without overlap
+        name = f"staleness {staleness}, threads {split}"
+        rows.append([stage, name, rate, rate / baseline["steps_per_s"] if baseline and stage == "grpo" else None,
+                     rate / synchronous])
+        extra["step_seconds"][f"{stage}: {name}"] = times[stage, staleness, split]
+        extra["median_phase_seconds"][f"{stage}: {name}"] = _phases(runs[staleness, split], stage)
     if baseline:
-        rows.insert(1, ["grpo", f"TRL {baseline['trl_version']}", baseline["steps_per_s"], 1.0])
+        rows.append(["grpo", f"TRL {baseline['trl_version']}", baseline["steps_per_s"], 1.0, None])
         extra["step_seconds"]["trl_grpo"] = baseline["step_seconds"]
         extra["trl"] = {k: baseline[k] for k in ("trl_version", "transformers_version", "torch_version",
                                                   "completion_tokens_per_step", "mean_reward")}
-    report("pipeline", args, ["stage", "trainer", "steps_per_s", "vs_trl"], rows, extra)
-    for stage, seconds in phases.items():
-        print(f"{stage} median step, by phase: " + ", ".join(f"{k} {v:.3f} s" for k, v in seconds.items()))
+    report("pipeline", args, ["stage", "trainer", "steps_per_s", "vs_trl", "vs_best_staleness_0"], rows, extra)
+    for name, seconds in extra["median_phase_seconds"].items():
+        print(f"{name}: median step, by phase: " + ", ".join(f"{k} {v:.3f} s" for k, v in seconds.items()))
 
 
 if __name__ == "__main__":

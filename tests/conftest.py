@@ -123,6 +123,16 @@ def fault_free_run(tmp_path_factory) -> Path:
     faults through the ``gft`` command: the twin every fault test must end bitwise equal to, and
     the run the default pipeline's end-to-end checks read. Under pytest-xdist the first worker
     to need it runs it, the others wait for it and read the same folder."""
+    return _shared_fault_free_run(tmp_path_factory, staleness=0)
+
+
+@pytest.fixture(scope="session")
+def fault_free_run_ahead(tmp_path_factory) -> Path:
+    """The same, with the rollout sampling ahead of the update (``rollout.max_staleness=1``)."""
+    return _shared_fault_free_run(tmp_path_factory, staleness=1)
+
+
+def _shared_fault_free_run(tmp_path_factory, staleness: int) -> Path:
     from filelock import FileLock
 
     from bench import chaos
@@ -130,10 +140,10 @@ def fault_free_run(tmp_path_factory) -> Path:
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent  # the folder above every worker's own
-    out = shared / "fault-free"
-    with FileLock(shared / "fault-free.lock"):
+    out = shared / f"fault-free-{staleness}"
+    with FileLock(shared / f"fault-free-{staleness}.lock"):
         finished = chaos.run_dir_in(out)
-        return finished if finished and (finished / "eval.json").is_file() else chaos.fault_free_run(out)
+        return finished if finished and (finished / "eval.json").is_file() else chaos.fault_free_run(out, staleness)
 
 
 @pytest.fixture(scope="session")

@@ -63,8 +63,9 @@ class TokenBatch:
     """What an objective sees for one micro-batch; every tensor is ``[N]`` over packed tokens.
 
     ``old_log_probs`` are the policy's log-probs before this batch's first optimizer step (the
-    live ones unless the update asked for them) and ``ref_log_probs`` the stage's start policy's
-    (None unless the update asked for them); both detached. ``sources``: each response token's row's source (an index into
+    live ones unless the update asked for them), ``ref_log_probs`` the stage's start policy's and
+    ``behaviour_log_probs`` the rollout's, that sampled the rows (each None unless the update asked
+    for them); all detached. ``sources``: each response token's row's source (an index into
     ``pipeline.core.batch.SOURCES``; -1 for prompt tokens).
     """
 
@@ -73,6 +74,7 @@ class TokenBatch:
     old_log_probs: torch.Tensor
     ref_log_probs: torch.Tensor | None
     sources: torch.Tensor
+    behaviour_log_probs: torch.Tensor | None = None
 
 
 Objective = Callable[[torch.Tensor, TokenBatch], tuple[torch.Tensor, dict[str, float]]]
@@ -86,13 +88,16 @@ class UpdateSettings:
     packed tokens of one forward and backward. ``with_reference``: the stage's start policy's
     log-probs for the objective, and the KL to it in the metrics (a forward of that policy).
     ``with_old_log_probs``: freeze the pre-update log-probs for the objective, a forward more when
-    there are several mini-batches; an objective that does not read them can do without."""
+    there are several mini-batches; an objective that does not read them can do without.
+    ``with_behaviour``: the rollout's log-probs for the objective (rows sampled by an older policy).
+    Metrics named ``*_max`` are maxima over the batch; the others, token means."""
 
     objective: Objective
     updates_per_batch: int = 1
     micro_batch_tokens: int = 4096
     with_reference: bool = True
     with_old_log_probs: bool = True
+    with_behaviour: bool = False
 
 
 def _micro_batches(batch: pa.RecordBatch, max_tokens: int) -> list[pa.RecordBatch]:
@@ -344,11 +349,12 @@ class Learner:
             self._write_policy(tmp)
         return str(Path(folder).absolute())
 
-    def save_resume_point(self, run_dir: str, progress: Progress) -> str | None:
+    def save_resume_point(self, run_dir: str, progress: Progress, extra_files: dict[str, bytes] | None = None
+                          ) -> str | None:
         """A resume point (``pipeline.core.resume``) with the policy, the optimizer state, each
-        rank writing its shard, and the RNG; every rank takes part, rank 0 returns its folder.
-        The point's folder must be one every rank can write: on several nodes, a shared file
-        system, as for the rest of the run folder."""
+        rank writing its shard, the RNG and the driver's ``extra_files`` (name -> contents); every
+        rank takes part, rank 0 returns its folder. The point's folder must be one every rank can
+        write: on several nodes, a shared file system, as for the rest of the run folder."""
 
         def write(folder: Path | None) -> None:
             if self.world_size > 1:  # rank 0 chose the temporary folder the point is filled in
@@ -359,6 +365,8 @@ class Learner:
             save_optimizer_state(self.model, self.optimizer, folder / OPTIMIZER_DIR)
             if self.rank == 0:
                 save_rng(folder / RNG_FILE)
+                for name, contents in (extra_files or {}).items():
+                    (folder / name).write_bytes(contents)
 
         if self.rank != 0:
             return write(None)
@@ -433,8 +441,9 @@ class Learner:
                 log_probs, entropy = self._token_stats(self.model, packed, with_entropy=True)
                 mask = packed.response_mask.to(self.device)
                 old_lp = old[mini_index][micro_index] if old else log_probs.detach()
+                behaviour = packed.behaviour_logprobs.to(self.device) if settings.with_behaviour else None
                 tokens = TokenBatch(mask, packed.advantages.to(self.device), old_lp, ref_lp,
-                                    packed.sources.to(self.device))
+                                    packed.sources.to(self.device), behaviour)
                 loss, metrics = objective(log_probs, tokens)
                 share = float(mask.sum()) / max(total_tokens, 1.0) if real[mini_index][micro_index] else 0.0
                 (loss * share * grad_scale).backward()
@@ -445,7 +454,8 @@ class Learner:
                     k3 = torch.exp(ref_lp - log_probs.detach()) - (ref_lp - log_probs.detach()) - 1
                     metrics["kl_to_start"] = _masked_mean(k3, mask)
                 for key, value in metrics.items():
-                    local[key] = local.get(key, 0.0) + value * share
+                    local[key] = max(local.get(key, value), value) if key.endswith("_max") else \
+                        local.get(key, 0.0) + value * share
             if self.world_size > 1:
                 local = self._sum_over_ranks(local)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
@@ -455,7 +465,8 @@ class Learner:
             else:
                 skipped += 1
             for key, value in local.items():
-                sums[key] = sums.get(key, 0.0) + value / len(minis)
+                sums[key] = max(sums.get(key, value), value) if key.endswith("_max") else \
+                    sums.get(key, 0.0) + value / len(minis)
             sums["grad_norm"] = max(sums.get("grad_norm", 0.0), grad_norm)
         # spent: freed now, not at the next update, so that the sync, the rollout sharing this
         # device and the checkpoints have their memory
@@ -481,7 +492,8 @@ class Learner:
                 param.grad = chunk.view_as(param)
         gathered: list[dict[str, float]] = [{} for _ in range(self.world_size)]
         dist.all_gather_object(gathered, local)
-        return {key: sum(g.get(key, 0.0) for g in gathered) for key in set().union(*gathered)}
+        return {key: max(g[key] for g in gathered if key in g) if key.endswith("_max") else
+                sum(g.get(key, 0.0) for g in gathered) for key in set().union(*gathered)}
 
     @torch.no_grad()
     def response_log_probs(self, batch: pa.RecordBatch) -> list[np.ndarray]:

@@ -154,20 +154,41 @@ def grpo_loss(
     clip_ratio: float = 0.2,
     kl_coef: float = 0.0,
     ref_log_probs: torch.Tensor | None = None,
+    behaviour_log_probs: torch.Tensor | None = None,
+    behaviour_weight_cap: float = 2.0,
 ) -> tuple[torch.Tensor, Metrics]:
     """GRPO: verl's vanilla PPO clipped surrogate plus optional low-variance KL to a reference.
 
+    With ``behaviour_log_probs`` (rows sampled by an older policy than ``old_log_probs``', as
+    when the rollout runs ahead of the update), the decoupled objective of AReaL: the ratio is
+    taken against the proximal policy (``old_log_probs``, the learner's before this update) and
+    clipped as usual, and each token's clipped term is weighted by ``pi_prox / pi_behaviour``,
+    capped at ``behaviour_weight_cap`` (truncated importance sampling, verl's
+    ``rollout_is_weights``). The weight is a constant: no gradient flows through it.
+
     Args:
         log_probs: ``[B, T]`` current policy log-probs (with grad).
-        old_log_probs: ``[B, T]`` log-probs of the policy that sampled the tokens.
+        old_log_probs: ``[B, T]`` log-probs of the policy before this update (the one that
+            sampled the tokens, when the rows are on-policy).
         advantages: ``[B, T]`` GRPO advantages broadcast over tokens.
         response_mask: ``[B, T]``.
         clip_ratio: PPO epsilon.
         kl_coef: weight of the k3 ("low_var_kl") penalty to ``ref_log_probs``; 0 disables it.
+        behaviour_log_probs: ``[B, T]`` log-probs of the policy that sampled the tokens, or None.
+        behaviour_weight_cap: the largest weight a token gets (> 0).
     """
     from verl.trainer.ppo import core_algos
 
     mask = response_mask.to(log_probs.dtype)
+    metrics: Metrics = {}
+    weights = None
+    if behaviour_log_probs is not None:
+        raw = torch.exp((old_log_probs - behaviour_log_probs).detach().clamp(max=20.0))
+        weights = raw.clamp(max=behaviour_weight_cap)
+        selected = mask > 0
+        metrics["behaviour_weight_mean"] = _token_mean(weights, mask).item()
+        metrics["behaviour_weight_max"] = raw[selected].max().item() if selected.any() else 0.0
+        metrics["behaviour_weight_capped_fraction"] = _token_mean((raw > behaviour_weight_cap).to(mask.dtype), mask).item()
     loss, verl_metrics = core_algos.compute_policy_loss_vanilla(
         old_log_prob=old_log_probs,
         log_prob=log_probs,
@@ -175,11 +196,10 @@ def grpo_loss(
         response_mask=mask,
         loss_agg_mode="token-mean",
         config=_verl_actor_config(float(clip_ratio)),
+        rollout_is_weights=weights,
     )
-    metrics = {
-        "clip_fraction": verl_metrics["actor/pg_clipfrac"],
-        "ppo_kl": verl_metrics["actor/ppo_kl"],
-    }
+    metrics["clip_fraction"] = verl_metrics["actor/pg_clipfrac"]
+    metrics["ppo_kl"] = verl_metrics["actor/ppo_kl"]
     if kl_coef > 0:
         if ref_log_probs is None:
             raise ValueError("grpo_loss: kl_coef > 0 needs ref_log_probs")

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -33,12 +34,15 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 from torch.distributed.tensor import DTensor
 
+from pipeline.core.batch import SCHEMA
 from pipeline.core.errors import ConfigError
 from pipeline.core.files import atomic_dir, safetensors_os_errors
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_DIR = "optimizer"
 RNG_FILE = "rng_state"  # safetensors, named so that no model loader globbing *.safetensors reads it
+# rollout.max_staleness 1: the next step's self rows, sampled while the point's step trained
+NEXT_ROLLOUT_FILE = "next_rollout.arrow"
 FORMAT = 2  # 1: the whole optimizer state in one learner_state.safetensors
 
 logger = logging.getLogger(__name__)
@@ -91,6 +95,27 @@ def write_point(run_dir: Path, progress: Progress, write_learner_files: Callable
         state = {"format": FORMAT, "progress": asdict(progress), "files": sizes}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
     return folder
+
+
+def next_rollout_bytes(batch: pa.RecordBatch, metrics: dict[str, float]) -> bytes:
+    """A rollout's rows and its workers' metrics as the Arrow IPC file a point keeps them in."""
+    sink = pa.BufferOutputStream()
+    schema = SCHEMA.with_metadata({"metrics": json.dumps(metrics)})
+    with pa.ipc.new_file(sink, schema) as writer:
+        writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+    return sink.getvalue().to_pybytes()
+
+
+def read_next_rollout(point: ResumePoint) -> tuple[pa.RecordBatch, dict[str, float]] | None:
+    """The rollout a point kept for the step after it (:func:`next_rollout_bytes`), if any."""
+    path = point.folder / NEXT_ROLLOUT_FILE
+    if not path.is_file():
+        return None
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_file(source).read_all()
+    metrics = json.loads(table.schema.metadata[b"metrics"])
+    (batch,) = table.replace_schema_metadata(None).to_batches() or [pa.RecordBatch.from_pylist([], SCHEMA)]
+    return batch, metrics
 
 
 def _read_point(folder: Path) -> tuple[ResumePoint | None, str]:

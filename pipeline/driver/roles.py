@@ -10,6 +10,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,19 @@ def _ray_output_to(path: Path):
             os.close(kept)
 
 
+@dataclass
+class RolloutCall:
+    """A rollout under way on the workers (:meth:`Roles.start_rollout`) and the policy it samples:
+    a worker that dies before it answers is restarted, given that policy again (``weights``, or
+    None on the collective path, which sends the learner's) and asked again."""
+
+    calls: list[tuple[ActorHandle, Callable[[ActorHandle], ray.ObjectRef]]]
+    futures: list[ray.ObjectRef]
+    weights: ray.ObjectRef | None
+    version: int
+    sync_s: float | None
+
+
 class _NodeWatch:
     """Called every NODE_CHECK_S while the driver waits on a rollout or teacher actor: once a
     node of the run's roles is reported dead, says which roles were on it (once), then allows
@@ -247,7 +261,8 @@ class Roles:
         threads = config.ray.num_cpus or os.cpu_count() or 1  # torch threads, split among the actors
         self.learners = [  # an eval-only job has none
             seated(seat, f"learner-{rank}")(Learner).remote(
-                model_path, config.model.dtype, config.seed, num_threads=max(1, threads // len(placement.learners)),
+                model_path, config.model.dtype, config.seed,
+                num_threads=config.learner.num_threads or max(1, threads // len(placement.learners)),
                 gradient_checkpointing=config.learner.gradient_checkpointing,
                 return_freed_memory=not allocator["env_vars"])
             for rank, seat in enumerate(placement.learners)
@@ -264,7 +279,8 @@ class Roles:
         self.rollouts = [
             seated(seat, f"rollout-{index}", rollout_runtime_env(config, allocator["env_vars"]), max_restarts=self.max_restarts,
                    max_task_retries=0)(RolloutWorker).remote(
-                model_path, rollout.backend, engine_options, num_threads=max(1, threads // len(placement.rollouts)))
+                model_path, rollout.backend, engine_options,
+                num_threads=rollout.num_threads or max(1, threads // len(placement.rollouts)))
             for index, seat in enumerate(placement.rollouts)
         ]
         teacher = config.teacher
@@ -360,19 +376,22 @@ class Roles:
         """The policy as a Hugging Face folder at ``folder``."""
         return Path(self._on_learners(lambda rank: rank.save.remote(str(folder))))
 
-    def save_resume_point(self, run_dir: Path, progress: Progress) -> Path:
-        """A resume point of ``run_dir`` holding the learner's whole state and ``progress``."""
-        return Path(self._on_learners(lambda rank: rank.save_resume_point.remote(str(run_dir), progress)))
+    def save_resume_point(self, run_dir: Path, progress: Progress, extra_files: dict[str, bytes] | None = None) -> Path:
+        """A resume point of ``run_dir`` holding the learner's whole state, ``progress`` and the
+        driver's ``extra_files`` (name -> contents)."""
+        return Path(self._on_learners(lambda rank: rank.save_resume_point.remote(str(run_dir), progress, extra_files)))
 
-    def update(self, batch: pa.RecordBatch, settings: UpdateSettings) -> dict[str, float]:
+    def update(self, batch: pa.RecordBatch, settings: UpdateSettings, defer_weights: bool = False) -> dict[str, float]:
         """Train every learner rank on ``batch`` (put once in the object store); rank 0's metrics.
         The new weights, asked for right behind the update on every rank so that they are on
         their way while the metrics come back, become the rollout's policy at its next call
-        (:meth:`rollout`): no round trip of a call of their own. The learner writes its shared
-        block again only after an update, which comes after those rollouts."""
+        (:meth:`start_rollout`): no round trip of a call of their own. The learner writes its
+        shared block again only after an update, which comes after those rollouts.
+        ``defer_weights``: a rollout may be under way on the previous weights (rollout.max_staleness
+        1): they are asked for when the next rollout starts instead, once that one has read its own."""
         shared = ray.put(batch)
         metrics = [rank.update.remote(shared, settings) for rank in self.learners]
-        if self.sync_plan is not None:  # broadcast at the next rollout call (:meth:`_broadcast_weights`)
+        if self.sync_plan is not None or defer_weights:  # sent when the next rollout starts
             metrics = self._learners_get(metrics)[0]
             self.version, self.stale = int(metrics["policy_version"]), set(range(len(self.rollouts)))
             self.pending = None
@@ -391,11 +410,15 @@ class Roles:
         return [rank.rollout_weights.remote(self.same_node) for rank in self.learners]
 
     def _call(self, calls: list[tuple[ActorHandle, Callable[[ActorHandle], ray.ObjectRef]]]) -> list:
-        """``ray.get`` of ``submit(actor)`` for each (actor, submit), all in flight at once. An actor
-        whose process dies is restarted by Ray, given the current policy and asked again, so the
-        step gets the same result it would have had: nothing is lost or sampled twice."""
-        futures = [submit(actor) for actor, submit in calls]
-        results = []
+        """``ray.get`` of ``submit(actor)`` for each (actor, submit), all in flight at once (:meth:`_finish`)."""
+        return self._finish(calls, [submit(actor) for actor, submit in calls])
+
+    def _finish(self, calls: list[tuple[ActorHandle, Callable[[ActorHandle], ray.ObjectRef]]],
+                futures: list[ray.ObjectRef], policy: RolloutCall | None = None) -> list:
+        """The results of ``futures``, the calls ``calls`` submitted. An actor whose process dies
+        is restarted by Ray, given the policy (``policy``'s, else the current one) and asked
+        again, so the step gets the same result it would have had: nothing is lost or sampled twice."""
+        futures, results = list(futures), []
         try:
             for index, (actor, submit) in enumerate(calls):
                 for attempt in range(self.max_restarts + 1):
@@ -405,7 +428,7 @@ class Roles:
                     except (RayActorError, PolicyMissing) as err:  # died in the call, or before it
                         if attempt == self.max_restarts:
                             raise RoleFailed(f"an actor died {attempt + 1} times in one call: {err}") from err
-                        self._recover(actor, err)
+                        self._recover(actor, err, policy)
                         futures[index] = submit(actor)
         except Exception as err:
             # the other calls fail as a rule for the same reason: read their errors too, or Ray logs
@@ -419,22 +442,30 @@ class Roles:
             raise
         return results
 
-    def _recover(self, actor: ActorHandle, err: RayActorError) -> None:
-        """Wait for Ray to restart ``actor`` and, a rollout worker, bring it to the current policy."""
+    def _recover(self, actor: ActorHandle, err: RayActorError, policy: RolloutCall | None = None) -> None:
+        """Wait for Ray to restart ``actor`` and, a rollout worker, bring it to the policy it serves:
+        ``policy``'s (a rollout started before the update that followed it) or the current one."""
         logger.warning("an actor's process died (%s); waiting for Ray to restart it", type(err).__name__)
         self._wait_restarted(actor)
         if any(actor is r for r in self.rollouts) and self.sync_plan is not None:
             # restarted from the base model, and out of the weight group: a group anew, and the
-            # policy the others serve (the learner's weights: a sync is sent only between updates)
+            # policy the others serve (the learner's weights: a sync is sent only between updates);
+            # a rollout started before the last update is asked again on these newer weights
             self._form_weight_group()
             self.stale = set(range(len(self.rollouts)))
             self._broadcast_weights()
+            if policy is not None:
+                policy.version = self.version
         elif any(actor is r for r in self.rollouts) and self.learner is not None:
             # restarted from the base model: take the policy the others serve, the last sync's
             # weights (not asked anew: the learner must not rewrite its shared block while the
             # others may be reading it), else the learner's, which are the stage's start
-            weights, *others = [self.pending] if self.pending is not None else self._request_weights()
-            ray.get(actor.set_weights.remote(weights, self.version))
+            if policy is not None and policy.weights is not None:
+                weights, version, others = policy.weights, policy.version, []
+            else:
+                (weights, *others), version = ([self.pending] if self.pending is not None else
+                                               self._request_weights()), self.version
+            ray.get(actor.set_weights.remote(weights, version))
             self._learners_get(others)
 
     def _wait_restarted(self, actor: ActorHandle) -> None:
@@ -486,20 +517,38 @@ class Roles:
 
     def rollout(self, records: list[PromptRecord], params: SamplingParams, seed: int) -> tuple[pa.RecordBatch, dict]:
         """Self rows for ``records``, the prompts split evenly across the rollout workers."""
+        return self.finish_rollout(self.start_rollout(records, params, seed))
+
+    def start_rollout(self, records: list[PromptRecord], params: SamplingParams, seed: int,
+                      ahead: bool = False) -> RolloutCall:
+        """Start sampling ``records`` on the current policy, after sending it to the workers that
+        lack it; :meth:`finish_rollout` waits for the rows. ``ahead``: an update will run before
+        the rows are waited for, so the policy is kept in hand (a worker restarted after that
+        update is given it again, not the newer one)."""
         sync_s = self._broadcast_weights() if self.sync_plan is not None and self.stale else None
+        if self.sync_plan is None and self.pending is None and (self.stale or ahead):
+            self.pending, *others = self._request_weights()
+            self._learners_get(others)
         chunks = [list(c) for c in np.array_split(np.arange(len(records)), len(self.rollouts)) if len(c)]
-        calls = [
-            (worker, lambda w, chunk=chunk, index=index: w.rollout.remote(
-                [records[i] for i in chunk], params, seed + 7919 * index,
-                self.pending if index in self.stale else None, self.version))
-            for index, (worker, chunk) in enumerate(zip(self.rollouts, chunks))
-        ]
-        results = self._call(calls)
-        self.stale -= set(range(len(calls)))
+        call = RolloutCall([], [], self.pending if self.sync_plan is None else None, self.version, sync_s)
+        for index, (worker, chunk) in enumerate(zip(self.rollouts, chunks)):
+            sent = call.weights if index in self.stale else None
+
+            def submit(w, chunk=chunk, index=index, sent=sent):  # again after a restart: that policy's version
+                return w.rollout.remote([records[i] for i in chunk], params, seed + 7919 * index, sent, call.version)
+
+            call.calls.append((worker, submit))
+            call.futures.append(submit(worker))
+        self.stale -= set(range(len(call.calls)))  # each call takes its weights before it samples
+        return call
+
+    def finish_rollout(self, call: RolloutCall) -> tuple[pa.RecordBatch, dict]:
+        """The rows (and the workers' metrics) of a rollout :meth:`start_rollout` started."""
+        results = self._finish(call.calls, call.futures, call)
         batch = concat_batches([b for b, _ in results])
         metrics = _merge_rollout_metrics([m for _, m in results])
-        if sync_s is not None:
-            metrics.update(weight_load_s=sync_s, weight_load_bytes=self.sync_plan.nbytes * len(self.rollouts))
+        if call.sync_s is not None:
+            metrics.update(weight_load_s=call.sync_s, weight_load_bytes=self.sync_plan.nbytes * len(self.rollouts))
         return batch, metrics
 
     def _form_weight_group(self) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 import yaml
 from tqdm import tqdm
 from transformers import AutoTokenizer
@@ -28,12 +29,23 @@ from pipeline.core.errors import DiskFull, PolicyNotFinite, RoleFailed, StopRequ
 from pipeline.core.files import atomic_path, write_json_lines
 from pipeline.core.metric_sinks import MetricSink, MlflowSink, TensorBoardSink, WandbSink
 from pipeline.core.metrics import MetricsLogger
-from pipeline.core.resume import Progress, ResumePoint, chosen_point, latest_point, points, prune, write_point
+from pipeline.core.resume import (
+    NEXT_ROLLOUT_FILE,
+    Progress,
+    ResumePoint,
+    chosen_point,
+    latest_point,
+    next_rollout_bytes,
+    points,
+    prune,
+    read_next_rollout,
+    write_point,
+)
 from pipeline.core.run_folder import RunLock, claim_new
 from pipeline.driver.evals import evaluate_sets, load_eval_sets, save_generations
-from pipeline.driver.roles import Roles, check_cluster, start_ray
+from pipeline.driver.roles import Roles, RolloutCall, check_cluster, start_ray
 from pipeline.driver.rollout_env import check_rollout_environment
-from pipeline.driver.stages import train_step
+from pipeline.driver.stages import self_sampling, train_step
 from pipeline.embedded import build_embedded_assets
 from pipeline.eval.evaluation import EvalSet, format_table
 from pipeline.recipe.algorithms import needs_reference
@@ -120,6 +132,19 @@ class _StopSignal:
             signal.signal(signum, handler)
 
 
+@dataclass
+class _Ahead:
+    """The rollout of a stage's next step, started while the step before it trains
+    (rollout.max_staleness 1): its prompts, the sampler's position after them, and the rollout
+    under way or, once waited for (or read back from a resume point), its rows and metrics."""
+
+    step: int
+    records: list[PromptRecord] | None  # None: read back from a point, drawn again from its position
+    position: tuple[int, int] | None
+    call: RolloutCall | None = None
+    rows: tuple[pa.RecordBatch, dict] | None = None
+
+
 class _Driver:
     """The stages of one run, step by step, keeping :class:`Progress` so that every resume point
     (``pipeline.core.resume``) says exactly where to pick the run back up."""
@@ -131,6 +156,10 @@ class _Driver:
         self.progress = start.progress if start else Progress(stage_start=inputs.base_model)
         self.sampler = PromptSampler(inputs.train_records, config.seed)
         self.sampler.seek(*self.progress.sampler)
+        self.ahead: _Ahead | None = None
+        kept = read_next_rollout(start) if start and config.rollout.max_staleness else None
+        if kept is not None:  # the point's next step was sampled already, on the weights before it
+            self.ahead = _Ahead(self.progress.step + 1, None, None, rows=kept)
 
     def run(self) -> None:
         try:
@@ -230,15 +259,25 @@ class _Driver:
     def step(self, stage: StageConfig, step: int) -> dict:
         p, config = self.progress, self.config
         self.roles.set_lr(learning_rate(stage, step))
-        records = self.sampler.next(stage.prompts_per_step)
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and ahead.records is not None:
+            records, position = ahead.records, ahead.position
+        else:
+            records, position = self.sampler.next(stage.prompts_per_step), self.sampler.position
         dump = self.run_dir / "batches" / f"{stage.name}-{step:05d}.arrow" if config.save_batches else None
-        metrics = train_step(self.roles, stage, records, config, seed=config.seed * 1_000_003 + p.global_step,
-                             batch_dump=dump, measure_kl=bool(stage.kl_every) and step % stage.kl_every == 0)
+        start_next = None
+        if config.rollout.max_staleness and stage.group.self and step < stage.steps:
+            def start_next():
+                self.start_ahead(stage, step + 1)
+        metrics = train_step(self.roles, stage, records, config, seed=self.seed(p.global_step), batch_dump=dump,
+                             measure_kl=bool(stage.kl_every) and step % stage.kl_every == 0,
+                             sampled=self.wait_for(ahead) if ahead is not None else None, start_next=start_next)
         p.step, p.global_step, p.policy_version = step, p.global_step + 1, int(metrics["policy_version"])
-        p.sampler = self.sampler.position
+        p.sampler = position
         for source in OFF_POLICY_SOURCES:
             p.short_groups[source] = p.short_groups.get(source, 0) + int(metrics.get(f"short_groups/{source}", 0))
         if stage.eval_every and step % stage.eval_every == 0 and step < stage.steps:
+            self.settle()
             for split, outcome in evaluate_sets(self.roles, self.inputs.eval_sets, config).items():
                 metrics.update({f"eval/{split}/{k}": v for k, v in outcome.metrics.items()})
         self.metrics.log(stage.name, step, metrics, global_step=p.global_step)
@@ -246,6 +285,27 @@ class _Driver:
             self.on_step()
         self.check_skips(stage, step, metrics)
         return metrics
+
+    def seed(self, global_step: int) -> int:
+        """The sampling seed of the step after ``global_step`` steps."""
+        return self.config.seed * 1_000_003 + global_step
+
+    def start_ahead(self, stage: StageConfig, step: int) -> None:
+        """Start step ``step``'s rollout now, on the weights the update under way will replace."""
+        records = self.sampler.next(stage.prompts_per_step)
+        call = self.roles.start_rollout(records, self_sampling(stage, self.config),
+                                        self.seed(self.progress.global_step + 1), ahead=True)
+        self.ahead = _Ahead(step, records, self.sampler.position, call=call)
+
+    def wait_for(self, ahead: _Ahead) -> Callable[[], tuple[pa.RecordBatch, dict]]:
+        """The rows of ``ahead``, waited for when asked."""
+        return lambda: ahead.rows if ahead.rows is not None else self.roles.finish_rollout(ahead.call)
+
+    def settle(self) -> None:
+        """Wait for the rollout under way, keeping its rows: before anything else uses the rollout
+        workers (an eval) or a resume point is written (which keeps them)."""
+        if self.ahead is not None and self.ahead.rows is None:
+            self.ahead.rows = self.roles.finish_rollout(self.ahead.call)
 
     def check_skips(self, stage: StageConfig, step: int, metrics: dict) -> None:
         """Count updates skipped in a row (a non-finite loss or grad-norm leaves the weights as
@@ -269,7 +329,9 @@ class _Driver:
     def save_point(self, learner: bool) -> Path:
         self.progress.metrics_bytes = self.metrics.tell()
         if learner:
-            point = self.roles.save_resume_point(self.run_dir, self.progress)
+            self.settle()
+            kept = {NEXT_ROLLOUT_FILE: next_rollout_bytes(*self.ahead.rows)} if self.ahead is not None else None
+            point = self.roles.save_resume_point(self.run_dir, self.progress, kept)
         else:  # between stages the next stage starts from a stage checkpoint: no weights needed
             point = write_point(self.run_dir, self.progress)
         prune(self.run_dir, self.config.checkpoint.keep_last)

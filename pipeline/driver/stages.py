@@ -7,6 +7,7 @@ the loss reads, the loss) is read from their spec, ``pipeline.recipe.algorithms`
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,12 @@ def step_advantages(batch: pa.RecordBatch, stage: StageConfig) -> np.ndarray:
     return np.asarray(group_advantages(batch.column("reward").to_numpy(), groups))
 
 
+def self_sampling(stage: StageConfig, config: RunConfig) -> SamplingParams:
+    """How a step of ``stage`` samples its self rows."""
+    return SamplingParams(n=stage.group.self, temperature=config.rollout.temperature, top_p=config.rollout.top_p,
+                          max_new_tokens=config.rollout.max_new_tokens)
+
+
 class _PhaseClock:
     """Wall seconds of each phase of a step, logged as ``timing/<phase>_s``."""
 
@@ -111,9 +118,14 @@ def train_step(
     seed: int,
     batch_dump: Path | None = None,
     measure_kl: bool = False,
+    sampled: Callable[[], tuple[pa.RecordBatch, dict]] | None = None,
+    start_next: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """One step: group -> rewards -> advantages -> learner update -> weights to the rollout.
-    ``measure_kl``: log the KL to the stage's start policy even where the loss does not need it."""
+    ``measure_kl``: log the KL to the stage's start policy even where the loss does not need it.
+    ``sampled``: this step's self rows, sampled while the step before trained (rollout.max_staleness
+    1), instead of sampling them now. ``start_next``: called once the step has its rows: starts the
+    next step's rollout, which then samples on the weights from before this step's update."""
     started, restarts = time.perf_counter(), roles.restarts
     parts, metrics = [], {}
     clock = _PhaseClock(metrics)
@@ -124,24 +136,26 @@ def train_step(
         if config.data.short_groups == "allow" and getattr(stage.group, source):
             metrics[f"short_groups/{source}"] = short
     if stage.group.self:
-        params = SamplingParams(
-            n=stage.group.self,
-            temperature=config.rollout.temperature,
-            top_p=config.rollout.top_p,
-            max_new_tokens=config.rollout.max_new_tokens,
-        )
-        self_rows, rollout_metrics = roles.rollout(records, params, seed)
+        self_rows, rollout_metrics = sampled() if sampled is not None else \
+            roles.rollout(records, self_sampling(stage, config), seed)
         parts.append(self_rows)
         metrics.update(rollout_metrics)
+        # updates between the weights that sampled the rows and those about to be updated
+        metrics["staleness"] = float(roles.version - min(self_rows.column("policy_version").to_pylist()))
     if not parts:
         raise TrainingStopped(f"stage {stage.name}: none of the step's {len(records)} prompts has an expert or teacher "
                               "candidate, and the stage samples no self rows: there is nothing to train on "
                               "(data.short_groups=allow let these prompts through)")
-    clock.lap("rollout")
+    clock.lap("rollout")  # sampled ahead: what the step waited for it, the rest hidden behind the update before
     # the rollout began by loading the last update's weights: that part is the weight sync
     metrics["timing/weight_sync_s"] = metrics.pop("weight_load_s", 0.0)
     metrics["weight_sync_bytes"] = metrics.pop("weight_load_bytes", 0)  # what the rollout workers read, together
-    metrics["timing/rollout_s"] -= metrics["timing/weight_sync_s"]
+    if sampled is None:
+        metrics["timing/rollout_s"] -= metrics["timing/weight_sync_s"]
+    ahead = config.rollout.max_staleness > 0
+    if start_next is not None:
+        start_next()
+        clock.lap("start_next")
     batch, score_metrics = roles.score(concat_batches(parts))
     metrics.update(score_metrics)
     clock.lap("score")
@@ -154,8 +168,10 @@ def train_step(
     algorithm = ALGORITHMS[stage.algorithm]
     settings = UpdateSettings(objective_for(stage), stage.updates_per_batch, stage.micro_batch_tokens,
                               with_reference=measure_kl or algorithm.needs_reference(stage),
-                              with_old_log_probs=algorithm.old_log_probs)
-    metrics.update(per_source_means(roles.update(batch, settings)))  # its weights reach the next rollout
+                              with_old_log_probs=algorithm.old_log_probs,
+                              with_behaviour=ahead and algorithm.old_log_probs)
+    # its weights reach the next rollout; one under way already samples on the ones before
+    metrics.update(per_source_means(roles.update(batch, settings, defer_weights=ahead)))
     clock.lap("update")
     metrics["actor_restarts"] = roles.restarts - restarts
     metrics["step_time_s"] = time.perf_counter() - started

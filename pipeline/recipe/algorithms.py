@@ -30,7 +30,8 @@ class Algorithm:
     # rewards normalised within each prompt's group (GFT, GRPO); otherwise every row weighs 1
     group_advantages: bool
     # its loss reads the policy's log-probs from before the batch's first update (a ratio): with
-    # several mini-batches they are frozen at the cost of a forward
+    # several mini-batches they are frozen at the cost of a forward; on stale rows it reads the
+    # rollout's (behaviour) log-probs as well
     old_log_probs: bool
     # its loss has a KL penalty to the stage's start policy, weighted by the stage's ``kl_coef``
     kl_penalty: bool
@@ -61,10 +62,9 @@ def _dft(log_probs, tokens):
     return dft_loss(log_probs, tokens.response_mask)
 
 
-def _grpo(log_probs, tokens, clip_ratio, kl_coef):
-    return grpo_loss(
-        log_probs, tokens.old_log_probs, tokens.advantages, tokens.response_mask, clip_ratio, kl_coef, tokens.ref_log_probs
-    )
+def _grpo(log_probs, tokens, clip_ratio, kl_coef, behaviour_weight_cap):
+    return grpo_loss(log_probs, tokens.old_log_probs, tokens.advantages, tokens.response_mask, clip_ratio, kl_coef,
+                     tokens.ref_log_probs, tokens.behaviour_log_probs, behaviour_weight_cap)
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -77,7 +77,8 @@ ALGORITHMS: dict[str, Algorithm] = {
         Algorithm("gft", SOURCES, min_group=1, group_advantages=True, old_log_probs=False, kl_penalty=False,
                   objective=lambda stage: functools.partial(_gft, tau=stage.tau, dcr_sources=tuple(stage.dcr_sources))),
         Algorithm("grpo", ("self",), min_group=2, group_advantages=True, old_log_probs=True, kl_penalty=True,
-                  objective=lambda stage: functools.partial(_grpo, clip_ratio=stage.clip_ratio, kl_coef=stage.kl_coef)),
+                  objective=lambda stage: functools.partial(_grpo, clip_ratio=stage.clip_ratio, kl_coef=stage.kl_coef,
+                                                            behaviour_weight_cap=stage.behaviour_weight_cap)),
     )
 }
 

@@ -70,6 +70,8 @@ class LearnerConfig:
     num_workers: int = bounded(1, low=1, high=MAX_ACTORS)
     num_cpus: float = bounded(1.0, low=0, high=MAX_CPUS)
     num_gpus: float = bounded(0.0, low=0, high=MAX_GPUS)
+    # torch threads per learner; None: ray.num_cpus (else the machine's cores) over the learners
+    num_threads: int | None = bounded(None, low=1, high=MAX_CPUS)
     fsdp: bool = False
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources: see RAY_OWN_RESOURCES
     # keep each decoder layer's input only and recompute its activations in the backward: about
@@ -108,6 +110,8 @@ class RolloutConfig:
     max_num_seqs: int = bounded(256, low=1, high=2**16)  # sequences decoded at once (prompts x n), bounds memory
     num_cpus: float = bounded(1.0, low=0, high=MAX_CPUS)  # per worker
     num_gpus: float = bounded(0.0, low=0, high=MAX_GPUS)
+    # torch threads per worker; None: ray.num_cpus (else the machine's cores) over the workers
+    num_threads: int | None = bounded(None, low=1, high=MAX_CPUS)
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources: see RAY_OWN_RESOURCES
     gpu_memory_utilization: float = bounded(0.5, above=0, high=1)  # vllm on a GPU: its share of the GPU's memory
     # vllm: KV cache size; None: 1 GiB on CPU, what fits on a GPU
@@ -119,6 +123,10 @@ class RolloutConfig:
     # on learner rank 0's node, collective when one is not
     weight_sync: str = "auto"
     weight_bucket_mb: int = bounded(256, low=1, high=2**20)
+    # 1: the rollout of a stage's next step runs while this step's update trains, on the weights
+    # from before it, so its rows are one update stale (GRPO weighs them by the behaviour ratio:
+    # stages.<i>.behaviour_weight_cap). 0: sample, score, update, sync, one after the other
+    max_staleness: int = bounded(0, low=0, high=1)
 
 
 WEIGHT_SYNCS = ("auto", "shared_memory", "collective")
@@ -185,6 +193,9 @@ class StageConfig:
     advantage_groups: str = "prompt"
     clip_ratio: float = bounded(0.2, above=0, below=1)  # PPO epsilon (grpo)
     kl_coef: float = bounded(0.0, low=0)  # low-variance KL to the stage's start policy (grpo)
+    # grpo on stale rows (rollout.max_staleness 1): the cap of each token's pi_prox / pi_behaviour
+    # weight (verl's rollout_is_threshold)
+    behaviour_weight_cap: float = bounded(2.0, low=1)
     # optimizer steps per batch (mini-batches); >1 makes clipping bite
     updates_per_batch: int = bounded(1, low=1, high=MAX_GROUP)
     # learner forward/backward budget per micro-batch (packed, padding-free): bounds activation memory;

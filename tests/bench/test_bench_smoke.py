@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("script, extra", [("rollout", []), ("learner", []), ("overheads", []), ("scaling", []),
                                            ("pipeline", ["--steps", "2", "--trl", "0"]), ("seeds", ["--seeds", "2"]),
+                                           ("staleness", ["--seeds", "1"]),
                                            ("checkpointing", []), ("weight_sync", [])])
 def test_benchmark_runs_and_writes_its_table(ray_cluster, script, extra, tmp_path, monkeypatch, capsys):
     out = tmp_path / f"{script}.json"

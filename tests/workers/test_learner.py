@@ -170,3 +170,32 @@ def test_a_stage_without_a_reference_holds_none_and_cannot_ask_for_the_kl(assets
     assert "kl_to_start" not in metrics and metrics["skipped_updates"] == 0
     with pytest.raises(RuntimeError, match="start_stage was given none"):
         learner.update(batch, UpdateSettings(mean_log_prob, micro_batch_tokens=512, with_reference=True))
+
+
+def test_a_grpo_update_on_stale_rows_weighs_tokens_by_the_behaviour_ratio(assets, tokenizer):
+    """Self rows whose behaviour log-probs are the policy's of one update ago (as a rollout run
+    ahead of that update samples them): the update reports the capped pi_prox / pi_behaviour
+    weights that the learner's log-probs before it give, token mean and max, over several
+    micro-batches."""
+    records = load_prompts(assets.train, tokenizer, 512)[:3]
+    rows = [(r, ids) for r in records for ids in r.teacher[:3]]
+    batch = make_batch(group_id=[r.uid for r, _ in rows], source=["self"] * len(rows),
+                       prompt_ids=[r.prompt_ids for r, _ in rows], response_ids=[ids for _, ids in rows],
+                       ground_truth=[r.ground_truth for r, _ in rows])
+    batch = with_column(batch, "advantage", np.random.default_rng(0).standard_normal(batch.num_rows).astype(np.float32))
+    learner = Learner(str(assets.base_model))
+    learner.start_stage(str(assets.base_model), lr=1e-2)
+    stage = StageConfig(name="grpo", algorithm="grpo", behaviour_weight_cap=1.05)
+    settings = UpdateSettings(objective_for(stage), micro_batch_tokens=96, with_reference=False, with_behaviour=True)
+    behaviour = learner.response_log_probs(batch)  # the policy that "sampled" the rows
+    stale = with_column(batch, "behaviour_logprobs", behaviour)
+    fresh = learner.update(stale, settings)  # on-policy yet: every weight 1, to float precision
+    assert fresh["behaviour_weight_mean"] == pytest.approx(1.0, abs=1e-5)
+
+    proximal = learner.response_log_probs(batch)  # one update later
+    ratios = np.exp(np.concatenate(proximal) - np.concatenate(behaviour))
+    metrics = learner.update(stale, settings)
+    assert metrics["behaviour_weight_mean"] == pytest.approx(np.minimum(ratios, 1.05).mean(), rel=1e-4)
+    assert metrics["behaviour_weight_max"] == pytest.approx(ratios.max(), rel=1e-4)
+    assert metrics["behaviour_weight_capped_fraction"] == pytest.approx((ratios > 1.05).mean(), abs=1e-6)
+    assert 0 < (ratios > 1.05).mean() < 1  # the update moved the policy: some weights capped, some not

@@ -141,6 +141,38 @@ def test_grpo_loss_is_the_clipped_surrogate_plus_low_variance_kl():
     assert metrics["kl_loss"] == pytest.approx(sum(kl) / 3, rel=1e-12)
 
 
+def test_grpo_loss_on_stale_rows_weighs_each_clipped_term_by_the_capped_behaviour_ratio():
+    """Rows one step stale: the ratio against the proximal policy (the learner's before the
+    update) is clipped as on-policy, and each token's term is multiplied by pi_prox / pi_behaviour,
+    capped at 2; the weight carries no gradient."""
+    log_probs = torch.tensor([[-1.0, -0.5, -2.0, -0.3]], dtype=torch.float64, requires_grad=True)
+    prox = torch.tensor([[-1.5, -0.5, -1.9, -0.3]], dtype=torch.float64)
+    behaviour = torch.tensor([[-1.6, -1.5, -1.7, -9.0]], dtype=torch.float64)  # token 3 masked out
+    advantages = torch.tensor([[1.0, -1.0, 1.0, 1.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    loss, metrics = grpo_loss(log_probs, prox, advantages, mask, clip_ratio=0.2, behaviour_log_probs=behaviour,
+                              behaviour_weight_cap=2.0)
+    loss.backward()
+
+    ratios = [math.exp(0.5), 1.0, math.exp(-0.1)]
+    raw = [math.exp(0.1), math.exp(1.0), math.exp(-0.2)]  # pi_prox / pi_behaviour: 1.105, 2.718 (capped), 0.819
+    weights = [min(w, 2.0) for w in raw]
+    terms, grads = [], []
+    for r, a, w in zip(ratios, [1.0, -1.0, 1.0], weights):
+        clipped = min(max(r, 0.8), 1.2)
+        unclipped_wins = -a * r >= -a * clipped
+        terms.append(w * max(-a * r, -a * clipped))
+        grads.append(-w * a * r / 3 if unclipped_wins else 0.0)  # d/dlogp of w * (-a * exp(logp - prox))
+    assert loss.item() == pytest.approx(sum(terms) / 3, rel=1e-12)
+    torch.testing.assert_close(log_probs.grad, torch.tensor([[*grads, 0.0]], dtype=torch.float64))
+    assert metrics["behaviour_weight_mean"] == pytest.approx(sum(weights) / 3, rel=1e-12)
+    assert metrics["behaviour_weight_max"] == pytest.approx(math.e, rel=1e-12)  # before the cap, masked token aside
+    assert metrics["behaviour_weight_capped_fraction"] == pytest.approx(1 / 3)
+    on_policy, _ = grpo_loss(log_probs, prox, advantages, mask, clip_ratio=0.2, behaviour_log_probs=prox)
+    assert on_policy.item() == pytest.approx(grpo_loss(log_probs, prox, advantages, mask, clip_ratio=0.2)[0].item(),
+                                             rel=1e-12)  # weights of 1: the on-policy loss
+
+
 def test_grpo_loss_requires_reference_for_kl():
     x = torch.zeros(1, 2)
     with pytest.raises(ValueError, match="ref_log_probs"):
