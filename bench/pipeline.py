@@ -65,8 +65,9 @@ def ours(assets, folder: Path, args, staleness: int, split: str) -> list[dict]:
 def _phases(steps: list[dict], stage: str) -> dict[str, float]:
     """Median seconds of the step and of each of its phases (``timing/*``), warm-up step excluded."""
     timed = [step for step in steps if step["stage"] == stage][1:]
-    keys = ["step_time_s"] + sorted(k for k in timed[0] if k.startswith("timing/"))
-    return {key.removeprefix("timing/"): statistics.median(step[key] for step in timed) for key in keys}
+    keys = ["step_time_s"] + sorted({k for step in timed for k in step if k.startswith("timing/")})
+    # a phase a step did not have took it no time (the last step of a stage starts no next rollout)
+    return {key.removeprefix("timing/"): statistics.median(step.get(key, 0.0) for step in timed) for key in keys}
 
 
 def trl(assets, folder: Path, args) -> dict:

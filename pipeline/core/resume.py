@@ -97,25 +97,37 @@ def write_point(run_dir: Path, progress: Progress, write_learner_files: Callable
     return folder
 
 
-def next_rollout_bytes(batch: pa.RecordBatch, metrics: dict[str, float]) -> bytes:
-    """A rollout's rows and its workers' metrics as the Arrow IPC file a point keeps them in."""
+@dataclass
+class KeptRollout:
+    """The rollout a point kept for the step after it: its rows, its workers' metrics, and how it
+    sampled (``workers.sampling.SamplingParams`` as a dict), to be checked against the recipe it
+    resumes with."""
+
+    rows: pa.RecordBatch
+    metrics: dict[str, float]
+    sampling: dict
+
+
+def next_rollout_bytes(kept: KeptRollout) -> bytes:
+    """A kept rollout as the Arrow IPC file a point holds it in (its metrics and sampling as the
+    schema's metadata)."""
     sink = pa.BufferOutputStream()
-    schema = SCHEMA.with_metadata({"metrics": json.dumps(metrics)})
+    schema = SCHEMA.with_metadata({"metrics": json.dumps(kept.metrics), "sampling": json.dumps(kept.sampling)})
     with pa.ipc.new_file(sink, schema) as writer:
-        writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+        writer.write_batch(kept.rows.replace_schema_metadata(schema.metadata))
     return sink.getvalue().to_pybytes()
 
 
-def read_next_rollout(point: ResumePoint) -> tuple[pa.RecordBatch, dict[str, float]] | None:
+def read_next_rollout(point: ResumePoint) -> KeptRollout | None:
     """The rollout a point kept for the step after it (:func:`next_rollout_bytes`), if any."""
     path = point.folder / NEXT_ROLLOUT_FILE
     if not path.is_file():
         return None
     with pa.memory_map(str(path)) as source:
         table = pa.ipc.open_file(source).read_all()
-    metrics = json.loads(table.schema.metadata[b"metrics"])
-    (batch,) = table.replace_schema_metadata(None).to_batches() or [pa.RecordBatch.from_pylist([], SCHEMA)]
-    return batch, metrics
+    metadata = table.schema.metadata
+    (rows,) = table.replace_schema_metadata(None).combine_chunks().to_batches()  # a rollout has rows
+    return KeptRollout(rows, json.loads(metadata[b"metrics"]), json.loads(metadata[b"sampling"]))
 
 
 def _read_point(folder: Path) -> tuple[ResumePoint | None, str]:

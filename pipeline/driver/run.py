@@ -7,6 +7,7 @@ GFT policy hands off to GRPO exactly as a user's model would (a Hugging Face fol
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -15,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,6 +32,7 @@ from pipeline.core.metric_sinks import MetricSink, MlflowSink, TensorBoardSink, 
 from pipeline.core.metrics import MetricsLogger
 from pipeline.core.resume import (
     NEXT_ROLLOUT_FILE,
+    KeptRollout,
     Progress,
     ResumePoint,
     chosen_point,
@@ -51,6 +53,7 @@ from pipeline.eval.evaluation import EvalSet, format_table
 from pipeline.recipe.algorithms import needs_reference
 from pipeline.recipe.config import EMBEDDED, RunConfig, StageConfig, check_data, learning_rate
 from pipeline.recipe.configio import to_dict
+from workers.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -135,12 +138,13 @@ class _StopSignal:
 @dataclass
 class _Ahead:
     """The rollout of a stage's next step, started while the step before it trains
-    (rollout.max_staleness 1): its prompts, the sampler's position after them, and the rollout
-    under way or, once waited for (or read back from a resume point), its rows and metrics."""
+    (rollout.max_staleness 1): its prompts, the sampler's position after them, how it samples,
+    and the rollout under way or, once waited for (or read back from a resume point), its rows
+    and metrics."""
 
-    step: int
     records: list[PromptRecord] | None  # None: read back from a point, drawn again from its position
     position: tuple[int, int] | None
+    sampling: SamplingParams
     call: RolloutCall | None = None
     rows: tuple[pa.RecordBatch, dict] | None = None
 
@@ -159,7 +163,7 @@ class _Driver:
         self.ahead: _Ahead | None = None
         kept = read_next_rollout(start) if start and config.rollout.max_staleness else None
         if kept is not None:  # the point's next step was sampled already, on the weights before it
-            self.ahead = _Ahead(self.progress.step + 1, None, None, rows=kept)
+            self.ahead = _Ahead(None, None, SamplingParams(**kept.sampling), rows=(kept.rows, kept.metrics))
 
     def run(self) -> None:
         try:
@@ -264,14 +268,14 @@ class _Driver:
             records, position = ahead.records, ahead.position
         else:
             records, position = self.sampler.next(stage.prompts_per_step), self.sampler.position
+            if ahead is not None and not self.kept_rollout_fits(ahead, stage, records):
+                ahead = None
         dump = self.run_dir / "batches" / f"{stage.name}-{step:05d}.arrow" if config.save_batches else None
-        start_next = None
-        if config.rollout.max_staleness and stage.group.self and step < stage.steps:
-            def start_next():
-                self.start_ahead(stage, step + 1)
+        ahead_of_next = config.rollout.max_staleness and stage.group.self and step < stage.steps
         metrics = train_step(self.roles, stage, records, config, seed=self.seed(p.global_step), batch_dump=dump,
                              measure_kl=bool(stage.kl_every) and step % stage.kl_every == 0,
-                             sampled=self.wait_for(ahead) if ahead is not None else None, start_next=start_next)
+                             sampled=self.wait_for(ahead) if ahead is not None else None,
+                             start_next=functools.partial(self.start_ahead, stage) if ahead_of_next else None)
         p.step, p.global_step, p.policy_version = step, p.global_step + 1, int(metrics["policy_version"])
         p.sampler = position
         for source in OFF_POLICY_SOURCES:
@@ -290,12 +294,22 @@ class _Driver:
         """The sampling seed of the step after ``global_step`` steps."""
         return self.config.seed * 1_000_003 + global_step
 
-    def start_ahead(self, stage: StageConfig, step: int) -> None:
-        """Start step ``step``'s rollout now, on the weights the update under way will replace."""
-        records = self.sampler.next(stage.prompts_per_step)
-        call = self.roles.start_rollout(records, self_sampling(stage, self.config),
-                                        self.seed(self.progress.global_step + 1), ahead=True)
-        self.ahead = _Ahead(step, records, self.sampler.position, call=call)
+    def start_ahead(self, stage: StageConfig) -> None:
+        """Start the next step's rollout now, on the weights the coming update will replace."""
+        records, sampling = self.sampler.next(stage.prompts_per_step), self_sampling(stage, self.config)
+        call = self.roles.start_rollout(records, sampling, self.seed(self.progress.global_step + 1), ahead=True)
+        self.ahead = _Ahead(records, self.sampler.position, sampling, call=call)
+
+    def kept_rollout_fits(self, kept: _Ahead, stage: StageConfig, records: list[PromptRecord]) -> bool:
+        """Whether the rollout a resume point kept is the one this step asks for: a resume that
+        changed the stage's prompts or sampling samples anew instead, saying so."""
+        prompts = set(kept.rows[0].column("group_id").to_pylist())
+        if kept.sampling == self_sampling(stage, self.config) and prompts == {r.uid for r in records}:
+            return True
+        logger.warning("stage %s step %d: the rollout the resume point kept for it was sampled with other settings "
+                       "(%s) than the recipe now asks for; sampling it again", stage.name, self.progress.step + 1,
+                       kept.sampling)
+        return False
 
     def wait_for(self, ahead: _Ahead) -> Callable[[], tuple[pa.RecordBatch, dict]]:
         """The rows of ``ahead``, waited for when asked."""
@@ -330,7 +344,8 @@ class _Driver:
         self.progress.metrics_bytes = self.metrics.tell()
         if learner:
             self.settle()
-            kept = {NEXT_ROLLOUT_FILE: next_rollout_bytes(*self.ahead.rows)} if self.ahead is not None else None
+            kept = None if self.ahead is None else {NEXT_ROLLOUT_FILE: next_rollout_bytes(
+                KeptRollout(*self.ahead.rows, asdict(self.ahead.sampling)))}
             point = self.roles.save_resume_point(self.run_dir, self.progress, kept)
         else:  # between stages the next stage starts from a stage checkpoint: no weights needed
             point = write_point(self.run_dir, self.progress)

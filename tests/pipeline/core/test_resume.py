@@ -7,18 +7,23 @@ import pytest
 import torch
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.batch import make_batch
 from pipeline.core.resume import (
+    NEXT_ROLLOUT_FILE,
     OPTIMIZER_DIR,
     RNG_FILE,
     STATE_FILE,
+    KeptRollout,
     Progress,
     chosen_point,
     is_point,
     latest_point,
     load_optimizer_state,
     load_rng,
+    next_rollout_bytes,
     points,
     prune,
+    read_next_rollout,
     resume_root,
     run_dir_of,
     save_optimizer_state,
@@ -137,3 +142,18 @@ def test_a_chosen_point_discards_the_later_ones(tmp_path):
     (chosen.folder / STATE_FILE).write_text("{")
     with pytest.raises(ConfigError, match="torn"):
         chosen_point(chosen.folder)
+
+
+def test_a_rollout_kept_for_the_next_step_reads_back_as_written_and_counts_as_a_point_file(tmp_path):
+    """rollout.max_staleness 1: a point written while the next step's rollout sampled ahead keeps
+    its rows, its workers' metrics and how it sampled; a point cut short of it is torn."""
+    rows = make_batch(group_id=["a", "a", "b"], source=["self"] * 3, prompt_ids=[[1, 2], [1, 2], [3]],
+                      response_ids=[[4], [5, 6], [7]], ground_truth=["1", "1", "2"],
+                      behaviour_logprobs=[[-0.5], [-1.0, -2.0], [-0.25]], policy_version=[4, 4, 4])
+    kept = KeptRollout(rows, {"rollout_tokens_per_s": 12.5}, {"n": 2, "temperature": 1.0, "top_p": 1.0,
+                                                             "max_new_tokens": 8})
+    folder = write_point(tmp_path, _progress(7), lambda tmp: (tmp / NEXT_ROLLOUT_FILE).write_bytes(next_rollout_bytes(kept)))
+    again = read_next_rollout(latest_point(tmp_path))
+    assert again.rows.equals(rows) and again.metrics == kept.metrics and again.sampling == kept.sampling
+    (folder / NEXT_ROLLOUT_FILE).write_bytes(next_rollout_bytes(kept)[:100])
+    assert latest_point(tmp_path) is None
