@@ -57,7 +57,7 @@ def check(pipeline_json: Path) -> list[list]:
         stage, name = key.split(": ", 1)
         if not name.startswith("staleness 0"):
             continue
-        t0, t1 = predict(measured_phases)
+        t0, t1 = predict({phase.removesuffix("_s"): value for phase, value in measured_phases.items()})
         ahead = f"{stage}: {name.replace('staleness 0', 'staleness 1')}"
         m0 = statistics.median(seconds[key][1:])  # the first step warms up
         m1 = statistics.median(seconds[ahead][1:]) if ahead in seconds else float("nan")

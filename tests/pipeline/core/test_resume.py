@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from pipeline.core.errors import ConfigError
 from pipeline.core.batch import make_batch
+from pipeline.core.errors import ConfigError
 from pipeline.core.resume import (
     NEXT_ROLLOUT_FILE,
     OPTIMIZER_DIR,
