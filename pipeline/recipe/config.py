@@ -435,6 +435,12 @@ def validate(config: RunConfig, training: bool = True, check_paths: bool = True)
     _check(rollout.backend in ("hf", "vllm"), f"rollout.backend: {rollout.backend!r} is not 'hf' or 'vllm'")
     _check(rollout.weight_sync in WEIGHT_SYNCS,
            f"rollout.weight_sync: {rollout.weight_sync!r} is not one of {', '.join(WEIGHT_SYNCS)}")
+    # the rows' log-probs are the sampler's distribution's; the learner's are the policy's own
+    weighed = [s.name for s in config.stages if s.algorithm in ALGORITHMS and ALGORITHMS[s.algorithm].old_log_probs]
+    _check(not (training and rollout.max_staleness and weighed and (rollout.temperature != 1 or rollout.top_p != 1)),
+           f"rollout.max_staleness: stage {weighed[0] if weighed else ''} weighs stale rows by the policy's probability "
+           "over the sampler's, which are comparable only at rollout.temperature=1 and rollout.top_p=1 (now "
+           f"{rollout.temperature:g} and {rollout.top_p:g}); sample at those, or set rollout.max_staleness=0")
     _check(config.model.dtype in ("auto", "float32", "bfloat16"), "model.dtype must be auto, float32 or bfloat16")
     _check(not config.learner.fsdp or config.learner.num_workers >= 2,
            "learner.fsdp shards the model across learner ranks: set learner.num_workers >= 2, or learner.fsdp=false")

@@ -451,3 +451,12 @@ def test_embedded_task_checks_surface_as_config_errors():
         load_recipe(None, ["embedded.task.min_terms=1"])
     config = load_recipe(None, ["embedded.task.max_operand=5", "embedded.model.hidden_size=64"])
     assert config.embedded.task.max_operand == 5 and config.embedded.model.hidden_size == 64
+
+
+def test_sampling_ahead_of_grpo_needs_the_policys_own_distribution():
+    """GRPO's weights on stale rows divide the policy's probability by the sampler's, which is the
+    policy's only at temperature 1 and top-p 1; at 0 nothing is weighed."""
+    with pytest.raises(ConfigError, match="rollout.max_staleness: stage grpo weighs stale rows .*now 0.7 and 1"):
+        load_recipe(None, ["rollout.max_staleness=1", "rollout.temperature=0.7"])
+    assert load_recipe(None, ["rollout.max_staleness=0", "rollout.temperature=0.7"]).rollout.temperature == 0.7
+    assert load_recipe(None, ["rollout.max_staleness=1"]).rollout.max_staleness == 1
