@@ -149,6 +149,13 @@ class _Ahead:
     rows: tuple[pa.RecordBatch, dict] | None = None
 
 
+def kept_rollout_fits(kept: _Ahead, sampling: SamplingParams, records: list[PromptRecord]) -> bool:
+    """Whether the rollout a resume point kept is the one a step now asks for: the same sampling
+    settings and the same prompts (a resume that changed either samples anew)."""
+    prompts = set(kept.rows[0].column("group_id").to_pylist())
+    return kept.sampling == sampling and prompts == {r.uid for r in records}
+
+
 class _Driver:
     """The stages of one run, step by step, keeping :class:`Progress` so that every resume point
     (``pipeline.core.resume``) says exactly where to pick the run back up."""
@@ -268,7 +275,10 @@ class _Driver:
             records, position = ahead.records, ahead.position
         else:
             records, position = self.sampler.next(stage.prompts_per_step), self.sampler.position
-            if ahead is not None and not self.kept_rollout_fits(ahead, stage, records):
+            if ahead is not None and not kept_rollout_fits(ahead, self_sampling(stage, config), records):
+                logger.warning("stage %s step %d: the rollout the resume point kept for it was sampled with other "
+                               "settings (%s) or prompts than the recipe now asks for; sampling it again",
+                               stage.name, step, ahead.sampling)
                 ahead = None
         dump = self.run_dir / "batches" / f"{stage.name}-{step:05d}.arrow" if config.save_batches else None
         ahead_of_next = config.rollout.max_staleness and stage.group.self and step < stage.steps
@@ -299,17 +309,6 @@ class _Driver:
         records, sampling = self.sampler.next(stage.prompts_per_step), self_sampling(stage, self.config)
         call = self.roles.start_rollout(records, sampling, self.seed(self.progress.global_step + 1), ahead=True)
         self.ahead = _Ahead(records, self.sampler.position, sampling, call=call)
-
-    def kept_rollout_fits(self, kept: _Ahead, stage: StageConfig, records: list[PromptRecord]) -> bool:
-        """Whether the rollout a resume point kept is the one this step asks for: a resume that
-        changed the stage's prompts or sampling samples anew instead, saying so."""
-        prompts = set(kept.rows[0].column("group_id").to_pylist())
-        if kept.sampling == self_sampling(stage, self.config) and prompts == {r.uid for r in records}:
-            return True
-        logger.warning("stage %s step %d: the rollout the resume point kept for it was sampled with other settings "
-                       "(%s) than the recipe now asks for; sampling it again", stage.name, self.progress.step + 1,
-                       kept.sampling)
-        return False
 
     def wait_for(self, ahead: _Ahead) -> Callable[[], tuple[pa.RecordBatch, dict]]:
         """The rows of ``ahead``, waited for when asked."""

@@ -441,6 +441,11 @@ def validate(config: RunConfig, training: bool = True, check_paths: bool = True)
            f"rollout.max_staleness: stage {weighed[0] if weighed else ''} weighs stale rows by the policy's probability "
            "over the sampler's, which are comparable only at rollout.temperature=1 and rollout.top_p=1 (now "
            f"{rollout.temperature:g} and {rollout.top_p:g}); sample at those, or set rollout.max_staleness=0")
+    # colocated, the two share a GPU on the promise that they never compute at once (gft plan counts one at a time)
+    _check(not (rollout.max_staleness and config.ray.colocate and rollout.num_gpus > 0 and config.learner.num_gpus > 0),
+           "rollout.max_staleness: sampling ahead runs the rollout while the learner updates, which GPUs shared "
+           "under ray.colocate=true cannot do (the engine and the update would not both fit, nor overlap); set "
+           "ray.colocate=false to give the rollout GPUs of its own, or rollout.max_staleness=0")
     _check(config.model.dtype in ("auto", "float32", "bfloat16"), "model.dtype must be auto, float32 or bfloat16")
     _check(not config.learner.fsdp or config.learner.num_workers >= 2,
            "learner.fsdp shards the model across learner ranks: set learner.num_workers >= 2, or learner.fsdp=false")

@@ -1,5 +1,6 @@
 """The driver's refusals: bad data, an impossible batch or a bad path stop a run before Ray
-starts, naming what is wrong, with nothing left behind; a skip policy counts what it leaves out."""
+starts, naming what is wrong, with nothing left behind; a skip policy counts what it leaves out;
+a rollout a resume point kept is used only for the step it was sampled for."""
 
 import os
 import signal
@@ -10,9 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
+from pipeline.core.data import PromptRecord
 from pipeline.core.errors import DataError
-from pipeline.driver.run import _load_inputs, _StopSignal
+from pipeline.driver.run import _Ahead, _load_inputs, _StopSignal, kept_rollout_fits
 from pipeline.recipe.config import load_recipe
+from workers.sampling import SamplingParams
 
 GOOD = {"data_source": "d", "prompt": [{"role": "user", "content": "1+1?"}], "reward_model": {"ground_truth": "2"},
         "extra_info": {"expert_responses": ["2"], "teacher_responses": ["2", "3", "2"]}}  # the default's group
@@ -140,3 +143,17 @@ def test_a_first_signal_asks_for_a_stop_and_a_second_interrupts(signum):
             os.kill(os.getpid(), signum)
             time.sleep(10)
     assert signal.getsignal(signum) is before
+
+
+def test_a_kept_rollout_is_used_only_for_the_same_prompts_sampled_the_same_way():
+    """A resume point written while the next step sampled ahead keeps its rows; a resume uses
+    them only if the step draws the same prompts and samples them as they were sampled."""
+    sampled = SamplingParams(n=2, temperature=1.0, top_p=1.0, max_new_tokens=16)
+    rows = pa.RecordBatch.from_pydict({"group_id": ["a", "a", "b", "b"]})
+    kept = _Ahead(None, None, sampled, rows=(rows, {}))
+    records = [PromptRecord(uid, [1, 2], "3", "d") for uid in ("b", "a")]
+    assert kept_rollout_fits(kept, SamplingParams(n=2, temperature=1.0, top_p=1.0, max_new_tokens=16), records)
+    assert not kept_rollout_fits(kept, SamplingParams(n=2, temperature=1.0, top_p=1.0, max_new_tokens=32), records)
+    assert not kept_rollout_fits(kept, SamplingParams(n=4, temperature=1.0, top_p=1.0, max_new_tokens=16), records)
+    assert not kept_rollout_fits(kept, sampled, records[:1])
+    assert not kept_rollout_fits(kept, sampled, [*records, PromptRecord("c", [1], "3", "d")])

@@ -460,3 +460,12 @@ def test_sampling_ahead_of_grpo_needs_the_policys_own_distribution():
         load_recipe(None, ["rollout.max_staleness=1", "rollout.temperature=0.7"])
     assert load_recipe(None, ["rollout.max_staleness=0", "rollout.temperature=0.7"]).rollout.temperature == 0.7
     assert load_recipe(None, ["rollout.max_staleness=1"]).rollout.max_staleness == 1
+
+
+def test_sampling_ahead_on_gpus_shared_with_the_learner_is_refused():
+    """Colocated roles take turns on one GPU; sampling ahead would run them at once."""
+    on_gpus = ["rollout.max_staleness=1", "learner.num_gpus=1", "rollout.num_gpus=1"]
+    with pytest.raises(ConfigError, match="rollout.max_staleness: .*ray.colocate=false"):
+        load_recipe(None, on_gpus)
+    assert load_recipe(None, [*on_gpus, "ray.colocate=false"]).rollout.max_staleness == 1
+    assert load_recipe(None, ["rollout.max_staleness=1", "ray.colocate=true"]).ray.colocate  # CPUs: threads of their own
