@@ -32,11 +32,6 @@ ACROSS_NODES = [
     "output_dir=runs",  # relative, as users write it: the job must still write here
 ]
 LEARNER_NODE, ROLLOUT_NODE = chaos.NODES
-# Ray's GCS declares a node dead after 5 failed health checks 3 s apart (some 15 s); these
-# clusters check every second and give up after 3, so the losses below take seconds, not minutes
-FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "2000",
-                   "RAY_health_check_failure_threshold": "3"}
-NODE_WAIT_S = 15  # the node-loss run's ray.node_wait_s: a replacement is seated some 8 s after a loss is seen
 
 
 @dataclass
@@ -70,7 +65,6 @@ def head():
         # token of its own, so the test neither needs nor touches the user's
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN_PATH=str(token),
-        **FAST_NODE_DEATH,
     )
     (dashboard,) = _free_ports(1)
     cluster = local_cluster.LocalCluster([LEARNER_NODE, ROLLOUT_NODE], env, dashboard, folder / "cluster.log")
@@ -187,12 +181,12 @@ def test_a_node_lost_is_waited_for_then_a_stop_and_the_run_ends_as_without_the_l
     is lost as well: the driver ends with it, and ``--resume`` on a new cluster ends the run bitwise as the run
     without the losses. Last in this module: it ends the module's cluster."""
     run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", *ACROSS_NODES, f"ray.address={head.cluster.address}",
-                            f"ray.node_wait_s={NODE_WAIT_S}", f"output_dir={tmp_path / 'runs'}"], env=head.env,
+                            f"ray.node_wait_s={chaos.NODE_WAIT_S}", f"output_dir={tmp_path / 'runs'}"], env=head.env,
                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_step(tmp_path, ("gft", 2), run)
         first = head.cluster.kill(1)
-        time.sleep(2)  # the run waits without the node meanwhile
+        time.sleep(5)  # the run waits without the node meanwhile
         logged = len(_logged_steps(tmp_path))
         second = head.cluster.add(ROLLOUT_NODE)
         # a step logged from now on sampled on the new node (one under way at the loss is long done)
@@ -203,10 +197,12 @@ def test_a_node_lost_is_waited_for_then_a_stop_and_the_run_ends_as_without_the_l
         run.kill()
     (run_dir,) = tmp_path.glob("runs/*")
     assert run.returncode == 3, err[-3000:]
-    # Ray declares a node dead (FAST_NODE_DEATH), then reseats its actors on the new node within NODE_WAIT_S
-    assert f"node {first} was lost, with rollout-0, teacher on it; waiting up to {NODE_WAIT_S} s (ray.node_wait_s)" in err
+    # Ray declares a node dead some 13 s after its loss, then reseats its actors on the new node:
+    # within chaos.NODE_WAIT_S (20 s; 10 was seen to fall short)
+    assert f"node {first} was lost, with rollout-0, teacher on it; waiting up to {chaos.NODE_WAIT_S} s (ray.node_wait_s)" \
+        in err
     assert f"node {second} was lost, with rollout-0, teacher on it, and the cluster did not seat them again within " \
-           f"ray.node_wait_s={NODE_WAIT_S} s" in err and f"gft run --resume {run_dir}" in err and "Traceback" not in err, \
+           f"ray.node_wait_s={chaos.NODE_WAIT_S} s" in err and f"gft run --resume {run_dir}" in err and "Traceback" not in err, \
         err[-3000:]
     stopped_at = latest_point(run_dir).progress.global_step
 
