@@ -423,6 +423,12 @@ def _validate_paths(config: RunConfig, training: bool) -> None:
         validate_model_folder("teacher.model_path", config.teacher.model_path)
 
 
+def gpus_shared(config: RunConfig) -> bool:
+    """Whether the learners and the rollout workers share GPUs (``ray.colocate``), which they may
+    only by taking turns: ``gft plan`` sizes such a GPU for one of them at a time."""
+    return config.ray.colocate and config.rollout.num_gpus > 0 and config.learner.num_gpus > 0
+
+
 def validate(config: RunConfig, training: bool = True, check_paths: bool = True) -> None:
     """Refuse impossible settings before anything starts; each message names the key. Paths are
     relative to the working directory. ``training=False`` checks an eval-only job (no stages);
@@ -441,8 +447,7 @@ def validate(config: RunConfig, training: bool = True, check_paths: bool = True)
            f"rollout.max_staleness: stage {weighed[0] if weighed else ''} weighs stale rows by the policy's probability "
            "over the sampler's, which are comparable only at rollout.temperature=1 and rollout.top_p=1 (now "
            f"{rollout.temperature:g} and {rollout.top_p:g}); sample at those, or set rollout.max_staleness=0")
-    # colocated, the two share a GPU on the promise that they never compute at once (gft plan counts one at a time)
-    _check(not (rollout.max_staleness and config.ray.colocate and rollout.num_gpus > 0 and config.learner.num_gpus > 0),
+    _check(not (rollout.max_staleness and gpus_shared(config)),
            "rollout.max_staleness: sampling ahead runs the rollout while the learner updates, which GPUs shared "
            "under ray.colocate=true cannot do (the engine and the update would not both fit, nor overlap); set "
            "ray.colocate=false to give the rollout GPUs of its own, or rollout.max_staleness=0")

@@ -36,7 +36,7 @@ from pathlib import Path
 from pipeline.core.errors import ConfigError
 from pipeline.core.shapes import SHAPES, ModelShape
 from pipeline.recipe.algorithms import needs_reference
-from pipeline.recipe.config import EMBEDDED, RunConfig
+from pipeline.recipe.config import EMBEDDED, RunConfig, gpus_shared
 
 GIB = 2**30
 EMBEDDED_VOCAB = 512  # pipeline.embedded.build_tokenizer's vocab_size, the most the embedded tokenizer has
@@ -152,7 +152,7 @@ def plan(config: RunConfig, shape: ModelShape, gpus: int | None, gpu_memory_gib:
     gpu_memory = gpu_memory_gib * GIB
     learner, rollout = learner_terms(shape, config), []
     notes = []
-    colocated = config.ray.colocate and config.rollout.num_gpus > 0 and config.learner.num_gpus > 0
+    colocated = gpus_shared(config)
     if config.rollout.num_gpus > 0:
         rollout, notes = rollout_terms(shape, config, gpu_memory)
     kept = [t for t in learner if t.kept]
