@@ -41,6 +41,9 @@ SEATING_WARNING_S = 30  # how often a run waiting for cluster resources says so
 RESTART_TIMEOUT_S = 600  # a restarted actor reloads its model; a large one takes a while
 CONNECT_TIMEOUT_S = 10  # for a cluster's head to answer at ray.address
 NODE_CHECK_S = 2.0  # while waiting on an actor, how often to look for lost nodes
+# Ray declares a lost node dead some 13-30 s after the loss (its health checks): how long a learner
+# call's failure waits to learn whether a node went with it, and how the learner ended
+LEARNER_LOSS_WAIT_S = 30.0
 LOCAL_ACTORS_PER_CORE = 4  # the roles time-share the cores; beyond this a machine only thrashes
 # glibc's allocator hands tensors of more than a few MB out as fresh mmaps and returns freed
 # memory at once, so every step page-faults its activations in anew (a tenth of the first learner
@@ -352,8 +355,38 @@ class Roles:
         try:
             return ray.get(futures)
         except RayActorError as err:
+            raise RoleFailed(self._learner_loss(err)) from err
+
+    def _learner_loss(self, err: RayActorError) -> str:
+        """What ended a learner call, as a user reads it. Ray's first word is often only that the
+        connection went (ActorUnavailableError); how the learner ended (Ray's exit detail) and
+        whether a node of the run went with it are known seconds later. While another role is
+        silent too, a node may be going: that is waited for, up to LEARNER_LOSS_WAIT_S."""
+        deadline, cause = time.monotonic() + LEARNER_LOSS_WAIT_S, err
+        while True:
+            for rank in self.learners:
+                try:
+                    ray.get(rank.__ray_ready__.remote(), timeout=NODE_CHECK_S)
+                except ActorDiedError as died:  # Ray's account of its end
+                    cause = died
+                except (RayActorError, GetTimeoutError):  # no word yet, or busy
+                    pass
             lost = self.lost_nodes()
-            raise RoleFailed(_told(lost) if lost else f"a learner's process died: {err}") from err
+            if any(role.startswith("learner") for roles in lost.values() for role in roles):
+                return _told(lost)
+            if lost or time.monotonic() > deadline or not self._any_silent([*self.rollouts, self.teacher]):
+                break
+        died = f"a learner's process died: {cause}"
+        return f"{_told(lost)}; {died}" if lost else died
+
+    @staticmethod
+    def _any_silent(actors: list[ActorHandle]) -> bool:
+        """Whether one of ``actors`` does not answer within NODE_CHECK_S (its node may be lost)."""
+        try:
+            ray.get([actor.__ray_ready__.remote() for actor in actors], timeout=NODE_CHECK_S)
+            return False
+        except (RayActorError, GetTimeoutError):
+            return True
 
     def load_policy(self, model_path: str, version: int) -> None:
         """Every role serves the checkpoint in ``model_path`` as policy ``version``."""

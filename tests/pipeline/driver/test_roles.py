@@ -229,3 +229,19 @@ def test_a_teacher_killed_mid_scoring_is_restarted_and_the_rows_scored_once(role
             killer.join()
     finally:
         roles.teacher = own_teacher
+
+
+def test_a_learner_killed_ends_the_call_with_rays_account_of_its_end(roles, assets, monkeypatch):
+    """A learner cannot be rebuilt: its process lost fails the call as RoleFailed, which names how
+    it ended (Ray's exit detail, not only the lost connection Ray reports first), here with no
+    node lost and every other role answering."""
+    from pipeline.core.errors import RoleFailed
+    from workers.learner import Learner
+
+    roles, _ = roles
+    learner = ray.remote(num_cpus=0)(Learner).remote(str(assets.base_model), num_threads=1)
+    monkeypatch.setattr(roles, "learners", [learner])
+    os.kill(_pid(learner), signal.SIGKILL)
+    with pytest.raises(RoleFailed, match=r"^a learner's process died: ") as failed:
+        roles.set_lr(1e-3)
+    assert "Worker exit type" in str(failed.value) and "was lost" not in str(failed.value)
