@@ -323,8 +323,10 @@ def _add_compare_parser(commands) -> None:
     parser.add_argument("--sweep-lr", metavar="LR,LR,...",
                         help="give each method the stage-1 learning rate, of these, that does best on prompts held "
                              "out of the training data (first seed), then run it")
-    parser.add_argument("--val-prompts", type=int, default=256,
-                        help="training prompts held out for --sweep-lr (default: %(default)s)")
+    parser.add_argument("--val-prompts", type=int, default=512,
+                        help="size of the val split --sweep-lr chooses on, sharing no problem with training: "
+                             "the embedded task's held-out problems, or distinct training prompts held out "
+                             "(default: %(default)s; a recipe's eval set named val is used instead)")
     parser.add_argument("--eval-every", type=int, default=25, help="held-out eval every N steps of each stage")
     parser.add_argument("--split", help="eval split the report is about (default: the first of eval.splits)")
     parser.add_argument("--out", type=Path, default=Path("runs/compare"),

@@ -31,7 +31,7 @@ _HOMES = {
         "expert_solution",
         "extract_boxed",
         "generate_problems",
-        "is_held_out",
+        "problem_split",
         "render_path",
         "stable_seed",
         "verify",

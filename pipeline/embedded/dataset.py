@@ -80,13 +80,15 @@ def write_embedded_dataset(
     n_test: int = 256,
     n_ood: int = 256,
     n_teacher: int = 3,
+    n_val: int = 0,
 ) -> dict[str, Path]:
-    """Write train.parquet, test.parquet and ood.parquet into `folder`; returns split -> path."""
+    """Write train.parquet, test.parquet and ood.parquet into `folder`, and val.parquet where
+    ``n_val`` asks for one; returns split -> path."""
     task_config = task_config or TaskConfig()
     folder = Path(folder)
-    sizes = {"train": n_train, "test": n_test, "ood": n_ood}
+    sizes = {"train": n_train, "val": n_val, "test": n_test, "ood": n_ood}
     paths = {}
-    for split in SPLITS:
+    for split in (s for s in SPLITS if s != "val" or n_val):
         problems = generate_problems(task_config, split, sizes[split])
         rows = make_rows(problems, split, teacher_for_split(task_config, split), n_teacher)
         paths[split] = write_parquet_atomic(rows, folder / f"{split}.parquet", VERL_SCHEMA)
@@ -121,10 +123,11 @@ class EmbeddedAssets:
     ood: Path
     base_model: Path
     manifest: Path
+    val: Path | None = None  # problems held out of train and test alike (TaskConfig.val_fraction)
 
     @property
     def data_files(self) -> dict[str, Path]:
-        return {"train": self.train, "test": self.test, "ood": self.ood}
+        return {"train": self.train, "test": self.test, "ood": self.ood} | ({"val": self.val} if self.val else {})
 
 
 def build_embedded_assets(
@@ -137,6 +140,7 @@ def build_embedded_assets(
     n_teacher: int = 3,
     vocab_size: int = 512,
     shape: ModelShape | None = None,
+    n_val: int = 0,
 ) -> EmbeddedAssets:
     """Dataset files, tokenizer and base model folder (`folder/base_model`), all from the seeds.
 
@@ -146,7 +150,7 @@ def build_embedded_assets(
     task_config = task_config or TaskConfig()
     model_config = model_config or TinyModelConfig()
     root = Path(folder)
-    paths = write_embedded_dataset(root, task_config, n_train, n_test, n_ood, n_teacher)
+    paths = write_embedded_dataset(root, task_config, n_train, n_test, n_ood, n_teacher, n_val)
     tokenizer = build_tokenizer(tokenizer_corpus(read_rows(paths["train"])), vocab_size=vocab_size)
     model = build_tiny_model(tokenizer, model_config) if shape is None else build_shaped_model(tokenizer, shape)
     base_model = save_policy(model, tokenizer, root / "base_model")
@@ -158,7 +162,7 @@ def build_embedded_assets(
             "data_source": DATA_SOURCE,
             "task_config": asdict(task_config),
             "model_config": asdict(model_config) if shape is None else {"shape": asdict(shape)},
-            "sizes": {"train": n_train, "test": n_test, "ood": n_ood, "teacher_per_problem": n_teacher},
+            "sizes": {"train": n_train, "val": n_val, "test": n_test, "ood": n_ood, "teacher_per_problem": n_teacher},
             "vocab_size": len(tokenizer),
         },
     )
@@ -169,6 +173,7 @@ def build_embedded_assets(
         ood=paths["ood"],
         base_model=base_model,
         manifest=manifest,
+        val=paths.get("val"),
     )
 
 

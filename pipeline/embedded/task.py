@@ -13,10 +13,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-SPLITS = ("train", "test", "ood")
+SPLITS = ("train", "val", "test", "ood")
 
-# Share of operand multisets reserved for evaluation. The reservation is a property of the
-# multiset alone (see `is_held_out`), so it holds whatever sizes the splits are drawn at.
+# Share of operand multisets reserved for the test split. The reservation is a property of the
+# multiset alone (see `problem_split`), so it holds whatever sizes the splits are drawn at.
 HELD_OUT_FRACTION = 0.25
 
 # Bound on rejection sampling, so a configuration whose problem space cannot feed a split
@@ -38,6 +38,9 @@ class TaskConfig:
     ood_max_terms: int = 6
     teacher_error_rate: float = 0.2
     seed: int = 0
+    # share of the multisets held out of train (and test) for a `val` split, to choose settings
+    # on problems no run trains on; 0: no val split, train keeps them
+    val_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("min_terms", "max_terms", "max_operand", "ood_min_terms", "ood_max_terms", "seed"):
@@ -68,6 +71,9 @@ class TaskConfig:
         rate = self.teacher_error_rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
             raise ValueError(f"TaskConfig.teacher_error_rate must be a number in [0, 1], got {rate!r}")
+        share = self.val_fraction
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 0.5:
+            raise ValueError(f"TaskConfig.val_fraction must be a number in [0, 0.5], got {share!r}")
 
     def term_range(self, split: str) -> tuple[int, int]:
         """Inclusive range of chain lengths a split draws from."""
@@ -111,27 +117,27 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
-def is_held_out(config: TaskConfig, operands: Sequence[int]) -> bool:
-    """Whether a problem belongs to the evaluation side of the train/test partition.
+def problem_split(config: TaskConfig, operands: Sequence[int]) -> str:
+    """The side of the partition a problem belongs to: "test", "val" or "train".
 
-    The rule: hash (seed, sorted operands) and reserve HELD_OUT_FRACTION of the multisets.
-    Train never emits a held-out multiset and test emits only held-out ones, so the two never
-    share a problem, not even a reordering of the same operands, for any split sizes.
+    The rule: hash (seed, sorted operands) to a point of [0, 1); the first HELD_OUT_FRACTION of
+    it is test's, the next ``val_fraction`` val's, the rest train's. Each split emits only its own
+    multisets, so no two share a problem, not even a reordering of the same operands, for any
+    split sizes; and test's share does not move with ``val_fraction``.
     """
-    key = stable_seed("held_out", config.seed, tuple(sorted(operands)))
-    return (key % 10_000) < HELD_OUT_FRACTION * 10_000
+    point = (stable_seed("held_out", config.seed, tuple(sorted(operands))) % 10_000) / 10_000
+    if point < HELD_OUT_FRACTION:
+        return "test"
+    return "val" if point < HELD_OUT_FRACTION + config.val_fraction else "train"
 
 
 def _accepts(config: TaskConfig, split: str, operands: tuple[int, ...]) -> bool:
-    held_out = is_held_out(config, operands)
-    if split == "train":
-        return not held_out
-    if split == "test":
-        return held_out
+    if split != "ood":
+        return problem_split(config, operands) == split
     # ood: its chain lengths normally lie outside the train range, so nothing can leak; if a
     # configuration makes the ranges overlap, the overlapping lengths obey the test rule.
     if config.min_terms <= len(operands) <= config.max_terms:
-        return held_out
+        return problem_split(config, operands) == "test"
     return True
 
 
@@ -145,6 +151,8 @@ def generate_problems(config: TaskConfig, split: str, n: int) -> list[Problem]:
     _check_split(split)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if split == "val" and n and not config.val_fraction:
+        raise ValueError("a val split needs TaskConfig.val_fraction > 0 (the share of problems held out for it)")
     lo, hi = config.term_range(split)
     rng = random.Random(stable_seed("problems", config.seed, split))
     problems: list[Problem] = []
@@ -158,7 +166,7 @@ def generate_problems(config: TaskConfig, split: str, n: int) -> list[Problem]:
         else:
             raise ValueError(
                 f"could not draw a {split!r} problem in {_MAX_DRAWS_PER_PROBLEM} tries: the problem "
-                f"space of {config} is too small to hold disjoint train and test splits"
+                f"space of {config} is too small to hold disjoint splits"
             )
     return problems
 

@@ -5,19 +5,22 @@ make the shared *base* (the embedded default's SFT warm-up), run once. Each pipe
 its own stage 1 from that base (SFT, DFT, GFT, ... with stage 1's budget, or none) followed by
 the recipe's GRPO stage, once per seed. All runs share the eval sets and the GRPO budget.
 
-Every run is cached under a hash of its full config: a run folder holding ``eval.json`` is
-finished (``run`` writes it last), so calling again reuses it and trains nothing.
+Every run is cached under a hash of its full config and of the code that computes it: a run
+folder holding ``eval.json`` is finished (``run`` writes it last), so calling again with the same
+code reuses it and trains nothing.
 
-A fair comparison gives each method its own learning rate: with ``sweep_lrs``, prompts drawn
-from the training data (never from test) are held out as a ``val`` split that no run trains
-on; each stage-1 method runs at every rate for the first seed, and the rate whose stage-1
-policy answers most ``val`` prompts greedily (the smaller rate on a tie) is the one its runs
-use, GRPO included.
+A fair comparison gives each method its own learning rate: with ``sweep_lrs``, a ``val`` split
+that shares no problem with any training file is made (:func:`shared_inputs`): the embedded
+task holds whole problems out of train and test alike, user data distinct prompts; each
+stage-1 method runs at every rate for the first seed, and the rate whose stage-1 policy answers
+most ``val`` prompts greedily (the smaller rate on a tie) is the one its runs use, GRPO included.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
 from collections.abc import Callable
 from copy import deepcopy
@@ -36,6 +39,9 @@ from pipeline.recipe.configio import to_dict
 
 CACHE_VERSION = 1  # bump when a code change makes cached runs incomparable
 VAL_SPLIT = "val"
+VAL_FRACTION = 0.1  # of the embedded task's problems, held out for val where its recipe holds none out
+COMPUTING_LIBRARIES = ("torch", "transformers", "numpy", "pyarrow")
+ROOT = Path(__file__).resolve().parents[2]  # the project, holding pipeline/ and workers/
 
 
 def _stage_one(algorithm: str, group: Callable[[StageConfig], GroupConfig], **settings):
@@ -92,12 +98,31 @@ class LrChoice:
     val_accuracy: dict[float, float]
 
 
+@functools.cache
+def code_hash(root: Path = ROOT) -> str:
+    """The code that trains and evaluates a run: every module of ``pipeline`` bar the tools that
+    plan and report, every module of ``workers`` (in the project at ``root``), and the versions of
+    the libraries that compute. A run cached by other code is not reused: its figures may differ
+    for that reason alone."""
+    digest = hashlib.sha256()
+    modules = sorted([*(root / "pipeline").rglob("*.py"), *(root / "workers").rglob("*.py")])
+    for path in modules:
+        relative = path.relative_to(root).as_posix()
+        if relative.startswith("pipeline/tools/") or relative == "pipeline/cli.py":
+            continue
+        digest.update(f"{relative}\0".encode() + path.read_bytes() + b"\0")
+    for library in COMPUTING_LIBRARIES:
+        digest.update(f"{library}=={importlib.metadata.version(library)}\0".encode())
+    return digest.hexdigest()[:12]
+
+
 def config_hash(config: RunConfig) -> str:
-    """What the run computes: the config without where it is written or what it is called."""
+    """What the run computes: the config without where it is written or what it is called, and
+    the code that computes it (:func:`code_hash`)."""
     tree = to_dict(config)
     for where_and_what in ("output_dir", "name"):
         del tree[where_and_what]
-    payload = json.dumps({"cache_version": CACHE_VERSION, "config": tree}, sort_keys=True)
+    payload = json.dumps({"cache_version": CACHE_VERSION, "code": code_hash(), "config": tree}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -126,40 +151,75 @@ def _with_inputs(recipe: RunConfig, model_path: str, train: list[str], evals: di
     return config
 
 
+def prompt_text(prompt) -> str:
+    """A prompt as compared across files: its messages' roles and contents, case and runs of
+    whitespace aside (the same problem pasted twice is the same prompt)."""
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+    return "\n".join(f"{m.get('role', '')}: {' '.join(str(m.get('content', '')).split()).lower()}" for m in messages)
+
+
 def hold_out(train_files: list[str], count: int, folder: Path) -> tuple[str, str]:
-    """The training files' rows as two parquet files in ``folder``: ``count`` rows drawn at
-    random (a fixed seed) held out as the validation split, and the rest to train on."""
+    """The training files' rows as two parquet files in ``folder``: ``count`` distinct prompts
+    (by :func:`prompt_text`) drawn at random (a fixed seed), one row each, held out as the
+    validation split, and every row of the other prompts to train on: a prompt the data repeats
+    lies wholly on one side."""
     table = pa.concat_tables([pq.read_table(path) for path in train_files], promote_options="default")
-    if not 0 < count < table.num_rows:
-        raise ConfigError(f"--val-prompts: {count} prompts held out of {table.num_rows} training rows; "
-                          "some must be left to train on")
-    held = np.zeros(table.num_rows, dtype=bool)
-    held[np.random.default_rng(0).choice(table.num_rows, count, replace=False)] = True
-    paths = []
-    for name, rows in (("train", ~held), (VAL_SPLIT, held)):
+    texts = [prompt_text(prompt) for prompt in table.column("prompt").to_pylist()]
+    distinct = list(dict.fromkeys(texts))
+    if not 0 < count < len(distinct):
+        raise ConfigError(f"--val-prompts: {count} prompts held out of {len(distinct)} distinct prompts in "
+                          f"{', '.join(train_files)}; some must be left to train on")
+    held = {distinct[i] for i in np.random.default_rng(0).choice(len(distinct), count, replace=False)}
+    first = {text: index for index, text in reversed(list(enumerate(texts)))}
+    rows = {"train": [text not in held for text in texts], VAL_SPLIT: [first[text] == index and text in held
+                                                                       for index, text in enumerate(texts)]}
+    for name, keep in rows.items():
         with atomic_path(folder / f"{name}.parquet") as tmp:
-            pq.write_table(table.filter(pa.array(rows)), tmp)
-        paths.append(str(folder / f"{name}.parquet"))
-    return paths[0], paths[1]
+            pq.write_table(table.filter(pa.array(keep)), tmp)
+    return str(folder / "train.parquet"), str(folder / f"{VAL_SPLIT}.parquet")
+
+
+def check_val_unseen(val: str, train_files: list[str]) -> None:
+    """Refuse a ``val`` file any of whose prompts (by :func:`prompt_text`) a training file holds:
+    a rate chosen on it would be chosen on recall."""
+    seen = {}
+    for path in train_files:
+        for index, prompt in enumerate(pq.read_table(path, columns=["prompt"]).column("prompt").to_pylist()):
+            seen.setdefault(prompt_text(prompt), (path, index))
+    for index, prompt in enumerate(pq.read_table(val, columns=["prompt"]).column("prompt").to_pylist()):
+        if prompt_text(prompt) in seen:
+            path, row = seen[prompt_text(prompt)]
+            raise ConfigError(f"{val}: row {index}: field prompt: also in the training file {path} (row {row}); "
+                              "a validation prompt must be one that no run trains on")
 
 
 def shared_inputs(recipe: RunConfig, cache: Path, val_prompts: int = 0) -> Inputs:
     """The model and data of every run: the recipe's, or the embedded task built into ``cache``
-    (cheap, deterministic), so that every run names them by path; with ``val_prompts``, that
-    many training prompts held out as the ``val`` split."""
-    model, train, evals = recipe.model.path, recipe.data.train_files, recipe.data.eval_files
+    (cheap, deterministic), so that every run names them by path. With ``val_prompts``, a ``val``
+    split no run trains on: the recipe's eval set of that name, else the embedded task's problems
+    held out of train and test alike (:data:`VAL_FRACTION` of them unless its task says), else
+    that many distinct prompts held out of the training files."""
+    model, train, evals = recipe.model.path, recipe.data.train_files, dict(recipe.data.eval_files)
+    val = evals.pop(VAL_SPLIT, None) if val_prompts else None
     if model == EMBEDDED:
         from pipeline.embedded import build_embedded_assets
 
-        e = recipe.embedded
-        assets = build_embedded_assets(cache / "embedded", e.task, e.model, n_train=e.n_train, n_test=e.n_test,
-                                       n_ood=e.n_ood, n_teacher=e.n_teacher)
+        e, folder, n_val = recipe.embedded, cache / "embedded", 0
+        task = e.task
+        if val_prompts and not val and not train:
+            task = e.task if e.task.val_fraction else replace(e.task, val_fraction=VAL_FRACTION)
+            folder, n_val = cache / f"embedded-val{val_prompts}", val_prompts
+        assets = build_embedded_assets(folder, task, e.model, n_train=e.n_train, n_test=e.n_test,
+                                       n_ood=e.n_ood, n_teacher=e.n_teacher, n_val=n_val)
         model, train = str(assets.base_model), train or [str(assets.train)]
         evals = evals or {"test": str(assets.test), "ood": str(assets.ood)}
-    if not val_prompts:
-        return Inputs(model, list(train), dict(evals))
-    kept, val = hold_out(list(train), val_prompts, cache / f"holdout-{val_prompts}")
-    return Inputs(model, [kept], dict(evals), val)
+        val = val or (str(assets.val) if assets.val else None)
+    if val_prompts and not val:
+        kept, val = hold_out(list(train), val_prompts, cache / f"holdout-{val_prompts}")
+        train = [kept]
+    if val:
+        check_val_unseen(val, list(train))
+    return Inputs(model, list(train), dict(evals), val)
 
 
 def _base(recipe: RunConfig, inputs: Inputs, cache: Path) -> tuple[RunConfig | None, str]:

@@ -79,6 +79,8 @@ def summarize_runs(runs: list[Run], split: str, k: int) -> dict[str, dict]:
     for pipeline in dict.fromkeys(r.pipeline for r in runs):
         mine = sorted((r for r in runs if r.pipeline == pipeline), key=lambda r: r.seed)
         per_seed = {
+            "stage1_pass@1": [r.evals[r.before_grpo()][split].get("pass@1", math.nan) for r in mine],
+            "grpo_pass@1": [r.evals["grpo"][split].get("pass@1", math.nan) for r in mine],
             "stage1_accuracy": [r.evals[r.before_grpo()][split]["accuracy"] for r in mine],
             f"stage1_pass@{k}": [r.evals[r.before_grpo()][split][f"pass@{k}"] for r in mine],
             "grpo_accuracy": [r.evals["grpo"][split]["accuracy"] for r in mine],
@@ -105,37 +107,92 @@ def _stage_mean(run: Run, key: str, stage: str = "stage1") -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def paired_difference(table: dict, better: str, worse: str, metric: str) -> tuple[float, float] | None:
-    """Mean and CI of ``better - worse`` over the seeds both ran (paired by seed)."""
+def paired_values(table: dict, better: str, worse: str, metric: str) -> list[float] | None:
+    """``better - worse`` for each seed both ran (paired by seed); None if either did not run."""
     if better not in table or worse not in table:
         return None
     pairs = dict(zip(table[worse]["seeds"], table[worse][metric]["values"]))
-    diffs = [v - pairs[s] for s, v in zip(table[better]["seeds"], table[better][metric]["values"]) if s in pairs]
+    return [v - pairs[s] for s, v in zip(table[better]["seeds"], table[better][metric]["values"]) if s in pairs] or None
+
+
+def paired_difference(table: dict, better: str, worse: str, metric: str) -> tuple[float, float] | None:
+    """Mean and CI of ``better - worse`` over the seeds both ran (paired by seed)."""
+    diffs = paired_values(table, better, worse, metric)
     return mean_ci95(diffs) if diffs else None
 
 
-def verdict(difference: tuple[float, float] | None) -> str:
-    """Does the paper's direction (difference > 0) hold? Only a CI that excludes 0 decides."""
+def paired_p(diffs: list[float]) -> float:
+    """Two-sided p-value of a paired t-test (are the differences' mean 0?); NaN with one pair.
+    Equal differences have no spread: p is 0 unless they are all 0."""
+    values = np.asarray(diffs, dtype=float)
+    if len(values) < 2:
+        return math.nan
+    if values.std(ddof=1) <= 1e-12 * max(1.0, abs(values.mean())):  # equal but for rounding
+        return 0.0 if abs(values.mean()) > 1e-12 else 1.0
+    return float(stats.ttest_1samp(values, 0.0).pvalue)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of one family of tests, in the order given: the i-th smallest
+    of m p-values times (m - i + 1), made non-decreasing, at most 1. NaNs (untested) stay NaN and
+    do not count in m."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    adjusted, running = [math.nan] * len(p_values), 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+ALPHA = 0.05  # the family's error rate, under Holm's correction
+
+
+def verdict(difference: tuple[float, float] | None, p_adjusted: float) -> str:
+    """Does the paper's direction (difference > 0) hold? Only a Holm-adjusted p below ALPHA decides."""
     if difference is None:
         return "not measured"
+    if math.isnan(p_adjusted):
+        return "one seed only: no test"
+    if p_adjusted >= ALPHA:
+        return f"inconclusive (Holm-adjusted p = {p_adjusted:.2g})"
+    return "reproduced" if difference[0] > 0 else "reversed"
+
+
+def ruled_out(difference: tuple[float, float], scale: float, unit: str) -> str:
+    """What the 95% CI of a difference in the paper's direction rules out, in words."""
     mean, ci = difference
     if math.isnan(ci):
-        return "one seed only: no confidence interval"
-    if mean - ci > 0:
-        return "reproduced"
-    if mean + ci < 0:
-        return "reversed"
-    return "inconclusive (the CI includes 0)"
+        return "no interval"
+    low, high = scale * (mean - ci), scale * (mean + ci)
+    above = f"an effect in the paper's direction above {high:.3g}{unit}" if high > 0 else \
+        "any effect in the paper's direction"
+    against = f"one against it beyond {-low:.3g}{unit}" if low < 0 else "any effect against it"
+    return f"the CI rules out {above}, and {against}"
 
 
 # stage-1 step metrics that show GFT's entropy drift and what drives it (pipeline.core.losses.dcr_diagnostics)
 DRIFT_DIAGNOSTICS = ["entropy", "advantage/self", "advantage_coefficient/self", "rectified_fraction/self"]
 
-CLAIMS = [  # (question, better pipeline, worse pipeline, metric), each in the paper's direction
-    ("GFT -> GRPO beats SFT -> GRPO (accuracy after GRPO)", "gft", "sft", "grpo_accuracy"),
-    ("entropy after GFT is higher than after SFT", "gft", "sft", "stage1_entropy"),
-    ("GFT's largest grad-norm is lower than SFT's (SFT minus GFT)", "sft", "gft", "stage1_max_grad_norm"),
+# the paper's claims, one family (Holm): (question, better pipeline, worse pipeline, metric, shown
+# scale and unit), each in the paper's direction; the first on the primary metric
+CLAIMS = [
+    ("GFT -> GRPO beats SFT -> GRPO (sampled pass@1 after GRPO)", "gft", "sft", "grpo_pass@1", 100, " points"),
+    ("entropy after GFT is higher than after SFT", "gft", "sft", "stage1_entropy", 1, " nats"),
+    ("GFT's largest grad-norm is lower than SFT's (SFT minus GFT)", "sft", "gft", "stage1_max_grad_norm", 1, ""),
 ]
+
+
+def judge_claims(table: dict) -> list[dict]:
+    """Each claim of CLAIMS: its paired difference, CI, p-value, Holm-adjusted p and verdict."""
+    measured = [(claim, paired_values(table, *claim[1:4])) for claim in CLAIMS]
+    p_values = [paired_p(diffs) if diffs else math.nan for _, diffs in measured]
+    judged = []
+    for ((question, _, _, metric, scale, unit), diffs), p, p_holm in zip(measured, p_values, holm(p_values)):
+        difference = mean_ci95(diffs) if diffs else None
+        judged.append({"claim": question, "metric": metric, "seeds": len(diffs or []), "difference": difference,
+                       "p": p, "p_holm": p_holm, "verdict": verdict(difference, p_holm),
+                       "ruled_out": ruled_out(difference, scale, unit) if difference else ""})
+    return judged
 
 
 def _cell(entry: dict, percent: bool) -> str:
@@ -150,7 +207,8 @@ def _cell(entry: dict, percent: bool) -> str:
 
 
 def _markdown_table(table: dict, k: int) -> str:
-    columns = [("stage1_accuracy", "acc after stage 1", True), (f"stage1_pass@{k}", f"pass@{k} after stage 1", True),
+    columns = [("grpo_pass@1", "pass@1 after GRPO (primary)", True), ("stage1_pass@1", "pass@1 after stage 1", True),
+               ("stage1_accuracy", "acc after stage 1", True), (f"stage1_pass@{k}", f"pass@{k} after stage 1", True),
                ("grpo_accuracy", "acc after GRPO", True), (f"grpo_pass@{k}", f"pass@{k} after GRPO", True),
                ("rl_gain", "RL gain (acc)", True), ("rl_gain_auc", "RL gain AUC", True),
                ("stage1_entropy", "entropy after stage 1", False),
@@ -261,13 +319,32 @@ def _plot_drift(runs: list[Run], path: Path, smooth: int = 5) -> Path:
     return path
 
 
+def _other_splits(runs: list[Run], split: str, k: int) -> list[str]:
+    """The eval sets besides ``split`` (ood, say): pass@1 and greedy accuracy before and after
+    GRPO per pipeline, as a section of their own; none if there are none."""
+    others = sorted(set.intersection(*(set(r.evals["grpo"]) for r in runs)) - {split}) if runs else []
+    lines = []
+    for other in others:
+        table = summarize_runs(runs, other, k)
+        columns = [("grpo_pass@1", "pass@1 after GRPO", True), ("stage1_pass@1", "pass@1 after stage 1", True),
+                   ("grpo_accuracy", "acc after GRPO", True), ("stage1_accuracy", "acc after stage 1", True)]
+        lines += [f"## The `{other}` split (secondary)", "",
+                  "| pipeline | seeds | " + " | ".join(title for _, title, _ in columns) + " |",
+                  "| --- | --- |" + " --- |" * len(columns)]
+        lines += [f"| {pipeline} | {len(metrics['seeds'])} | " + " | ".join(_cell(metrics[key], pct)
+                                                                            for key, _, pct in columns) + " |"
+                  for pipeline, metrics in table.items()]
+        lines.append("")
+    return lines
+
+
 def _lr_section(choices: dict) -> list[str]:
     """Which learning rate each method got, and the ``val`` accuracies it was chosen from."""
     rates = sorted({lr for choice in choices.values() for lr in choice.val_accuracy})
-    lines = ["## Learning rates, chosen on held-out training prompts", "",
-             ("Each method's stage 1 ran at every rate (first seed) and was scored greedily on prompts held out of the "
-             "training data (`val`; no run trains on them, and test is never used to choose). The rate with the "
-             "highest `val` accuracy (the smaller on a tie) is the one its runs above use."), "",
+    lines = ["## Learning rates, chosen on held-out problems", "",
+             ("Each method's stage 1 ran at every rate (first seed) and was scored greedily on `val`, problems that "
+             "no training file holds (test is never used to choose). The rate with the highest `val` accuracy (the "
+             "smaller on a tie) is the one its runs above use."), "",
              "| pipeline | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | chosen |",
              "| --- |" + " --- |" * (len(rates) + 1)]
     for name, choice in choices.items():
@@ -293,23 +370,28 @@ def write_report(runs: list[Run], out: Path, split: str, k: int, command: str, l
         "Stage 1's entropy and its drivers on the training batches (moving mean of 5 steps)": _plot_drift(
             runs, out / "drift.png"),
     }
-    claims = []
-    for question, better, worse, metric in CLAIMS:
-        difference = paired_difference(table, better, worse, metric)
-        paired = 0 if difference is None else len(set(table[better]["seeds"]) & set(table[worse]["seeds"]))
-        shown = "" if difference is None else f" (difference {difference[0]:.3g} ± {difference[1]:.2g}, {paired} seeds)"
-        claims.append(f"- {question}: **{verdict(difference)}**{shown}")
+    judged = judge_claims(table)
+    claims = [f"- {c['claim']}: **{c['verdict']}**" + (
+        f" (difference {c['difference'][0]:.3g} ± {c['difference'][1]:.2g}, {c['seeds']} seeds, p = {c['p']:.2g}; "
+        f"{c['ruled_out']})" if c["difference"] else "") for c in judged]
     seeds = sorted({r.seed for r in runs})
     uneven = len({tuple(metrics["seeds"]) for metrics in table.values()}) > 1
     lines = [
         "# gft compare: RL compatibility of each initialisation", "",
         f"`{command}`", "",
         (f"Seeds {seeds}{' (the seeds column says how many each pipeline ran, from the first)' if uneven else ''}; "
-         f"mean ± 95% CI over seeds (Student's t). Accuracy is greedy, pass@{k} from {k} samples "
-        f"at the rollout temperature, on the `{split}` split, in %. RL gain = accuracy after GRPO minus before it; "
-        "its AUC is that gain averaged over the GRPO stage's eval points. Entropy is the policy's mean token "
-        "entropy on its own samples of the eval prompts; the grad-norm is the largest pre-clip norm of stage 1."),
-        "", _markdown_table(table, k), "", "## The paper's direction, paired by seed", "", *claims, "",
+         f"mean ± 95% CI over seeds (Student's t), on the `{split}` split, in %. The primary metric is pass@1 "
+         f"after GRPO: the accuracy of each of the {k} samples per prompt at the rollout temperature, averaged (a "
+         f"lower-variance measure than one greedy answer). Secondary: greedy accuracy (acc) and pass@{k}. RL gain = "
+         "greedy accuracy after GRPO minus before it; its AUC is that gain averaged over the GRPO stage's eval "
+         "points. Entropy is the policy's mean token entropy on its own samples of the eval prompts; the grad-norm "
+         "is the largest pre-clip norm of stage 1."),
+        "", _markdown_table(table, k), "",
+        *_other_splits(runs, split, k),
+        "## The paper's direction, paired by seed", "",
+        (f"The claims below are one family of paired t-tests under Holm's correction at α = {ALPHA}: a claim is "
+         "reproduced or reversed only where its adjusted p is below α. Each difference is given with its 95% CI "
+         "and what that CI rules out."), "", *claims, "",
         *(_lr_section(lr_choices) if lr_choices else []),
     ]
     for title, path in plots.items():
@@ -318,8 +400,8 @@ def write_report(runs: list[Run], out: Path, split: str, k: int, command: str, l
     (out / "report.md").write_text(markdown)
     chosen = {name: {"lr": c.lr, "val_accuracy": {f"{lr:g}": a for lr, a in c.val_accuracy.items()}}
               for name, c in (lr_choices or {}).items()}
-    (out / "summary.json").write_text(json.dumps({"split": split, "k": k, "table": table, "learning_rates": chosen},
-                                                 indent=2))
+    (out / "summary.json").write_text(json.dumps({"split": split, "k": k, "table": table, "claims": judged,
+                                                  "learning_rates": chosen}, indent=2))
     (out / "report.html").write_text(_html(markdown, plots))
     return out / "report.md"
 

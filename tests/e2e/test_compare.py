@@ -41,7 +41,7 @@ def test_the_report_covers_every_pipeline_and_seed(compared):
         (folder,) = (out / "runs").glob(f"{pipeline}-seed1-*")
         stage_one = yaml.safe_load((folder / "config.yaml").read_text())["stages"][0]
         assert stage_one["lr"] == chosen[pipeline]["lr"]
-    assert "## Learning rates, chosen on held-out training prompts" in report
+    assert "## Learning rates, chosen on held-out problems" in report
     assert (out / "report" / "report.html").stat().st_size > 10_000  # the four plots are inside
 
 

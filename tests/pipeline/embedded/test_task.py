@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from pipeline.embedded.task import (
     distinct_paths,
     expert_solution,
     generate_problems,
+    problem_split,
     render_path,
     verify,
 )
@@ -95,7 +97,7 @@ def test_generation_is_independent_of_python_hash_salt():
         "import importlib.util, sys;"
         f"spec = importlib.util.spec_from_file_location('task', {str(TASK_PY)!r});"
         "m = importlib.util.module_from_spec(spec); sys.modules['task'] = m; spec.loader.exec_module(m);"
-        "print([p.operands for s in m.SPLITS for p in m.generate_problems(m.TaskConfig(), s, 20)]);"
+        "print([p.operands for s in m.SPLITS for p in m.generate_problems(m.TaskConfig(val_fraction=0.1), s, 20)]);"
         "print(m.Teacher(0.3, 5).solve_many(m.Problem((1, 2, 3, 4)), 5))"
     )
     outputs = [
@@ -120,6 +122,21 @@ def test_test_split_shares_no_problem_with_train(task_config):
     assert train_multisets.isdisjoint(test_multisets)
     assert {p.operands for p in train}.isdisjoint({p.operands for p in test})
     assert len(test_multisets) > 100  # the held-out side is not degenerate
+
+
+def test_a_val_split_shares_no_problem_with_train_or_test_and_leaves_test_as_it_was(task_config):
+    with_val = replace(task_config, val_fraction=0.15)
+    splits = {split: generate_problems(with_val, split, n) for split, n in (("train", 5000), ("val", 1000), ("test", 1000))}
+    multisets = {split: {tuple(sorted(p.operands)) for p in problems} for split, problems in splits.items()}
+    assert multisets["val"].isdisjoint(multisets["train"]) and multisets["val"].isdisjoint(multisets["test"])
+    assert multisets["train"].isdisjoint(multisets["test"])
+    assert len(multisets["val"]) > 50  # not degenerate
+    assert splits["test"] == generate_problems(task_config, "test", 1000)  # val is carved from train's side
+    assert {problem_split(task_config, m) for m in multisets["val"]} == {"train"}
+    with pytest.raises(ValueError, match="a val split needs TaskConfig.val_fraction > 0"):
+        generate_problems(task_config, "val", 1)
+    with pytest.raises(ValueError, match=r"val_fraction must be a number in \[0, 0.5\]"):
+        replace(task_config, val_fraction=0.6)
 
 
 def test_term_counts_and_operands_lie_in_their_ranges(task_config):

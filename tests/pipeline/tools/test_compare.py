@@ -2,18 +2,24 @@
 learning-rate sweep on prompts held out of the training data."""
 
 import json
+import shutil
 from dataclasses import replace
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.errors import ConfigError
 from pipeline.recipe.config import GroupConfig, load_recipe
 from pipeline.tools.compare import (
+    ROOT,
+    check_val_unseen,
     choose_lrs,
+    code_hash,
     config_hash,
     plan,
     plan_sweep,
+    prompt_text,
     run_folder,
     seeds_per_pipeline,
     shared_inputs,
@@ -91,23 +97,74 @@ def test_pipelines_may_run_more_seeds_than_the_rest(tmp_path):
         seeds_per_pipeline("grpo", 0, 0)
 
 
+def test_the_cache_key_changes_with_the_code_that_trains_not_with_the_tools(tmp_path):
+    for package in ("pipeline", "workers"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_hash(tmp_path)
+    assert before == code_hash(ROOT)  # the same code, wherever it lies
+    report = tmp_path / "pipeline" / "tools" / "report.py"
+    report.write_text(report.read_text() + "\n# a comment\n")
+    code_hash.cache_clear()
+    assert code_hash(tmp_path) == before
+    loss = tmp_path / "pipeline" / "core" / "losses.py"
+    loss.write_text(loss.read_text() + "\n# a comment\n")
+    code_hash.cache_clear()
+    assert code_hash(tmp_path) != before
+
+
 def key(table) -> list[str]:
     return sorted(json.dumps(row, sort_keys=True) for row in table.to_pylist())
 
 
-def test_held_out_prompts_are_drawn_from_train_and_never_trained_on(tmp_path):
+def operand_sets(path) -> set[tuple[int, ...]]:
+    return {tuple(sorted(map(int, row["prompt"][0]["content"].removeprefix("Compute ").removesuffix(".").split("+"))))
+            for row in pq.read_table(path).to_pylist()}
+
+
+def prompts(path) -> list[str]:
+    return [prompt_text(p) for p in pq.read_table(path).column("prompt").to_pylist()]
+
+
+def test_the_embedded_val_split_holds_problems_no_training_file_holds_and_test_is_untouched(tmp_path):
     recipe = load_recipe(None, SMALL)
     inputs = shared_inputs(recipe, tmp_path / "cache", val_prompts=16)
-    original = pq.read_table(tmp_path / "cache" / "embedded" / "train.parquet")
-    kept, val = pq.read_table(inputs.train[0]), pq.read_table(inputs.val)
-    assert (kept.num_rows, val.num_rows) == (original.num_rows - 16, 16)
-    assert sorted(key(kept) + key(val)) == key(original)  # a partition of the training rows
-    assert not set(key(kept)) & set(key(val))
-    assert "test" in inputs.evals and inputs.evals["test"] != inputs.val  # the test split is untouched
+    plain = shared_inputs(recipe, tmp_path / "plain")
+    assert pq.read_table(inputs.val).num_rows == 16 and inputs.val not in inputs.evals.values()
+    # no problem of val, not even one reordered, in any file a run trains on
+    assert not operand_sets(inputs.val) & set().union(*map(operand_sets, inputs.train))
+    assert not set(prompts(inputs.val)) & {p for path in inputs.train for p in prompts(path)}
+    assert key(pq.read_table(inputs.evals["test"])) == key(pq.read_table(plain.evals["test"]))
     again = shared_inputs(recipe, tmp_path / "cache", val_prompts=16)
-    assert key(pq.read_table(again.val)) == key(val)  # the same draw every time
-    with pytest.raises(ConfigError, match="--val-prompts: 64 prompts held out of 64"):
-        shared_inputs(recipe, tmp_path / "other", val_prompts=64)
+    assert key(pq.read_table(again.val)) == key(pq.read_table(inputs.val))  # the same draw every time
+
+
+def test_user_data_holds_out_distinct_prompts_with_every_row_of_each(tmp_path):
+    rows = pq.read_table(shared_inputs(load_recipe(None, SMALL), tmp_path / "embedded").train[0])
+    repeated = pa.concat_tables([rows, rows.slice(0, 8)])  # 8 prompts twice over
+    train = tmp_path / "train.parquet"
+    pq.write_table(repeated, train)
+    recipe = load_recipe(None, [*SMALL, f"data.train_files=[{train}]"])
+    inputs = shared_inputs(recipe, tmp_path / "cache", val_prompts=16)
+    kept, val = prompts(inputs.train[0]), prompts(inputs.val)
+    assert len(val) == len(set(val)) == 16 and set(val) <= set(prompts(train))
+    assert kept == [p for p in prompts(train) if p not in set(val)]  # every row of a prompt on one side
+    distinct = len(set(prompts(train)))
+    with pytest.raises(ConfigError, match=f"--val-prompts: {distinct} prompts held out of {distinct} distinct prompts"):
+        shared_inputs(recipe, tmp_path / "other", val_prompts=distinct)
+
+
+def test_a_val_file_that_repeats_a_training_prompt_is_refused_naming_file_row_and_field(tmp_path):
+    inputs = shared_inputs(load_recipe(None, SMALL), tmp_path / "cache")
+    table = pq.read_table(inputs.train[0]).slice(2, 1).to_pylist()
+    table[0]["prompt"] = [{**m, "content": f"  {m['content'].upper()} "}  # case and spacing aside, a training prompt
+                          for m in table[0]["prompt"]]
+    val = tmp_path / "val.parquet"
+    pq.write_table(pa.Table.from_pylist(table), val)
+    with pytest.raises(ConfigError, match=rf"{val}: row 0: field prompt: also in the training file"):
+        check_val_unseen(str(val), inputs.train)
+    recipe = load_recipe(None, [*SMALL, f"data.eval_files={{val: {val}}}", "eval.splits=[val]"])
+    with pytest.raises(ConfigError, match=r"val.parquet: row 0: field prompt"):
+        shared_inputs(recipe, tmp_path / "named", val_prompts=16)
 
 
 def test_a_sweep_runs_stage_one_alone_on_val_and_the_runs_take_each_methods_rate(tmp_path):

@@ -8,9 +8,12 @@ import pytest
 
 from pipeline.tools.report import (
     Run,
+    holm,
     mean_ci95,
     paired_difference,
+    paired_p,
     rl_gain_auc,
+    ruled_out,
     summarize_runs,
     verdict,
     write_report,
@@ -33,26 +36,46 @@ def test_rl_gain_auc_is_the_gain_averaged_over_the_stage():
     assert rl_gain_auc([(0, 0.3), (10, 0.5), (30, 0.5)]) == pytest.approx(5 / 30)
 
 
-def test_verdicts_need_a_ci_that_excludes_zero():
-    assert verdict((0.1, 0.05)) == "reproduced"
-    assert verdict((-0.1, 0.05)) == "reversed"
-    assert verdict((0.1, 0.2)).startswith("inconclusive")
-    assert verdict((0.1, math.nan)).startswith("one seed")
-    assert verdict(None) == "not measured"
+def test_holm_adjusts_a_family_of_p_values_in_the_order_given():
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1: 0.03, 0.06, 0.04 -> made non-decreasing: 0.06 for the last
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    adjusted = holm([0.02, math.nan, 0.04])  # an untested claim is not counted: m = 2
+    assert adjusted[0] == pytest.approx(0.04) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
+    assert holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_paired_p_is_a_two_sided_t_test_on_the_differences():
+    # mean 2, s 1, t = 2 / (1 / sqrt 3) = sqrt 12 on 2 degrees of freedom, where P(|T| > t) = 1 - t / sqrt(t^2 + 2)
+    assert paired_p([1.0, 2.0, 3.0]) == pytest.approx(1 - math.sqrt(12) / math.sqrt(14))
+    assert paired_p([0.2, 0.2]) == 0.0 and paired_p([0.0, 0.0]) == 1.0 and math.isnan(paired_p([0.3]))
+
+
+def test_verdicts_need_a_holm_adjusted_p_below_alpha_and_say_what_the_ci_rules_out():
+    assert verdict((0.1, 0.05), 0.01) == "reproduced"
+    assert verdict((-0.1, 0.05), 0.01) == "reversed"
+    assert verdict((0.1, 0.05), 0.2).startswith("inconclusive (Holm-adjusted p = 0.2")
+    assert verdict((0.1, math.nan), math.nan).startswith("one seed")
+    assert verdict(None, math.nan) == "not measured"
+    assert ruled_out((0.02, 0.03), 100, " points") == \
+        "the CI rules out an effect in the paper's direction above 5 points, and one against it beyond 1 points"
+    assert ruled_out((-0.05, 0.01), 100, " points") == \
+        "the CI rules out any effect in the paper's direction, and one against it beyond 6 points"
 
 
 def _fake_run(folder, pipeline, seed, before, after, grad_norms, with_stage1=True, self_advantages=()):
     """A finished run folder as `run` writes it: eval.json and metrics.jsonl."""
     metrics = {"accuracy": 0.0, "pass@1": 0.0, "pass@2": 0.0, "entropy": 1.0}
-    evals = {"base": {"test": dict(metrics)}}
+    evals = {"base": {"test": dict(metrics), "ood": dict(metrics)}}
     lines = []
     if with_stage1:
-        evals["stage1"] = {"test": metrics | {"accuracy": before, "pass@2": before + 0.1, "entropy": 2.0 + seed}}
+        evals["stage1"] = {"test": metrics | {"accuracy": before, "pass@1": before - 0.1, "pass@2": before + 0.1,
+                                              "entropy": 2.0 + seed}, "ood": dict(metrics)}
         lines += [{"stage": "stage1", "step": i + 1, "grad_norm": g, "entropy": 1.0 + i} for i, g in enumerate(grad_norms)]
         for line, advantage in zip(lines, self_advantages):  # GFT's self rows: A, and A x c half of it
             line |= {"advantage/self": advantage, "advantage_coefficient/self": advantage and advantage / 2,
                      "rectified_fraction/self": 0.5}
-    evals["grpo"] = {"test": metrics | {"accuracy": after, "pass@2": after + 0.1}}
+    evals["grpo"] = {"test": metrics | {"accuracy": after, "pass@1": after - 0.1, "pass@2": after + 0.1},
+                     "ood": metrics | {"pass@1": after / 2}}
     lines += [{"stage": "grpo", "step": 1, "grad_norm": 0.1},
               {"stage": "grpo", "step": 2, "grad_norm": 0.1, "eval/test/accuracy": (before + after) / 2}]
     folder.mkdir(parents=True)
@@ -98,9 +121,18 @@ def test_summary_per_pipeline_and_paired_claims(runs):
 def test_report_files_open_offline(runs, tmp_path):
     report = write_report(runs, tmp_path / "report", "test", 2, "gft compare --seeds 2")
     text = report.read_text()
-    assert "| gft | 2 | 45.0 ± " in text and "| grpo | 1 | 0.0 |" in text  # pipeline, seeds, accuracy
+    assert "| gft | 2 | 60.0 ± " in text and "| grpo | 1 | 0.0 |" in text  # pipeline, seeds, primary metric
     assert "the seeds column says how many each pipeline ran" in text
-    assert "GFT -> GRPO beats SFT -> GRPO (accuracy after GRPO): **reproduced** (difference 0.2 ± " in text and ", 2 seeds)" in text
+    # claim 1: differences 0.2, 0.2 (p 0); grad-norm: 7, 4 (t = 5.5 / (2.121 / sqrt 2) on 1 degree of freedom,
+    # p = 1 - 2 atan(t) / pi = 0.17, Holm x2); entropy: 0, 0 (p 1)
+    assert "GFT -> GRPO beats SFT -> GRPO (sampled pass@1 after GRPO): **reproduced** (difference 0.2 ± " in text
+    assert "2 seeds, p = 0; the CI rules out an effect in the paper's direction above 20 points, and any effect " \
+           "against it)" in text
+    p_grad = 1 - 2 * math.atan(5.5 / (math.sqrt(4.5) / math.sqrt(2))) / math.pi
+    assert f"lower than SFT's (SFT minus GFT): **inconclusive (Holm-adjusted p = {2 * p_grad:.2g})**" in text
+    claims = json.loads((tmp_path / "report" / "summary.json").read_text())["claims"]
+    assert [c["p_holm"] for c in claims] == pytest.approx([0.0, 1.0, 2 * p_grad])
+    assert "## The `ood` split (secondary)" in text and "| gft | 2 | 35.0 ± " in text  # ood pass@1: 0.3, 0.4
     for name in ("accuracy", "entropy", "grad_norm", "pass_at_k", "drift"):
         assert (tmp_path / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     html = (tmp_path / "report" / "report.html").read_text()
