@@ -174,10 +174,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from pipeline.driver import run as run_module
     from pipeline.recipe.config import load_recipe
     from pipeline.tools.compare import (
+        SweepSettings,
         choose_lrs,
         execute,
         plan,
-        plan_sweep,
         seeds_per_pipeline,
         shared_inputs,
     )
@@ -195,6 +195,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError(f"--sweep-lr: expected comma-separated learning rates > 0, got {args.sweep_lr!r}")
     if args.eval_every < 0 or (sweep_lrs and args.val_prompts < 1):
         raise ConfigError("--eval-every must be >= 0 and --val-prompts >= 1")
+    sweep = SweepSettings(args.sweep_seeds, args.sweep_extensions)
+    if sweep_lrs and (sweep.seeds < 1 or sweep.extensions < 0):
+        raise ConfigError("--sweep-seeds must be >= 1 and --sweep-extensions >= 0")
+    shared = sorted(set(sweep.seed_list) & {s for wanted in seeds.values() for s in wanted})
+    if sweep_lrs and shared:
+        raise ConfigError(f"seeds {shared} are both sweep seeds (from {sweep.seed_list[0]}) and evaluation seeds: "
+                          "a rate must not be chosen on the runs that evaluate it")
     inputs = shared_inputs(recipe, cache, args.val_prompts if sweep_lrs else 0)
 
     def run(config, **settings):
@@ -206,9 +213,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     choices = None
     if sweep_lrs:
-        sweep = plan_sweep(recipe, list(seeds), sweep_lrs, recipe.seed, cache, inputs)
-        execute(sweep, cache, run)
-        choices = choose_lrs(sweep, cache)
+        choices = choose_lrs(recipe, list(seeds), sweep_lrs, sweep, cache, inputs, run)
     lrs = {name: choice.lr for name, choice in choices.items()} if choices else None
     experiment = plan(recipe, seeds, args.eval_every, cache, inputs, lrs)
     folders = execute(experiment, cache, run)
@@ -311,7 +316,7 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _add_compare_parser(commands) -> None:
-    from pipeline.tools.compare import DEFAULT_PIPELINES, PIPELINES
+    from pipeline.tools.compare import DEFAULT_PIPELINES, PIPELINES, SWEEP_FIRST_SEED
 
     parser = commands.add_parser("compare", help="RL compatibility: GRPO from several initialisations, over seeds")
     parser.add_argument("recipe", nargs="?", help="recipe ending in stage 1 then grpo (default: the embedded default)")
@@ -321,8 +326,14 @@ def _add_compare_parser(commands) -> None:
                              "instead of --seeds (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per pipeline (default: %(default)s)")
     parser.add_argument("--sweep-lr", metavar="LR,LR,...",
-                        help="give each method the stage-1 learning rate, of these, that does best on prompts held "
-                             "out of the training data (first seed), then run it")
+                        help="give each method the stage-1 learning rate, of these (and of those added beyond an "
+                             "edge where the best lies there), whose pipeline scores best on val after GRPO, then "
+                             "run it")
+    parser.add_argument("--sweep-seeds", type=int, default=2,
+                        help=f"seeds per rate of the sweep, from {SWEEP_FIRST_SEED} (default: %(default)s)")
+    parser.add_argument("--sweep-extensions", type=int, default=2,
+                        help="rates added at most beyond each edge of the grid, each 4x past it, while the best "
+                             "rate lies at that edge (default: %(default)s)")
     parser.add_argument("--val-prompts", type=int, default=512,
                         help="size of the val split --sweep-lr chooses on, sharing no problem with training: "
                              "the embedded task's held-out problems, or distinct training prompts held out "

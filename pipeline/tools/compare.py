@@ -9,11 +9,13 @@ Every run is cached under a hash of its full config and of the code that compute
 folder holding ``eval.json`` is finished (``run`` writes it last), so calling again with the same
 code reuses it and trains nothing.
 
-A fair comparison gives each method its own learning rate: with ``sweep_lrs``, a ``val`` split
-that shares no problem with any training file is made (:func:`shared_inputs`): the embedded
-task holds whole problems out of train and test alike, user data distinct prompts; each
-stage-1 method runs at every rate for the first seed, and the rate whose stage-1 policy answers
-most ``val`` prompts greedily (the smaller rate on a tie) is the one its runs use, GRPO included.
+A fair comparison gives each method its own learning rate, chosen for what the experiment asks
+about, the end of RL (:func:`choose_lrs`): a ``val`` split that shares no problem with any
+training file is made (:func:`shared_inputs`: the embedded task holds whole problems out of
+train and test alike, user data distinct prompts); each method's whole pipeline, stage 1 then
+GRPO, runs at every rate of a grid for sweep seeds apart from the evaluation seeds, the grid is
+extended while its best rate lies at an edge, and the smallest rate within one standard error of
+the best ``val`` score is the one its runs use.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ VAL_SPLIT = "val"
 VAL_FRACTION = 0.1  # of the embedded task's problems, held out for val where its recipe holds none out
 COMPUTING_LIBRARIES = ("torch", "transformers", "numpy", "pyarrow")
 ROOT = Path(__file__).resolve().parents[2]  # the project, holding pipeline/ and workers/
+SWEEP_FIRST_SEED = 1000  # the sweep's seeds start here, apart from any evaluation seed
+EXTENSION_FACTOR = 4.0  # a rate added beyond an edge of the grid: this far past it
+LR_LIMITS = (1e-8, 1e-1)  # no rate is tried outside these
 
 
 def _stage_one(algorithm: str, group: Callable[[StageConfig], GroupConfig], **settings):
@@ -92,10 +97,28 @@ class Inputs:
 
 @dataclass
 class LrChoice:
-    """A method's learning rate, and why: the ``val`` accuracy after stage 1 at every rate tried."""
+    """A method's learning rate, and why: at every rate tried, the mean over the sweep seeds of
+    ``val`` pass@1 after the GRPO stage and its standard error; ``bracketed``: whether the best
+    rate has a rate tried on either side (False: it is at an edge the extensions could not pass)."""
 
     lr: float
-    val_accuracy: dict[float, float]
+    scores: dict[float, tuple[float, float]]
+    bracketed: bool
+    seeds: list[int]
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """How rates are chosen: ``seeds`` sweep seeds per rate (from SWEEP_FIRST_SEED, apart from the
+    evaluation seeds), and up to ``extensions`` rates added beyond each edge of the grid, each
+    EXTENSION_FACTOR past the last, while the best rate lies at that edge."""
+
+    seeds: int = 2
+    extensions: int = 2
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(SWEEP_FIRST_SEED, SWEEP_FIRST_SEED + self.seeds))
 
 
 @functools.cache
@@ -280,38 +303,84 @@ def plan(recipe: RunConfig, seeds: dict[str, list[int]], eval_every: int, cache:
     return experiment
 
 
-def plan_sweep(recipe: RunConfig, pipelines: list[str], lrs: list[float], seed: int, cache: Path,
+def plan_sweep(recipe: RunConfig, grids: dict[str, list[float]], seeds: list[int], cache: Path,
                inputs: Inputs) -> Experiment:
-    """Stage 1 alone of every pipeline that has one, at every rate in ``lrs``, for ``seed``,
-    evaluated on the held-out ``val`` split only."""
-    _check_pipelines(pipelines)
+    """Every pipeline of ``grids`` that has a stage 1, at each of its rates, for each of ``seeds``:
+    stage 1 then the recipe's GRPO stage, as the main runs do, evaluated on the ``val`` split only."""
+    _check_pipelines(list(grids))
     if inputs.val is None:
-        raise ConfigError("a learning-rate sweep needs prompts held out of the training data (--val-prompts)")
-    _, stage_one, _ = _split_recipe(recipe)
+        raise ConfigError("a learning-rate sweep needs a val split (--val-prompts)")
+    _, stage_one, grpo = _split_recipe(recipe)
     base, model = _base(recipe, inputs, cache)
     experiment = Experiment(base=base)
-    for name in pipelines:
+    for name, lrs in grids.items():
         if PIPELINES[name] is None:
             continue
         for lr in lrs:
-            config = _with_inputs(recipe, model, inputs.train, {VAL_SPLIT: inputs.val})
-            config.name, config.seed = f"sweep-{name}-lr{lr:g}", seed
-            config.eval.splits = [VAL_SPLIT]
-            config.stages = [replace(PIPELINES[name](stage_one), name="stage1", lr=lr, eval_every=0)]
-            validate_stages(config)
-            experiment.runs[(name, lr)] = config
+            for seed in seeds:
+                config = _with_inputs(recipe, model, inputs.train, {VAL_SPLIT: inputs.val})
+                config.name, config.seed = f"sweep-{name}-lr{lr:g}-seed{seed}", seed
+                config.eval.splits = [VAL_SPLIT]
+                config.stages = [replace(PIPELINES[name](stage_one), name="stage1", lr=lr, eval_every=0),
+                                 replace(grpo, name="grpo", eval_every=0)]
+                validate_stages(config)
+                experiment.runs[(name, lr, seed)] = config
     return experiment
 
 
-def choose_lrs(sweep: Experiment, cache: Path) -> dict[str, LrChoice]:
-    """Each pipeline's rate with the highest ``val`` greedy accuracy after stage 1 (the smaller
-    rate on a tie), from the finished sweep runs."""
-    accuracy: dict[str, dict[float, float]] = {}
-    for (name, lr), config in sweep.runs.items():
-        evals = json.loads((run_folder(cache, config) / "eval.json").read_text())["evals"]
-        accuracy.setdefault(name, {})[lr] = evals["stage1"][VAL_SPLIT]["accuracy"]
-    return {name: LrChoice(max(sorted(scores), key=lambda lr: (scores[lr], -lr)), scores)
-            for name, scores in accuracy.items()}
+def sweep_scores(sweep: Experiment, cache: Path) -> dict[str, dict[float, tuple[float, float]]]:
+    """Per pipeline, per rate: the mean over the sweep's seeds of ``val`` pass@1 after GRPO (the
+    primary metric; greedy accuracy where no samples were drawn), and its standard error."""
+    values: dict[str, dict[float, list[float]]] = {}
+    for (name, lr, _), config in sweep.runs.items():
+        metrics = json.loads((run_folder(cache, config) / "eval.json").read_text())["evals"]["grpo"][VAL_SPLIT]
+        values.setdefault(name, {}).setdefault(lr, []).append(metrics.get("pass@1", metrics["accuracy"]))
+    return {name: {lr: (float(np.mean(v)), float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0)
+                   for lr, v in sorted(rates.items())} for name, rates in values.items()}
+
+
+def best_rate(scores: dict[float, tuple[float, float]]) -> float:
+    """The rate with the highest mean score."""
+    return max(sorted(scores), key=lambda lr: scores[lr][0])
+
+
+def choose_rate(scores: dict[float, tuple[float, float]]) -> float:
+    """The tie rule: the smallest rate whose mean lies within one standard error of the best's."""
+    best_mean, best_error = scores[best_rate(scores)]
+    return min(lr for lr, (mean, _) in scores.items() if mean >= best_mean - best_error)
+
+
+def extend_grid(grid: list[float], best: float, added: dict[str, int], limit: int) -> float | None:
+    """The rate to add where ``best`` is at an edge of ``grid`` and that side has had fewer than
+    ``limit`` additions (counted in ``added``), within LR_LIMITS; None where none is."""
+    for side, edge, rate in (("low", min(grid), min(grid) / EXTENSION_FACTOR),
+                             ("high", max(grid), max(grid) * EXTENSION_FACTOR)):
+        if best == edge and added[side] < limit and LR_LIMITS[0] <= rate <= LR_LIMITS[1]:
+            added[side] += 1
+            return rate
+    return None
+
+
+def choose_lrs(recipe: RunConfig, pipelines: list[str], lrs: list[float], settings: SweepSettings, cache: Path,
+               inputs: Inputs, run: Callable[..., object]) -> dict[str, LrChoice]:
+    """Each method's rate, chosen for the end of RL: the sweep run over ``lrs`` (extended while the
+    best is at an edge, :class:`SweepSettings`), scored by :func:`sweep_scores`, then the tie rule."""
+    grids = {name: sorted(lrs) for name in pipelines if PIPELINES[name] is not None}
+    added = {name: {"low": 0, "high": 0} for name in grids}
+    while True:
+        sweep = plan_sweep(recipe, grids, settings.seed_list, cache, inputs)
+        execute(sweep, cache, run)
+        scores = sweep_scores(sweep, cache)
+        extended = {name: extend_grid(grids[name], best_rate(scores[name]), added[name], settings.extensions)
+                    for name in grids}
+        if not any(extended.values()):
+            break
+        for name, rate in extended.items():
+            if rate is not None:
+                grids[name] = sorted([*grids[name], rate])
+    return {name: LrChoice(choose_rate(scores[name]), scores[name],
+                           min(grids[name]) < best_rate(scores[name]) < max(grids[name]), settings.seed_list)
+            for name in grids}
 
 
 def execute(experiment: Experiment, cache: Path, run: Callable[..., object]) -> dict[tuple[str, int], Path]:

@@ -339,17 +339,22 @@ def _other_splits(runs: list[Run], split: str, k: int) -> list[str]:
 
 
 def _lr_section(choices: dict) -> list[str]:
-    """Which learning rate each method got, and the ``val`` accuracies it was chosen from."""
-    rates = sorted({lr for choice in choices.values() for lr in choice.val_accuracy})
-    lines = ["## Learning rates, chosen on held-out problems", "",
-             ("Each method's stage 1 ran at every rate (first seed) and was scored greedily on `val`, problems that "
-             "no training file holds (test is never used to choose). The rate with the highest `val` accuracy (the "
-             "smaller on a tie) is the one its runs above use."), "",
+    """Which learning rate each method got, and why: every rate tried with its ``val`` score."""
+    rates = sorted({lr for choice in choices.values() for lr in choice.scores})
+    seeds = sorted({seed for choice in choices.values() for seed in choice.seeds})
+    lines = ["## Learning rates, chosen for the end of RL on held-out problems", "",
+             (f"Each method's pipeline, stage 1 then GRPO, ran at every rate for seeds {seeds} (none of them an "
+              "evaluation seed) and was scored by pass@1 on `val`, problems that no training file holds, after "
+              "GRPO; shown in %, mean ± standard error over those seeds. The chosen rate is the smallest within "
+              "one standard error of the best; a grid whose best rate lay at an edge was extended past it (4x), "
+              "a limited number of times. Test is never used to choose."), "",
              "| pipeline | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | chosen |",
              "| --- |" + " --- |" * (len(rates) + 1)]
     for name, choice in choices.items():
-        cells = [f"{100 * choice.val_accuracy[lr]:.1f}" if lr in choice.val_accuracy else "-" for lr in rates]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {choice.lr:g} |")
+        cells = [f"{100 * choice.scores[lr][0]:.1f} ± {100 * choice.scores[lr][1]:.1f}" if lr in choice.scores
+                 else "-" for lr in rates]
+        edge = "" if choice.bracketed else " (the best at an edge of the grid: not bracketed)"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {choice.lr:g}{edge} |")
     return [*lines, ""]
 
 
@@ -398,7 +403,9 @@ def write_report(runs: list[Run], out: Path, split: str, k: int, command: str, l
         lines += [f"## {title}", "", f"![{title}]({path.name})", ""]
     markdown = "\n".join(lines)
     (out / "report.md").write_text(markdown)
-    chosen = {name: {"lr": c.lr, "val_accuracy": {f"{lr:g}": a for lr, a in c.val_accuracy.items()}}
+    chosen = {name: {"lr": c.lr, "bracketed": c.bracketed, "seeds": c.seeds,
+                     "val_pass@1_after_grpo": {f"{lr:g}": {"mean": m, "standard_error": e}
+                                               for lr, (m, e) in c.scores.items()}}
               for name, c in (lr_choices or {}).items()}
     (out / "summary.json").write_text(json.dumps({"split": split, "k": k, "table": table, "claims": judged,
                                                   "learning_rates": chosen}, indent=2))

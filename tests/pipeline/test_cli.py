@@ -28,6 +28,14 @@ def test_a_bad_override_is_refused_before_any_work_with_a_suggestion(capsys, tmp
     assert list(tmp_path.iterdir()) == []  # nothing was started or written
 
 
+def test_compare_refuses_a_sweep_seed_that_is_also_an_evaluation_seed_before_any_work(capsys, tmp_path):
+    code = main(["compare", "seed=999", "--seeds", "3", "--sweep-lr", "1e-4,1e-3", "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "seeds [1000, 1001] are both sweep seeds (from 1000) and evaluation seeds" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_missing_recipe_is_named(capsys):
     assert main(["run", "no/such/recipe.yaml"]) == 2
     assert "no/such/recipe.yaml does not exist" in capsys.readouterr().err

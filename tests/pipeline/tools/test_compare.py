@@ -13,12 +13,15 @@ from pipeline.core.errors import ConfigError
 from pipeline.recipe.config import GroupConfig, load_recipe
 from pipeline.tools.compare import (
     ROOT,
+    SweepSettings,
+    best_rate,
     check_val_unseen,
     choose_lrs,
+    choose_rate,
     code_hash,
     config_hash,
+    extend_grid,
     plan,
-    plan_sweep,
     prompt_text,
     run_folder,
     seeds_per_pipeline,
@@ -167,30 +170,56 @@ def test_a_val_file_that_repeats_a_training_prompt_is_refused_naming_file_row_an
         shared_inputs(recipe, tmp_path / "named", val_prompts=16)
 
 
-def test_a_sweep_runs_stage_one_alone_on_val_and_the_runs_take_each_methods_rate(tmp_path):
+def test_the_tie_rule_takes_the_smallest_rate_within_one_standard_error_of_the_best():
+    scores = {1e-5: (0.40, 0.02), 1e-4: (0.47, 0.01), 1e-3: (0.50, 0.04)}
+    assert best_rate(scores) == 1e-3 and choose_rate(scores) == 1e-4  # 0.47 >= 0.50 - 0.04; 0.40 is not
+    assert choose_rate({1e-4: (0.5, 0.0), 1e-3: (0.5, 0.0)}) == 1e-4  # an exact tie: the smaller
+
+
+def test_a_grid_is_extended_past_the_edge_where_the_best_lies_up_to_the_limit():
+    added = {"low": 0, "high": 0}
+    assert extend_grid([1e-4, 1e-3], 1e-3, added, limit=1) == pytest.approx(4e-3) and added == {"low": 0, "high": 1}
+    assert extend_grid([1e-4, 1e-3, 4e-3], 4e-3, added, limit=1) is None  # that side's limit reached
+    assert extend_grid([1e-4, 1e-3], 1e-4, added, limit=1) == pytest.approx(2.5e-5)
+    assert extend_grid([1e-4, 1e-3, 4e-3], 1e-3, {"low": 0, "high": 0}, limit=2) is None  # bracketed
+
+
+def test_rates_are_chosen_on_val_after_grpo_over_sweep_seeds_and_the_runs_take_them(tmp_path):
     recipe = load_recipe(None, SMALL)
     cache = tmp_path / "cache"
     inputs = shared_inputs(recipe, cache, val_prompts=16)
-    sweep = plan_sweep(recipe, ["grpo", "sft", "gft"], [1e-4, 1e-3], seed=0, cache=cache, inputs=inputs)
-    assert sorted(sweep.runs) == [("gft", 1e-4), ("gft", 1e-3), ("sft", 1e-4), ("sft", 1e-3)]  # grpo has no stage 1
-    for (_, lr), config in sweep.runs.items():
-        assert [(s.name, s.lr) for s in config.stages] == [("stage1", lr)]
-        assert config.eval.splits == ["val"] and config.data.eval_files == {"val": inputs.val}
-        assert config.data.train_files == inputs.train and config.seed == 0
+    settings = SweepSettings(seeds=2, extensions=1)
 
-    # sweep results, as the runs would leave them: sft ties at both rates, gft is best at 1e-3
-    accuracy = {("sft", 1e-4): 0.5, ("sft", 1e-3): 0.5, ("gft", 1e-4): 0.25, ("gft", 1e-3): 0.75}
-    for key, config in sweep.runs.items():
-        folder = run_folder(cache, config)
-        folder.mkdir(parents=True)
-        (folder / "eval.json").write_text(json.dumps({"evals": {"stage1": {"val": {"accuracy": accuracy[key]}}}}))
-    choices = choose_lrs(sweep, cache)
-    assert {name: choice.lr for name, choice in choices.items()} == {"sft": 1e-4, "gft": 1e-3}  # a tie: the smaller
-    assert choices["gft"].val_accuracy == {1e-4: 0.25, 1e-3: 0.75}
+    # val pass@1 after GRPO as the runs would leave it: sft best at 1e-4, within one standard error
+    # of 1e-3; gft rising with the rate, so its grid grows past 1e-3 once, to 4e-3, and stops there
+    truth = {"sft": {1e-4: 0.50, 1e-3: 0.49, 2.5e-5: 0.2}, "gft": {1e-4: 0.25, 1e-3: 0.5, 4e-3: 0.75}}
+    ran = []
+
+    def run(config, run_dir, **_):
+        run_dir.mkdir(parents=True)
+        if config.name == "base":  # the shared warm-up, run once
+            (run_dir / "eval.json").write_text("{}")
+            return
+        name, seed, (stage_one, grpo) = config.name.split("-")[1], config.seed, config.stages
+        ran.append((name, stage_one.lr, seed))
+        assert (stage_one.name, grpo.name, grpo.lr) == ("stage1", "grpo", recipe.stage("grpo").lr)  # the whole pipeline
+        assert config.eval.splits == ["val"] and config.data.eval_files == {"val": inputs.val}
+        assert config.data.train_files == inputs.train and seed in (1000, 1001)
+        score = truth[name][stage_one.lr] + (0.01 if seed == 1000 else -0.01)
+        (run_dir / "eval.json").write_text(json.dumps({"evals": {"grpo": {"val": {"pass@1": score, "accuracy": 0}}}}))
+
+    choices = choose_lrs(recipe, ["grpo", "sft", "gft"], [1e-4, 1e-3], settings, cache, inputs, run)
+    assert sorted({(name, lr) for name, lr, _ in ran}) == [  # grpo has no stage 1; sft's best is inside
+        ("gft", 1e-4), ("gft", 1e-3), ("gft", 4e-3), ("sft", 2.5e-5), ("sft", 1e-4), ("sft", 1e-3)]
+    assert len(ran) == 12  # each (method, rate) once per sweep seed: the cache answers the second round
+    assert choices["sft"].lr == 1e-4 and choices["sft"].bracketed
+    assert choices["gft"].lr == 4e-3 and not choices["gft"].bracketed  # at the edge the limit stopped
+    assert choices["gft"].scores[1e-3] == pytest.approx((0.5, 0.01))  # mean and standard error over 2 seeds
+    assert choose_lrs(recipe, ["sft", "gft"], [1e-4, 1e-3], settings, cache, inputs, run) == choices
+    assert len(ran) == 12  # all from the cache
 
     experiment = plan(recipe, {p: [0, 1] for p in ("grpo", "sft", "gft")}, 25, cache, inputs,
                       {n: c.lr for n, c in choices.items()})
-    assert experiment.base == sweep.base  # one base, trained on the same rows
-    assert experiment.runs[("gft", 1)].stages[0].lr == 1e-3 and experiment.runs[("sft", 0)].stages[0].lr == 1e-4
+    assert experiment.runs[("gft", 1)].stages[0].lr == 4e-3 and experiment.runs[("sft", 0)].stages[0].lr == 1e-4
     assert experiment.runs[("gft", 0)].stages[1] == replace(recipe.stage("grpo"), name="grpo", eval_every=25)
     assert "val" not in experiment.runs[("gft", 0)].data.eval_files
