@@ -374,6 +374,24 @@ def load_prompts(
     return read_prompt_file(path, tokenizer, max_prompt_length, split, reward_fn_key=reward_fn_key).records
 
 
+SHARE_STREAM = 7_919  # the share's draw, apart from the sampler's epochs (seeded with [seed, epoch])
+
+
+def prompt_share(records: list[PromptRecord], fraction: float, seed: int) -> list[PromptRecord]:
+    """``fraction`` of the distinct prompts of ``records`` (at least one), every record of each,
+    in file order: which ones is drawn from ``seed``, so every method run with a seed sees the
+    same share, and another seed another; a seed's smaller shares lie within its larger ones."""
+    if fraction >= 1:
+        return records
+    rows_of: dict[tuple[int, ...], list[int]] = {}
+    for index, record in enumerate(records):
+        rows_of.setdefault(tuple(record.prompt_ids), []).append(index)
+    prompts = list(rows_of.values())
+    count = max(1, round(fraction * len(prompts)))
+    chosen = np.random.default_rng([seed, SHARE_STREAM]).permutation(len(prompts))[:count]
+    return [records[i] for i in sorted(i for p in chosen for i in prompts[p])]
+
+
 class PromptSampler:
     """Seeded epoch-wise shuffling; ``position`` (epoch, offset) is what a resume restores."""
 

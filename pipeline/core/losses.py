@@ -1,4 +1,4 @@
-"""Policy losses: GFT with Dynamic Coefficient Rectification, its SFT/DFT special cases, and GRPO.
+"""Policy losses: GFT with Dynamic Coefficient Rectification, its SFT/DFT special cases, GRPO and CHORD.
 
 Every loss is a pure function of per-token log-probs, advantages and a response mask and returns
 ``(scalar_loss, metrics)``. Shapes: ``log_probs``, ``advantages``, ``response_mask`` are all
@@ -15,6 +15,7 @@ registry is ``pipeline.tools.verl_gft``.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -208,3 +209,68 @@ def grpo_loss(
         loss = loss + kl_coef * kl_loss
         metrics["kl_loss"] = kl_loss.item()
     return loss, metrics
+
+
+def chord_mu(step: int, steps: int, peak: float, valley: float, warmup_steps: int = 0,
+             decay_steps: int | None = None) -> float:
+    """CHORD's weight of the SFT term at ``step`` (1-based) of a stage of ``steps``: a linear ramp
+    from 0 to ``peak`` over ``warmup_steps``, then a cosine from ``peak`` down to ``valley`` over
+    ``decay_steps`` (None: the rest of the stage), then ``valley``. ``peak == valley`` with no
+    warm-up is a constant (CHORD-phi's setting)."""
+    done = step - 1  # steps before this one
+    if done < warmup_steps:
+        return peak * done / warmup_steps
+    decay = steps - warmup_steps if decay_steps is None else decay_steps
+    if decay <= 0 or done - warmup_steps >= decay:
+        return valley
+    cosine = 0.5 * (1.0 + math.cos(math.pi * (done - warmup_steps) / decay))
+    return valley + (peak - valley) * cosine
+
+
+def chord_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    expert_mask: torch.Tensor,
+    mu: float,
+    phi: bool = False,
+    clip_ratio: float = 0.2,
+    kl_coef: float = 0.0,
+    ref_log_probs: torch.Tensor | None = None,
+    behaviour_log_probs: torch.Tensor | None = None,
+    behaviour_weight_cap: float = 2.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """CHORD (arXiv 2508.11408): ``(1 - mu) * GRPO + mu * SFT`` in one stage, GRPO on the policy's
+    own rows and SFT on the expert's. Each term is a token mean over its own rows' tokens (as the
+    authors' Trinity-RFT implementation takes them); a term without tokens here is 0.
+
+    Args:
+        log_probs, old_log_probs, advantages, response_mask: as for :func:`grpo_loss`, ``[B, T]``;
+            ``advantages`` are read on the policy's own rows only.
+        expert_mask: ``[B, T]`` bool, True on the expert rows' tokens (the SFT term's).
+        mu: the SFT term's weight in [0, 1] (:func:`chord_mu`).
+        phi: CHORD-phi: each expert token's NLL weighted by ``sg(p (1 - p))``, which is largest
+            where the policy is unsure (p = 1/2) and vanishes where it already agrees (p -> 1) or
+            is far from the expert (p -> 0).
+        clip_ratio, kl_coef, ref_log_probs, behaviour_log_probs, behaviour_weight_cap: the GRPO
+            term's, as for :func:`grpo_loss`.
+    """
+    mask = response_mask.to(log_probs.dtype)
+    expert = expert_mask.to(mask.dtype) * mask
+    own = mask - expert
+    metrics: Metrics = {"chord_mu": float(mu)}
+    if own.sum() > 0:
+        rl, rl_metrics = grpo_loss(log_probs, old_log_probs, advantages, own, clip_ratio, kl_coef, ref_log_probs,
+                                   behaviour_log_probs, behaviour_weight_cap)
+        metrics.update(rl_metrics)
+    else:  # verl's token mean over no token is NaN
+        rl = (log_probs * 0.0).sum()
+    weights = torch.ones_like(log_probs)
+    if phi:
+        probs = log_probs.detach().exp()
+        weights = probs * (1.0 - probs)
+        metrics["phi_mean"] = _token_mean(weights, expert).item()
+    sft = _token_mean(-weights * log_probs, expert)
+    metrics["rl_loss"], metrics["sft_loss"] = rl.item(), sft.item()
+    return (1.0 - mu) * rl + mu * sft, metrics

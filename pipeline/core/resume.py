@@ -58,6 +58,8 @@ class Progress:
     policy_version: int = 0
     stage_start: str = ""  # the checkpoint the stage started from: its policy and KL reference
     sampler: tuple[int, int] = (0, 0)  # the prompt sampler's (epoch, offset)
+    # the (epoch, offset) of each stage that draws from a share of the prompts (``data_fraction``)
+    stage_samplers: dict[str, tuple[int, int]] = field(default_factory=dict)
     evals: dict[str, dict] = field(default_factory=dict)  # policy -> split -> metrics
     checkpoints: dict[str, str] = field(default_factory=dict)  # stage -> its final checkpoint
     metrics_bytes: int = 0  # length of metrics.jsonl up to this point
@@ -142,6 +144,7 @@ def _read_point(folder: Path) -> tuple[ResumePoint | None, str]:
                 return None, f"{name} is missing or not {size} bytes"
         progress = Progress(**state["progress"])
         progress.sampler = tuple(progress.sampler)
+        progress.stage_samplers = {name: tuple(position) for name, position in progress.stage_samplers.items()}
         return ResumePoint(folder, progress), ""
     except (OSError, ValueError, KeyError, TypeError) as err:
         return None, f"{STATE_FILE} unreadable: {err}"

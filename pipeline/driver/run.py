@@ -25,7 +25,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from pipeline.core.batch import OFF_POLICY_SOURCES
-from pipeline.core.data import PromptRecord, PromptSampler, read_prompt_file
+from pipeline.core.data import PromptRecord, PromptSampler, prompt_share, read_prompt_file
 from pipeline.core.errors import DiskFull, PolicyNotFinite, RoleFailed, StopRequested, TrainingStopped
 from pipeline.core.files import atomic_path, write_json_lines
 from pipeline.core.metric_sinks import MetricSink, MlflowSink, TensorBoardSink, WandbSink
@@ -167,6 +167,7 @@ class _Driver:
         self.progress = start.progress if start else Progress(stage_start=inputs.base_model)
         self.sampler = PromptSampler(inputs.train_records, config.seed)
         self.sampler.seek(*self.progress.sampler)
+        self.share_samplers: dict[str, PromptSampler] = {}  # stage -> its sampler over its share of the prompts
         self.ahead: _Ahead | None = None
         kept = read_next_rollout(start) if start and config.rollout.max_staleness else None
         if kept is not None:  # the point's next step was sampled already, on the weights before it
@@ -274,7 +275,8 @@ class _Driver:
         if ahead is not None and ahead.records is not None:
             records, position = ahead.records, ahead.position
         else:
-            records, position = self.sampler.next(stage.prompts_per_step), self.sampler.position
+            sampler = self.sampler_for(stage)
+            records, position = sampler.next(stage.prompts_per_step), sampler.position
             if ahead is not None and not kept_rollout_fits(ahead, self_sampling(stage, config), records):
                 logger.warning("stage %s step %d: the rollout the resume point kept for it was sampled with other "
                                "settings (%s) or prompts than the recipe now asks for; sampling it again",
@@ -285,9 +287,13 @@ class _Driver:
         metrics = train_step(self.roles, stage, records, config, seed=self.seed(p.global_step), batch_dump=dump,
                              measure_kl=bool(stage.kl_every) and step % stage.kl_every == 0,
                              sampled=self.wait_for(ahead) if ahead is not None else None,
-                             start_next=functools.partial(self.start_ahead, stage) if ahead_of_next else None)
+                             start_next=functools.partial(self.start_ahead, stage) if ahead_of_next else None,
+                             step=step)
         p.step, p.global_step, p.policy_version = step, p.global_step + 1, int(metrics["policy_version"])
-        p.sampler = position
+        if stage.data_fraction < 1:
+            p.stage_samplers[stage.name] = position
+        else:
+            p.sampler = position
         for source in OFF_POLICY_SOURCES:
             p.short_groups[source] = p.short_groups.get(source, 0) + int(metrics.get(f"short_groups/{source}", 0))
         if stage.eval_every and step % stage.eval_every == 0 and step < stage.steps:
@@ -306,9 +312,21 @@ class _Driver:
 
     def start_ahead(self, stage: StageConfig) -> None:
         """Start the next step's rollout now, on the weights the coming update will replace."""
-        records, sampling = self.sampler.next(stage.prompts_per_step), self_sampling(stage, self.config)
+        sampler = self.sampler_for(stage)
+        records, sampling = sampler.next(stage.prompts_per_step), self_sampling(stage, self.config)
         call = self.roles.start_rollout(records, sampling, self.seed(self.progress.global_step + 1), ahead=True)
-        self.ahead = _Ahead(records, self.sampler.position, sampling, call=call)
+        self.ahead = _Ahead(records, sampler.position, sampling, call=call)
+
+    def sampler_for(self, stage: StageConfig) -> PromptSampler:
+        """The run's sampler, or, for a stage that draws from a share of the prompts, its own,
+        where its last step left it."""
+        if stage.data_fraction >= 1:
+            return self.sampler
+        if stage.name not in self.share_samplers:
+            share = prompt_share(self.inputs.train_records, stage.data_fraction, self.config.seed)
+            sampler = self.share_samplers[stage.name] = PromptSampler(share, self.config.seed)
+            sampler.seek(*self.progress.stage_samplers.get(stage.name, (0, 0)))
+        return self.share_samplers[stage.name]
 
     def wait_for(self, ahead: _Ahead) -> Callable[[], tuple[pa.RecordBatch, dict]]:
         """The rows of ``ahead``, waited for when asked."""

@@ -81,13 +81,14 @@ def group_metrics(batch: pa.RecordBatch) -> dict[str, float]:
 
 def step_advantages(batch: pa.RecordBatch, stage: StageConfig) -> np.ndarray:
     """``[rows]`` advantages of a scored batch: for an algorithm with group advantages (GFT,
-    GRPO), rewards normalised over each prompt's rows (or, ``advantage_groups:
-    prompt_and_source``, each source's rows of it apart); otherwise 1 (SFT and DFT weigh every
-    imitated token equally)."""
-    if not ALGORITHMS[stage.algorithm].group_advantages:
+    GRPO, CHORD), rewards normalised over each prompt's rows (or, ``advantage_groups:
+    prompt_and_source``, each source's rows of it apart; CHORD always); otherwise 1 (SFT and DFT
+    weigh every imitated token equally)."""
+    algorithm = ALGORITHMS[stage.algorithm]
+    if not algorithm.group_advantages:
         return np.ones(batch.num_rows, dtype=np.float32)
     groups = batch.column("group_id").to_pylist()
-    if stage.advantage_groups == "prompt_and_source":
+    if (algorithm.advantage_groups or stage.advantage_groups) == "prompt_and_source":
         groups = [f"{group}/{source}" for group, source in zip(groups, batch.column("source").to_pylist())]
     return np.asarray(group_advantages(batch.column("reward").to_numpy(), groups))
 
@@ -120,12 +121,14 @@ def train_step(
     measure_kl: bool = False,
     sampled: Callable[[], tuple[pa.RecordBatch, dict]] | None = None,
     start_next: Callable[[], None] | None = None,
+    step: int = 1,
 ) -> dict[str, float]:
     """One step: group -> rewards -> advantages -> learner update -> weights to the rollout.
     ``measure_kl``: log the KL to the stage's start policy even where the loss does not need it.
     ``sampled``: this step's self rows, sampled while the step before trained (rollout.max_staleness
     1), instead of sampling them now. ``start_next``: called once the step has its rows: starts the
-    next step's rollout, which then samples on the weights from before this step's update."""
+    next step's rollout, which then samples on the weights from before this step's update.
+    ``step``: the step's number in its stage (1-based), for an objective that changes over it."""
     started, restarts = time.perf_counter(), roles.restarts
     parts, metrics = [], {}
     clock = _PhaseClock(metrics)
@@ -166,7 +169,7 @@ def train_step(
 
     clock.lap("advantage")
     algorithm = ALGORITHMS[stage.algorithm]
-    settings = UpdateSettings(objective_for(stage), stage.updates_per_batch, stage.micro_batch_tokens,
+    settings = UpdateSettings(objective_for(stage, step), stage.updates_per_batch, stage.micro_batch_tokens,
                               with_reference=measure_kl or algorithm.needs_reference(stage),
                               with_old_log_probs=algorithm.old_log_probs,
                               with_behaviour=ahead and algorithm.old_log_probs)

@@ -26,6 +26,7 @@ RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 DEFAULT_RECIPE = RECIPES_DIR / "default.yaml"
 STAGE_KINDS = (*ALGORITHMS, "eval")  # an eval stage trains nothing: it evaluates the policy so far
 ADVANTAGE_GROUPS = ("prompt", "prompt_and_source")
+SFT_TOKEN_WEIGHTS = ("uniform", "phi")  # chord's expert tokens: CHORD-mu, CHORD-phi
 EMBEDDED = "embedded"
 SHORT_GROUPS = ("refuse", "allow")
 PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")  # torch.load would run code a file carries
@@ -176,9 +177,12 @@ class EvalConfig:
 @dataclass
 class StageConfig:
     name: str
-    algorithm: str  # sft | dft | gft | grpo | eval
+    algorithm: str  # sft | dft | gft | grpo | chord | eval
     steps: int = bounded(0, low=0)
     prompts_per_step: int = bounded(16, low=1)
+    # the share of the training prompts the stage draws from (distinct prompts, drawn by the run's
+    # seed; every record of each): the same steps then repeat fewer prompts more often
+    data_fraction: float = bounded(1.0, above=0, high=1)
     group: GroupConfig = field(default_factory=GroupConfig)
     lr: float = bounded(1e-6, low=0)
     weight_decay: float = bounded(0.0, low=0)
@@ -196,6 +200,15 @@ class StageConfig:
     # grpo on stale rows (rollout.max_staleness 1): the cap of each token's pi_prox / pi_behaviour
     # weight (verl's rollout_is_threshold)
     behaviour_weight_cap: float = bounded(2.0, low=1)
+    # chord: the SFT term's weight mu, ramped from 0 to mu_peak over mu_warmup_steps, then a cosine
+    # from mu_peak down to mu_valley over mu_decay_steps (None: the rest of the stage); the expert
+    # tokens' NLL weighted alike (uniform, CHORD-mu) or by sg(p (1 - p)) (phi, CHORD-phi). The
+    # defaults are CHORD-mu's in the authors' Trinity-RFT example (examples/mix_chord)
+    mu_peak: float = bounded(0.9, low=0, high=1)
+    mu_valley: float = bounded(0.05, low=0, high=1)
+    mu_warmup_steps: int = bounded(0, low=0)
+    mu_decay_steps: int | None = bounded(None, low=0)
+    sft_token_weight: str = "uniform"
     # optimizer steps per batch (mini-batches); >1 makes clipping bite
     updates_per_batch: int = bounded(1, low=1, high=MAX_GROUP)
     # learner forward/backward budget per micro-batch (packed, padding-free): bounds activation memory;
@@ -311,6 +324,8 @@ def validate_stages(config: RunConfig) -> None:
         _check(not unknown, f"{where}.dcr_sources: {unknown} are not sources; the sources are {list(SOURCES)}")
         _check(stage.advantage_groups in ADVANTAGE_GROUPS,
                f"{where}.advantage_groups: {stage.advantage_groups!r} is not one of {', '.join(ADVANTAGE_GROUPS)}")
+        _check(stage.sft_token_weight in SFT_TOKEN_WEIGHTS,
+               f"{where}.sft_token_weight: {stage.sft_token_weight!r} is not one of {', '.join(SFT_TOKEN_WEIGHTS)}")
 
 
 def _validate_group(stage: StageConfig, where: str) -> None:
@@ -323,6 +338,10 @@ def _validate_group(stage: StageConfig, where: str) -> None:
                "rows only")
     size = group.expert + group.teacher + group.self
     _check(size > 0, f"{where}.group: group size is 0")
+    if algorithm.name == "chord":
+        _check(group.expert >= 1 and group.self >= 2,
+               f"{where}.group: chord imitates the expert and compares the policy's own samples with each other: "
+               f"it needs expert >= 1 and self >= 2, it has expert {group.expert} and self {group.self}")
     _check(size >= algorithm.min_group, f"{where}.group: {algorithm.name} normalises rewards within a prompt's group, "
                                         f"which needs {algorithm.min_group} rows or more; it has {size}")
 

@@ -3,7 +3,8 @@
 A recipe whose stages end in ``<stage 1>, grpo`` defines the experiment. The stages before stage 1
 make the shared *base* (the embedded default's SFT warm-up), run once. Each pipeline then runs
 its own stage 1 from that base (SFT, DFT, GFT, ... with stage 1's budget, or none) followed by
-the recipe's GRPO stage, once per seed. All runs share the eval sets and the GRPO budget.
+the recipe's GRPO stage, once per seed; or, for CHORD, one stage of both budgets that mixes SFT
+into GRPO. All runs share the eval sets and the step budget.
 
 Every run is cached under a hash of its full config and of the code that computes it: a run
 folder holding ``eval.json`` is finished (``run`` writes it last), so calling again with the same
@@ -49,29 +50,54 @@ EXTENSION_FACTOR = 4.0  # a rate added beyond an edge of the grid: this far past
 LR_LIMITS = (1e-8, 1e-1)  # no rate is tried outside these
 
 
-def _stage_one(algorithm: str, group: Callable[[StageConfig], GroupConfig], **settings):
-    def make(template: StageConfig) -> StageConfig:
-        return replace(template, algorithm=algorithm, group=group(template), **settings)
+@dataclass(frozen=True)
+class Pipeline:
+    """One way from the base to the end of RL: its stages, made from the recipe's stage 1 and GRPO
+    stage (:func:`_split_recipe`), the last named ``grpo`` (the RL stage the report reads, CHORD's
+    one stage included) and any before it ``stage1``. ``tuned``: its first stage's learning rate
+    is the method's own, chosen by the sweep; grpo alone runs the recipe's GRPO stage as it is."""
 
-    return make
+    stages: Callable[[StageConfig, StageConfig], list[StageConfig]]
+    tuned: bool = True
+
+
+def _then_grpo(algorithm: str, group: Callable[[StageConfig], GroupConfig], **settings) -> Pipeline:
+    def stages(stage_one: StageConfig, grpo: StageConfig) -> list[StageConfig]:
+        return [replace(stage_one, name="stage1", algorithm=algorithm, group=group(stage_one), **settings),
+                replace(grpo, name="grpo")]
+
+    return Pipeline(stages)
+
+
+def _chord(**settings) -> Pipeline:
+    """CHORD in place of stage 1 and GRPO: one stage of both their steps, the GRPO stage's prompts
+    and samples a step with the expert's row of each prompt beside them."""
+    def stages(stage_one: StageConfig, grpo: StageConfig) -> list[StageConfig]:
+        return [replace(grpo, name="grpo", algorithm="chord", steps=stage_one.steps + grpo.steps,
+                        group=GroupConfig(expert=1, teacher=0, self=grpo.group.self), **settings)]
+
+    return Pipeline(stages)
 
 
 def _recipe_group(template: StageConfig) -> GroupConfig:
     return template.group if template.algorithm == "gft" else GroupConfig()
 
 
-# pipeline name -> its stage 1 made from the recipe's stage 1 (same steps, prompts, lr), or None
-PIPELINES: dict[str, Callable[[StageConfig], StageConfig] | None] = {
-    "grpo": None,  # GRPO straight from the base
-    "sft": _stage_one("sft", lambda t: GroupConfig(expert=1, teacher=0, self=0)),
-    "dft": _stage_one("dft", lambda t: GroupConfig(expert=1, teacher=0, self=0)),
-    "gft": _stage_one("gft", _recipe_group),
-    "sft_mix": _stage_one("sft", lambda t: GroupConfig(expert=1, teacher=_recipe_group(t).teacher, self=0)),
-    "gft_nomix": _stage_one("gft", lambda t: GroupConfig(expert=1, teacher=0, self=_recipe_group(t).self)),
+PIPELINES: dict[str, Pipeline] = {
+    "grpo": Pipeline(lambda stage_one, grpo: [replace(grpo, name="grpo")], tuned=False),  # from the base
+    "sft": _then_grpo("sft", lambda t: GroupConfig(expert=1, teacher=0, self=0)),
+    "dft": _then_grpo("dft", lambda t: GroupConfig(expert=1, teacher=0, self=0)),
+    "gft": _then_grpo("gft", _recipe_group),
+    "sft_mix": _then_grpo("sft", lambda t: GroupConfig(expert=1, teacher=_recipe_group(t).teacher, self=0)),
+    "gft_nomix": _then_grpo("gft", lambda t: GroupConfig(expert=1, teacher=0, self=_recipe_group(t).self)),
     # departures from the paper, to test what drives GFT's entropy (docs/results.md): DCR on the
     # off-policy rows only (self rows keep c = 1), and rewards normalised within each source
-    "gft_dcr_offpolicy": _stage_one("gft", _recipe_group, dcr_sources=["expert", "teacher"]),
-    "gft_source_norm": _stage_one("gft", _recipe_group, advantage_groups="prompt_and_source"),
+    "gft_dcr_offpolicy": _then_grpo("gft", _recipe_group, dcr_sources=["expert", "teacher"]),
+    "gft_source_norm": _then_grpo("gft", _recipe_group, advantage_groups="prompt_and_source"),
+    # the paper's strongest hybrid baseline (its Table 1), each with its authors' example settings:
+    # CHORD-mu (mu from 0.9 down to 0.05 along a cosine) and CHORD-phi (mu 0.1, tokens weighted p (1 - p))
+    "chord": _chord(sft_token_weight="uniform", mu_peak=0.9, mu_valley=0.05, mu_warmup_steps=0, mu_decay_steps=None),
+    "chord_phi": _chord(sft_token_weight="phi", mu_peak=0.1, mu_valley=0.1, mu_warmup_steps=0, mu_decay_steps=0),
 }
 DEFAULT_PIPELINES = ("grpo", "sft", "dft", "gft")
 
@@ -291,12 +317,10 @@ def plan(recipe: RunConfig, seeds: dict[str, list[int]], eval_every: int, cache:
         for name in (n for n, wanted in seeds.items() if seed in wanted):
             config = _with_inputs(recipe, model, inputs.train, inputs.evals)
             config.name, config.seed = f"{name}-seed{seed}", seed
-            make_stage_one = PIPELINES[name]
-            stages = [] if make_stage_one is None else [replace(make_stage_one(stage_one), name="stage1")]
-            if stages and lrs:
-                stages = [replace(stages[0], lr=lrs[name])]
-            # fixed stage names: the report reads "stage1" and "grpo" whatever the recipe calls them
-            config.stages = [replace(s, eval_every=eval_every) for s in [*stages, replace(grpo, name="grpo")]]
+            stages = PIPELINES[name].stages(stage_one, grpo)
+            if PIPELINES[name].tuned and lrs:
+                stages[0] = replace(stages[0], lr=lrs[name])
+            config.stages = [replace(s, eval_every=eval_every) for s in stages]
             experiment.runs[(name, seed)] = config
     for config in experiment.runs.values():  # their model, the base checkpoint, may not exist yet
         validate_stages(config)
@@ -305,8 +329,8 @@ def plan(recipe: RunConfig, seeds: dict[str, list[int]], eval_every: int, cache:
 
 def plan_sweep(recipe: RunConfig, grids: dict[str, list[float]], seeds: list[int], cache: Path,
                inputs: Inputs) -> Experiment:
-    """Every pipeline of ``grids`` that has a stage 1, at each of its rates, for each of ``seeds``:
-    stage 1 then the recipe's GRPO stage, as the main runs do, evaluated on the ``val`` split only."""
+    """Every tuned pipeline of ``grids`` at each of its rates (its first stage's), for each of
+    ``seeds``: its whole pipeline, as the main runs do, evaluated on the ``val`` split only."""
     _check_pipelines(list(grids))
     if inputs.val is None:
         raise ConfigError("a learning-rate sweep needs a val split (--val-prompts)")
@@ -314,15 +338,15 @@ def plan_sweep(recipe: RunConfig, grids: dict[str, list[float]], seeds: list[int
     base, model = _base(recipe, inputs, cache)
     experiment = Experiment(base=base)
     for name, lrs in grids.items():
-        if PIPELINES[name] is None:
+        if not PIPELINES[name].tuned:
             continue
         for lr in lrs:
             for seed in seeds:
                 config = _with_inputs(recipe, model, inputs.train, {VAL_SPLIT: inputs.val})
                 config.name, config.seed = f"sweep-{name}-lr{lr:g}-seed{seed}", seed
                 config.eval.splits = [VAL_SPLIT]
-                config.stages = [replace(PIPELINES[name](stage_one), name="stage1", lr=lr, eval_every=0),
-                                 replace(grpo, name="grpo", eval_every=0)]
+                stages = PIPELINES[name].stages(stage_one, grpo)
+                config.stages = [replace(s, eval_every=0, lr=lr if i == 0 else s.lr) for i, s in enumerate(stages)]
                 validate_stages(config)
                 experiment.runs[(name, lr, seed)] = config
     return experiment
@@ -365,7 +389,7 @@ def choose_lrs(recipe: RunConfig, pipelines: list[str], lrs: list[float], settin
                inputs: Inputs, run: Callable[..., object]) -> dict[str, LrChoice]:
     """Each method's rate, chosen for the end of RL: the sweep run over ``lrs`` (extended while the
     best is at an edge, :class:`SweepSettings`), scored by :func:`sweep_scores`, then the tie rule."""
-    grids = {name: sorted(lrs) for name in pipelines if PIPELINES[name] is not None}
+    grids = {name: sorted(lrs) for name in pipelines if PIPELINES[name].tuned}
     added = {name: {"low": 0, "high": 0} for name in grids}
     while True:
         sweep = plan_sweep(recipe, grids, settings.seed_list, cache, inputs)

@@ -6,12 +6,14 @@ test_config_fuzz.py has the values it refuses)."""
 
 import subprocess
 
+import pyarrow as pa
 import pytest
 import yaml
 
 from bench import chaos
 from pipeline.cli import main
-from pipeline.core.resume import latest_point
+from pipeline.core.data import load_prompts, prompt_share
+from pipeline.core.resume import latest_point, points
 
 pytestmark = pytest.mark.slow
 ONE_STEP_EACH = [*chaos.RECIPE, "stages.warmup.steps=1", "stages.gft.steps=1", "stages.grpo.steps=1",
@@ -71,3 +73,28 @@ def test_the_extreme_values_validation_accepts_run(ray_cluster, tmp_path, capsys
     (run_dir,) = tmp_path.iterdir()
     steps = [(row["stage"], row["step"]) for row in chaos.metric_rows(run_dir) if row["stage"] != "eval"]
     assert steps == [("warmup", 1), ("gft", 1), ("grpo", 1)]
+
+
+def test_a_stage_on_a_share_of_the_prompts_draws_from_it_alone_and_resumes_where_it_was(ray_cluster, tmp_path,
+                                                                                       tokenizer):
+    """``stages.gft.data_fraction``: GFT's prompts come from the seed's share of the distinct
+    prompts only (its repeats many), the warm-up's from all; a resume mid-GFT draws what the
+    uninterrupted run drew."""
+    overrides = [*ONE_STEP_EACH, "stages.gft.steps=4", "stages.gft.data_fraction=0.05", "checkpoint.every=1",
+                 "checkpoint.keep_last=20"]
+    assert main(["run", *overrides, f"output_dir={tmp_path}"]) == 0
+    (run_dir,) = tmp_path.iterdir()
+    records = load_prompts(run_dir / "embedded" / "train.parquet", tokenizer, 512)
+    share = {r.uid for r in prompt_share(records, 0.05, seed=0)}
+
+    def drawn(stage: str, step: int) -> list[str]:
+        with pa.ipc.open_file(run_dir / "batches" / f"{stage}-{step:05d}.arrow") as reader:
+            return reader.read_all().column("group_id").to_pylist()
+
+    gft = [drawn("gft", step) for step in range(1, 5)]
+    assert set().union(*gft) <= share and len(share) < len(records) / 10
+    assert not set(drawn("warmup", 1)) <= share  # the warm-up draws from every prompt
+    (point,) = [p for p in points(run_dir) if (p.progress.stage_index, p.progress.step) == (1, 2)]
+    assert point.progress.stage_samplers["gft"] != (0, 0)
+    assert main(["run", "--resume", str(point.folder)]) == 0
+    assert [drawn("gft", step) for step in (3, 4)] == gft[2:]

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.core.data import PromptSampler, load_prompts, read_prompt_file
+from pipeline.core.data import PromptSampler, load_prompts, prompt_share, read_prompt_file
 from pipeline.core.errors import DataError
 from pipeline.tools.dataprep import check_dataset
 
@@ -93,6 +93,19 @@ def test_sampler_is_seeded_and_walks_whole_epochs(assets, tokenizer):
     assert first == [r.uid for r in b.next(len(records))]
     assert sorted(first) == sorted(r.uid for r in records)  # one epoch: each prompt once
     assert a.epoch == 0 and a.next(1) and a.epoch == 1
+
+
+def test_a_share_of_the_prompts_keeps_every_record_of_each_chosen_prompt_and_depends_on_the_seed(assets, tokenizer):
+    records = load_prompts(assets.train, tokenizer, 512)
+    prompts = {tuple(r.prompt_ids) for r in records}
+    assert len(prompts) < len(records)  # the embedded task repeats problems: a share is of prompts, not rows
+    share = prompt_share(records, 0.25, seed=3)
+    chosen = {tuple(r.prompt_ids) for r in share}
+    assert len(chosen) == round(0.25 * len(prompts))
+    assert share == [r for r in records if tuple(r.prompt_ids) in chosen]  # every record of each, in file order
+    assert prompt_share(records, 0.25, seed=3) == share and prompt_share(records, 0.25, seed=4) != share
+    assert chosen < {tuple(r.prompt_ids) for r in prompt_share(records, 0.5, seed=3)}  # a seed's shares are nested
+    assert prompt_share(records, 1.0, seed=3) is records and len(prompt_share(records, 1e-9, seed=3)) >= 1
 
 
 def test_a_file_that_is_not_parquet_is_a_data_error(tmp_path, tokenizer):

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.core.losses import (
+    chord_loss,
+    chord_mu,
     dcr_coefficients,
     dcr_diagnostics,
     dft_loss,
@@ -221,3 +223,66 @@ def test_dcr_diagnostics_by_source_against_a_hand_computation():
 def test_per_source_means_skip_a_source_without_tokens():
     means = per_source_means({"token_share/teacher": 0.0, "rectified_fraction_share/teacher": 0.0})
     assert "rectified_fraction/teacher" not in means
+
+
+def test_chord_mixes_grpo_on_own_rows_with_sft_on_expert_rows_by_mu():
+    """(1 - mu) x the clipped surrogate over the policy's own tokens + mu x the NLL over the
+    expert's, each a token mean over its own tokens; padding counts in neither."""
+    log_probs = torch.tensor([[-0.2, -1.0, -0.5, -2.0, -0.7]], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([[-0.4, -1.0, -0.5, -2.0, -0.7]], dtype=torch.float64)
+    advantages = torch.tensor([[1.0, -1.0, 9.0, 9.0, 9.0]], dtype=torch.float64)  # read on own rows only
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    expert = torch.tensor([[False, False, True, True, True]])  # the last token is padding
+    mu = 0.3
+    loss, metrics = chord_loss(log_probs, old, advantages, mask, expert, mu, clip_ratio=0.2)
+    loss.backward()
+
+    # own token 0: ratio e^0.2 = 1.221 > 1.2 with A = 1: the clipped term wins, no gradient;
+    # own token 1: ratio 1 with A = -1: term 1, gradient d(-A r)/dlogp = 1
+    rl = (-1.0 * 1.2 + 1.0) / 2
+    sft = (0.5 + 2.0) / 2
+    assert loss.item() == pytest.approx((1 - mu) * rl + mu * sft, rel=1e-12)
+    expected_grad = [0.0, (1 - mu) * 1.0 / 2, -mu / 2, -mu / 2, 0.0]
+    torch.testing.assert_close(log_probs.grad, torch.tensor([expected_grad], dtype=torch.float64))
+    assert metrics["chord_mu"] == mu and metrics["rl_loss"] == pytest.approx(rl)
+    assert metrics["sft_loss"] == pytest.approx(sft) and metrics["clip_fraction"] == pytest.approx(0.5)
+
+
+def test_chord_phi_weighs_each_expert_token_by_p_times_one_minus_p_without_gradient_through_it():
+    _, log_probs = _token_log_probs(LOGITS)  # both tokens the expert's
+    mask = torch.ones(1, 2, dtype=torch.float64)
+    loss, metrics = chord_loss(log_probs, log_probs.detach(), torch.zeros(1, 2, dtype=torch.float64), mask,
+                               torch.ones(1, 2, dtype=torch.bool), mu=0.1, phi=True)
+    phi = [p * (1 - p) for p in (P_CONFIDENT, P_UNLIKELY)]
+    nll = [-math.log(P_CONFIDENT), -math.log(P_UNLIKELY)]
+    assert loss.item() == pytest.approx(0.1 * (phi[0] * nll[0] + phi[1] * nll[1]) / 2, rel=1e-12)
+    assert metrics["phi_mean"] == pytest.approx(sum(phi) / 2, rel=1e-12)
+    assert metrics["rl_loss"] == 0.0 and "clip_fraction" not in metrics  # no own token: the GRPO term is 0
+    (grad,) = torch.autograd.grad(loss, log_probs)
+    torch.testing.assert_close(grad, torch.tensor([[-0.1 * phi[0] / 2, -0.1 * phi[1] / 2]], dtype=torch.float64))
+
+
+def test_chord_without_expert_tokens_is_grpo_scaled_by_one_minus_mu():
+    log_probs = torch.tensor([[-1.0, -0.5]], dtype=torch.float64)
+    old = torch.tensor([[-1.1, -0.4]], dtype=torch.float64)
+    advantages, mask = torch.tensor([[1.0, -1.0]], dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
+    loss, metrics = chord_loss(log_probs, old, advantages, mask, torch.zeros(1, 2, dtype=torch.bool), mu=0.25)
+    assert loss.item() == pytest.approx(0.75 * grpo_loss(log_probs, old, advantages, mask)[0].item(), rel=1e-12)
+    assert metrics["sft_loss"] == 0.0
+
+
+@pytest.mark.parametrize("step, expected", [
+    (1, 0.0), (3, 0.9 * 2 / 4), (5, 0.9),  # warm-up: 4 steps from 0
+    (5 + 5, 0.05 + 0.85 * 0.5 * (1 + math.cos(math.pi * 5 / 10))),  # half-way down the cosine
+    (15, 0.05), (20, 0.05),  # after 10 decay steps: the valley
+])
+def test_chord_mu_warms_up_linearly_then_decays_along_a_cosine_to_the_valley(step, expected):
+    assert chord_mu(step, steps=20, peak=0.9, valley=0.05, warmup_steps=4, decay_steps=10) == pytest.approx(expected)
+
+
+def test_chord_mu_decays_over_the_rest_of_the_stage_by_default_and_is_constant_when_peak_is_valley():
+    assert chord_mu(1, steps=100, peak=0.9, valley=0.05) == pytest.approx(0.9)
+    assert chord_mu(51, steps=100, peak=0.9, valley=0.05) == pytest.approx(0.475)
+    assert chord_mu(100, steps=100, peak=0.9, valley=0.05) == pytest.approx(0.05 + 0.85 * 0.5 * (1 + math.cos(
+        math.pi * 99 / 100)))
+    assert {chord_mu(s, steps=7, peak=0.1, valley=0.1, decay_steps=0) for s in range(1, 8)} == {0.1}

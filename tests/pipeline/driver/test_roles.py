@@ -8,6 +8,8 @@ import threading
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import ray
 from safetensors.torch import load_file
@@ -18,7 +20,7 @@ from pipeline.driver.roles import Roles
 from pipeline.driver.rollout_env import check_rollout_environment
 from pipeline.driver.stages import train_step
 from pipeline.recipe.algorithms import objective_for
-from pipeline.recipe.config import RunConfig, StageConfig
+from pipeline.recipe.config import GroupConfig, RunConfig, StageConfig
 from workers.learner import UpdateSettings
 from workers.sampling import SamplingParams
 from workers.weights import FlatWeights, SharedWeights
@@ -81,6 +83,28 @@ def test_rollout_samples_with_the_learners_new_weights_after_a_sync(roles, asset
     ray.get(roles.learner.update.remote(weighted, UpdateSettings(objective_for(stage), micro_batch_tokens=512)))
     stale = np.concatenate(ray.get(roles.learner.response_log_probs.remote(batch)))
     assert np.abs(stale - behaviour).max() > 1e-3
+
+
+def test_a_chord_step_imitates_the_expert_beside_grpo_on_the_policys_own_samples(roles, assets, tokenizer, tmp_path):
+    """A CHORD step on the real roles: expert rows from the data beside the rollout's, mu as its
+    schedule gives it at that step, and the SFT term the expert tokens' mean NLL under the policy
+    the step started from."""
+    roles, config = roles
+    records = load_prompts(assets.train, tokenizer, 512)[:4]
+    stage = StageConfig(name="chord", algorithm="chord", steps=10, lr=1e-3, prompts_per_step=4,
+                        group=GroupConfig(expert=1, teacher=0, self=3), mu_peak=0.8, mu_valley=0.2)
+    roles.load_policy(str(assets.base_model), 0)
+    roles.start_stage(None, stage.lr, stage.weight_decay, stage.max_grad_norm)
+    metrics = train_step(roles, stage, records, config, seed=0, batch_dump=tmp_path / "batch.arrow", step=6)
+    assert metrics["chord_mu"] == pytest.approx(0.5)  # half-way down the cosine from 0.8 to 0.2
+    assert {key for key in metrics if key.startswith("reward/")} == {"reward/expert", "reward/self"}
+    with pa.ipc.open_file(tmp_path / "batch.arrow") as reader:
+        batch = reader.read_all().combine_chunks().to_batches()[0]
+    expert = batch.filter(pc.equal(batch.column("source"), "expert"))
+    assert expert.num_rows == 4
+    roles.load_policy(str(assets.base_model), 0)  # the policy the step's loss was computed on
+    nll = -np.concatenate(ray.get(roles.learner.response_log_probs.remote(expert)))
+    assert metrics["sft_loss"] == pytest.approx(float(nll.mean()), rel=1e-4)
 
 
 def test_sharded_learners_broadcast_to_a_vllm_engine_that_then_samples_their_policy(ray_cluster, assets, tokenizer):

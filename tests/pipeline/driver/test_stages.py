@@ -42,3 +42,12 @@ def test_the_per_source_ablation_normalises_each_source_apart(batch):
 
 def test_sft_weighs_every_row_one(batch):
     assert step_advantages(batch, StageConfig(name="sft", algorithm="sft")).tolist() == [1.0] * 8
+
+
+def test_chord_compares_a_prompts_own_samples_with_each_other_whatever_the_stage_says(batch):
+    """CHORD's GRPO term: the policy's own samples normalised among themselves, the expert's
+    reward left out of their baseline, with or without ``advantage_groups`` asking otherwise."""
+    for groups in ("prompt", "prompt_and_source"):
+        advantages = step_advantages(batch, StageConfig(name="c", algorithm="chord", advantage_groups=groups))
+        own = np.array(SOURCES) == "self"
+        np.testing.assert_allclose(advantages[own], _normalised(REWARDS[own]), rtol=1e-5)

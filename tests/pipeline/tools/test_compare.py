@@ -67,6 +67,21 @@ def test_every_pipeline_starts_from_the_shared_base_with_equal_budgets(experimen
     assert groups["gft"].dcr_sources == ["expert", "teacher", "self"] and groups["gft"].advantage_groups == "prompt"
 
 
+def test_chord_replaces_stage_one_and_grpo_by_one_stage_of_both_budgets_at_its_own_rate(tmp_path):
+    """CHORD-mu and CHORD-phi: one RL stage from the base, the steps of stage 1 and GRPO together,
+    GRPO's prompts and samples with one expert row a prompt; the sweep tunes its rate."""
+    recipe = load_recipe(None, SMALL)
+    stage_one, grpo = recipe.stage("gft"), recipe.stage("grpo")
+    experiment = plan(recipe, {"chord": [0], "chord_phi": [0]}, eval_every=25, cache=tmp_path,
+                      lrs={"chord": 3e-5, "chord_phi": 7e-5})
+    for name, mu, weight, lr in (("chord", (0.9, 0.05), "uniform", 3e-5), ("chord_phi", (0.1, 0.1), "phi", 7e-5)):
+        (stage,) = experiment.runs[(name, 0)].stages
+        assert (stage.name, stage.algorithm, stage.steps, stage.lr) == ("grpo", "chord", stage_one.steps + grpo.steps, lr)
+        assert stage.group == GroupConfig(expert=1, teacher=0, self=grpo.group.self)
+        assert (stage.prompts_per_step, stage.clip_ratio) == (grpo.prompts_per_step, grpo.clip_ratio)
+        assert ((stage.mu_peak, stage.mu_valley), stage.sft_token_weight) == (mu, weight)
+
+
 def test_the_cache_key_is_what_the_run_computes(experiment):
     _, experiment, _ = experiment
     config = experiment.runs[("gft", 0)]
