@@ -193,6 +193,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         sweep_lrs = [math.nan]
     if not all(math.isfinite(lr) and lr > 0 for lr in sweep_lrs):
         raise ConfigError(f"--sweep-lr: expected comma-separated learning rates > 0, got {args.sweep_lr!r}")
+    try:
+        fractions = sorted({float(f) for f in args.data_fractions.split(",")}) if args.data_fractions else []
+    except ValueError:
+        fractions = [math.nan]
+    if not all(0 < f <= 1 for f in fractions):
+        raise ConfigError(f"--data-fractions: expected comma-separated shares in (0, 1], got {args.data_fractions!r}")
     if args.eval_every < 0 or (sweep_lrs and args.val_prompts < 1):
         raise ConfigError("--eval-every must be >= 0 and --val-prompts >= 1")
     sweep = SweepSettings(args.sweep_seeds, args.sweep_extensions)
@@ -215,7 +221,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if sweep_lrs:
         choices = choose_lrs(recipe, list(seeds), sweep_lrs, sweep, cache, inputs, run)
     lrs = {name: choice.lr for name, choice in choices.items()} if choices else None
-    experiment = plan(recipe, seeds, args.eval_every, cache, inputs, lrs)
+    experiment = plan(recipe, seeds, args.eval_every, cache, inputs, lrs, tuple(f for f in fractions if f < 1))
     folders = execute(experiment, cache, run)
     runs = [Run.load(pipeline, seed, folder) for (pipeline, seed), folder in folders.items()]
     split = args.split or recipe.eval.splits[0]
@@ -338,6 +344,9 @@ def _add_compare_parser(commands) -> None:
                         help="size of the val split --sweep-lr chooses on, sharing no problem with training: "
                              "the embedded task's held-out problems, or distinct training prompts held out "
                              "(default: %(default)s; a recipe's eval set named val is used instead)")
+    parser.add_argument("--data-fractions", metavar="F,F,...",
+                        help="data efficiency: also run each pipeline that has a stage 1 with it on these shares "
+                             "of the distinct training prompts (the same steps), e.g. 0.25,0.5,1 (1: the main runs)")
     parser.add_argument("--eval-every", type=int, default=25, help="held-out eval every N steps of each stage")
     parser.add_argument("--split", help="eval split the report is about (default: the first of eval.splits)")
     parser.add_argument("--out", type=Path, default=Path("runs/compare"),

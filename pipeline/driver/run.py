@@ -72,9 +72,16 @@ class RunResult:
 class Inputs:
     base_model: str
     tokenizer: object
-    train_records: list[PromptRecord]
+    train_records: list[PromptRecord]  # of the run's train files: what a stage without files of its own draws from
     eval_sets: dict[str, EvalSet]
     skipped_rows: dict[str, list[str]]  # train file -> its bad rows left out, each with its problems
+    files: dict[str, list[PromptRecord]] = field(default_factory=dict)  # every train file's, stages' own included
+
+    def stage_records(self, stage: StageConfig) -> list[PromptRecord]:
+        """The prompts ``stage`` draws from: its own files', else the run's."""
+        if not stage.train_files:
+            return self.train_records
+        return [record for path in stage.train_files for record in self.files[str(path)]]
 
 
 def _load_inputs(config: RunConfig, run_dir: Path) -> Inputs:
@@ -91,7 +98,8 @@ def _load_inputs(config: RunConfig, run_dir: Path) -> Inputs:
     tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
     data = config.data
     files, skipped = {}, {}
-    for path in train_files:
+    stage_files = [path for stage in config.stages if stage.train_files for path in stage.train_files]
+    for path in dict.fromkeys([*train_files, *stage_files]):  # each file read once
         prompt_file = read_prompt_file(path, tokenizer, data.max_prompt_length, bad_rows=data.bad_rows,
                                        reward_fn_key=data.reward_fn_key)
         files[str(path)] = prompt_file.records
@@ -99,9 +107,15 @@ def _load_inputs(config: RunConfig, run_dir: Path) -> Inputs:
             skipped[str(path)] = prompt_file.skipped
             logger.warning("%s: %d bad rows skipped (data.bad_rows=skip); the first: %s",
                            path, len(prompt_file.skipped), prompt_file.skipped[0])
-    check_data(config, files)
-    records = [record for records in files.values() for record in records]
-    return Inputs(base_model, tokenizer, records, load_eval_sets(config, eval_files, tokenizer), skipped)
+    check_data(config, files, [str(path) for path in train_files])
+    records = [record for path in train_files for record in files[str(path)]]
+    return Inputs(base_model, tokenizer, records, load_eval_sets(config, eval_files, tokenizer), skipped, files)
+
+
+def draws_apart(stage: StageConfig) -> bool:
+    """Whether ``stage`` draws its prompts from files of its own or a share of them, with a sampler
+    of its own; the others share the run's, which goes on from one stage to the next."""
+    return bool(stage.train_files) or stage.data_fraction < 1
 
 
 class _StopSignal:
@@ -167,7 +181,7 @@ class _Driver:
         self.progress = start.progress if start else Progress(stage_start=inputs.base_model)
         self.sampler = PromptSampler(inputs.train_records, config.seed)
         self.sampler.seek(*self.progress.sampler)
-        self.share_samplers: dict[str, PromptSampler] = {}  # stage -> its sampler over its share of the prompts
+        self.stage_samplers: dict[str, PromptSampler] = {}  # stage -> its own sampler (draws_apart)
         self.ahead: _Ahead | None = None
         kept = read_next_rollout(start) if start and config.rollout.max_staleness else None
         if kept is not None:  # the point's next step was sampled already, on the weights before it
@@ -290,7 +304,7 @@ class _Driver:
                              start_next=functools.partial(self.start_ahead, stage) if ahead_of_next else None,
                              step=step)
         p.step, p.global_step, p.policy_version = step, p.global_step + 1, int(metrics["policy_version"])
-        if stage.data_fraction < 1:
+        if draws_apart(stage):
             p.stage_samplers[stage.name] = position
         else:
             p.sampler = position
@@ -318,15 +332,15 @@ class _Driver:
         self.ahead = _Ahead(records, sampler.position, sampling, call=call)
 
     def sampler_for(self, stage: StageConfig) -> PromptSampler:
-        """The run's sampler, or, for a stage that draws from a share of the prompts, its own,
-        where its last step left it."""
-        if stage.data_fraction >= 1:
+        """The run's sampler, or, for a stage that draws from prompts of its own (its files, or a
+        share of the prompts), its own, where its last step left it."""
+        if not draws_apart(stage):
             return self.sampler
-        if stage.name not in self.share_samplers:
-            share = prompt_share(self.inputs.train_records, stage.data_fraction, self.config.seed)
-            sampler = self.share_samplers[stage.name] = PromptSampler(share, self.config.seed)
+        if stage.name not in self.stage_samplers:
+            share = prompt_share(self.inputs.stage_records(stage), stage.data_fraction, self.config.seed)
+            sampler = self.stage_samplers[stage.name] = PromptSampler(share, self.config.seed)
             sampler.seek(*self.progress.stage_samplers.get(stage.name, (0, 0)))
-        return self.share_samplers[stage.name]
+        return self.stage_samplers[stage.name]
 
     def wait_for(self, ahead: _Ahead) -> Callable[[], tuple[pa.RecordBatch, dict]]:
         """The rows of ``ahead``, waited for when asked."""

@@ -183,6 +183,9 @@ class StageConfig:
     # the share of the training prompts the stage draws from (distinct prompts, drawn by the run's
     # seed; every record of each): the same steps then repeat fewer prompts more often
     data_fraction: float = bounded(1.0, above=0, high=1)
+    # the prompt files (verl layout) this stage draws from, instead of data.train_files (the
+    # embedded task's when those are not given): e.g. GFT's data, then RL prompts for GRPO
+    train_files: list[str] | None = None
     group: GroupConfig = field(default_factory=GroupConfig)
     lr: float = bounded(1e-6, low=0)
     weight_decay: float = bounded(0.0, low=0)
@@ -346,20 +349,22 @@ def _validate_group(stage: StageConfig, where: str) -> None:
                                         f"which needs {algorithm.min_group} rows or more; it has {size}")
 
 
-def check_data(config: RunConfig, files: dict[str, list[PromptRecord]]) -> None:
-    """Once the training data is read, before anything starts: every stage's step must find its
-    prompts in it, and, unless ``data.short_groups`` allows otherwise, every prompt the expert and
-    teacher rows its stage's group asks for (a teacher model fills prompts that have none)."""
-    num_prompts = sum(len(records) for records in files.values())
+def check_data(config: RunConfig, files: dict[str, list[PromptRecord]], run_files: list[str]) -> None:
+    """Once the training data is read (``files``: path -> records; ``run_files``: the paths of the
+    stages without files of their own), before anything starts: every stage's step must find its
+    prompts in its files, and, unless ``data.short_groups`` allows otherwise, every prompt the
+    expert and teacher rows its stage's group asks for (a teacher model fills prompts that have none)."""
     for stage in config.stages:
         if stage.algorithm == "eval":
             continue
+        mine = {path: files[path] for path in (stage.train_files or run_files)}
+        num_prompts = sum(len(records) for records in mine.values())
         _check(stage.prompts_per_step <= num_prompts,
                f"stages.{stage.name}.prompts_per_step: {stage.prompts_per_step} prompts per step, but the training "
                f"data holds {num_prompts}")
         if config.data.short_groups == "allow":
             continue
-        for path, records in files.items():
+        for path, records in mine.items():
             for source in OFF_POLICY_SOURCES:
                 asked = getattr(stage.group, source)
                 live = source == "teacher" and config.teacher.model_path is not None
@@ -428,10 +433,14 @@ def validate_logging(config: LoggingConfig) -> None:
 
 def _validate_paths(config: RunConfig, training: bool) -> None:
     """The model folders and data files the recipe names are there and of the right kind."""
+    stage_files = [(f"stages.{s.name}.train_files", p) for s in config.stages if s.train_files for p in s.train_files]
     if config.model.path != EMBEDDED:
         validate_model_folder("model.path", config.model.path)
-        _check(not training or bool(config.data.train_files), "data.train_files: a real model needs training data")
-    for key, path in [("data.train_files", p) for p in config.data.train_files] + [
+        without = [s.name for s in config.stages if s.algorithm != "eval" and not s.train_files]
+        _check(not training or bool(config.data.train_files) or not without,
+               f"data.train_files: a real model needs training data (stages {', '.join(without)} have none of "
+               "their own)")
+    for key, path in [("data.train_files", p) for p in config.data.train_files] + stage_files + [
         (f"data.eval_files.{k}", p) for k, p in config.data.eval_files.items()
     ]:
         problem = _path_problem(path, "file")

@@ -39,6 +39,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.files import atomic_path
 from pipeline.recipe.config import EMBEDDED, GroupConfig, RunConfig, StageConfig, validate, validate_stages
 from pipeline.recipe.configio import to_dict
+from pipeline.tools.report import share_name
 
 CACHE_VERSION = 1  # bump when a code change makes cached runs incomparable
 VAL_SPLIT = "val"
@@ -266,8 +267,8 @@ def shared_inputs(recipe: RunConfig, cache: Path, val_prompts: int = 0) -> Input
     if val_prompts and not val:
         kept, val = hold_out(list(train), val_prompts, cache / f"holdout-{val_prompts}")
         train = [kept]
-    if val:
-        check_val_unseen(val, list(train))
+    if val:  # every file a stage trains on: the run's, and any a stage has of its own
+        check_val_unseen(val, [*train, *(path for s in recipe.stages if s.train_files for path in s.train_files)])
     return Inputs(model, list(train), dict(evals), val)
 
 
@@ -304,10 +305,14 @@ def seeds_per_pipeline(text: str, first_seed: int, count: int) -> dict[str, list
 
 
 def plan(recipe: RunConfig, seeds: dict[str, list[int]], eval_every: int, cache: Path,
-         inputs: Inputs | None = None, lrs: dict[str, float] | None = None) -> Experiment:
+         inputs: Inputs | None = None, lrs: dict[str, float] | None = None,
+         fractions: tuple[float, ...] = ()) -> Experiment:
     """The configs of every run (pipeline -> its seeds in ``seeds``), from ``inputs`` (default:
     :func:`shared_inputs`), stage 1 of each pipeline at its rate in ``lrs`` (default: the recipe's).
-    Runs are ordered seed by seed, so an experiment cut short leaves pairs to compare."""
+    With ``fractions`` (each below 1), every pipeline that has a stage 1 runs again with its stage 1
+    on that share of the prompts (``data_fraction``: the same steps, fewer prompts repeated), named
+    by :func:`~pipeline.tools.report.share_name`. Runs are ordered seed by seed, so an experiment
+    cut short leaves pairs to compare."""
     _check_pipelines(list(seeds))
     _, stage_one, grpo = _split_recipe(recipe)
     inputs = inputs or shared_inputs(recipe, cache)
@@ -322,6 +327,11 @@ def plan(recipe: RunConfig, seeds: dict[str, list[int]], eval_every: int, cache:
                 stages[0] = replace(stages[0], lr=lrs[name])
             config.stages = [replace(s, eval_every=eval_every) for s in stages]
             experiment.runs[(name, seed)] = config
+            for fraction in fractions if config.stages[0].name == "stage1" else ():
+                on_share = deepcopy(config)
+                on_share.name = f"{name}-data{fraction:g}-seed{seed}"
+                on_share.stages[0] = replace(on_share.stages[0], data_fraction=fraction)
+                experiment.runs[(share_name(name, fraction), seed)] = on_share
     for config in experiment.runs.values():  # their model, the base checkpoint, may not exist yet
         validate_stages(config)
     return experiment

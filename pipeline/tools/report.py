@@ -16,6 +16,19 @@ import numpy as np
 from scipy import stats
 
 STAGES = ("stage1", "grpo")
+SHARE_MARK = "@"  # gft@0.25: the gft pipeline with its stage 1 on a quarter of the prompts
+
+
+def share_name(pipeline: str, fraction: float) -> str:
+    """The name of ``pipeline`` run with its stage 1 on ``fraction`` of the prompts."""
+    return f"{pipeline}{SHARE_MARK}{fraction:g}"
+
+
+def share_of(name: str) -> tuple[str, float]:
+    """(pipeline, fraction of the prompts its stage 1 drew from) of a name :func:`share_name` made, or
+    of a plain pipeline name (all of them: 1)."""
+    pipeline, _, fraction = name.partition(SHARE_MARK)
+    return pipeline, float(fraction) if fraction else 1.0
 
 
 def mean_ci95(values) -> tuple[float, float]:
@@ -187,9 +200,20 @@ CLAIMS = [
 ]
 
 
+def data_efficiency_claim(table: dict) -> tuple:
+    """The paper's data-efficiency claim, at the smallest share of the prompts both GFT and SFT
+    ran on (not measured where they ran on no share)."""
+    shares = [share_of(name)[1] for name in table if share_of(name)[1] < 1]
+    both = sorted(f for f in set(shares) if share_name("gft", f) in table and share_name("sft", f) in table)
+    fraction = both[0] if both else 0.0
+    return (f"GFT -> GRPO beats SFT -> GRPO with stage 1 on {fraction:g} of the prompts (data efficiency)",
+            share_name("gft", fraction), share_name("sft", fraction), "grpo_pass@1", 100, " points")
+
+
 def judge_claims(table: dict) -> list[dict]:
-    """Each claim of CLAIMS: its paired difference, CI, p-value, Holm-adjusted p and verdict."""
-    measured = [(claim, paired_values(table, *claim[1:4])) for claim in CLAIMS]
+    """Each claim of CLAIMS and the data-efficiency claim: its paired difference, CI, p-value,
+    Holm-adjusted p and verdict."""
+    measured = [(claim, paired_values(table, *claim[1:4])) for claim in [*CLAIMS, data_efficiency_claim(table)]]
     p_values = [paired_p(diffs) if diffs else math.nan for _, diffs in measured]
     judged = []
     for ((question, _, _, metric, scale, unit), diffs), p, p_holm in zip(measured, p_values, holm(p_values)):
@@ -324,6 +348,42 @@ def _plot_drift(runs: list[Run], path: Path, smooth: int = 5) -> Path:
     return path
 
 
+def _plot_shares(table: dict, path: Path) -> Path:
+    """pass@1 after stage 1 and after GRPO against the share of the prompts stage 1 drew from."""
+    figure, axes = _two_panels()
+    methods = list(dict.fromkeys(share_of(name)[0] for name in table if share_of(name)[1] < 1))
+    for axis, (title, key) in zip(axes, [("after stage 1", "stage1_pass@1"), ("after GRPO", "grpo_pass@1")]):
+        for i, method in enumerate(methods):
+            points = sorted((share_of(name)[1], entry[key]) for name, entry in table.items()
+                            if share_of(name)[0] == method)
+            axis.errorbar([f for f, _ in points], [100 * e["mean"] for _, e in points],
+                          yerr=[100 * np.nan_to_num(e["ci95"]) for _, e in points], marker="o", capsize=3,
+                          label=method, color=f"C{i}")
+        axis.set_xscale("log", base=2)
+        axis.set_title(title)
+    return _save(figure, axes, "share of the prompts in stage 1", "pass@1 (%)", path)
+
+
+def _shares_section(table: dict) -> list[str]:
+    """Data efficiency: each method's pass@1 after stage 1 and after GRPO at every share of the
+    prompts its stage 1 drew from (1: the main runs)."""
+    methods = list(dict.fromkeys(share_of(name)[0] for name in table if share_of(name)[1] < 1))
+    fractions = sorted({share_of(name)[1] for name in table if share_of(name)[0] in methods})
+    lines = ["## Data efficiency: stage 1 on a share of the prompts", "",
+             ("Each method's stage 1 drew its prompts from a share of the distinct training prompts (the same "
+              "steps, so fewer prompts seen more often; each seed its own share, the same for every method), then "
+              "the same GRPO stage ran on all of them. pass@1 in %, mean ± 95% CI over seeds."), "",
+             "| pipeline | " + " | ".join(f"{f:g} of the prompts: after stage 1 | after GRPO" for f in fractions) + " |",
+             "| --- |" + " --- | --- |" * len(fractions)]
+    for method in methods:
+        cells = []
+        for fraction in fractions:
+            entry = table.get(share_name(method, fraction) if fraction < 1 else method)
+            cells += [_cell(entry[key], True) if entry else "-" for key in ("stage1_pass@1", "grpo_pass@1")]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _other_splits(runs: list[Run], split: str, k: int) -> list[str]:
     """The eval sets besides ``split`` (ood, say): pass@1 and greedy accuracy before and after
     GRPO per pipeline, as a section of their own; none if there are none."""
@@ -368,7 +428,9 @@ def write_report(runs: list[Run], out: Path, split: str, k: int, command: str, l
     """report.md, report.html (offline: plots inlined), the PNGs and summary.json in ``out``;
     with ``lr_choices`` (method -> ``compare.LrChoice``), the learning rates and why."""
     out.mkdir(parents=True, exist_ok=True)
-    table = summarize_runs(runs, split, k)
+    table = summarize_runs(runs, split, k)  # the runs on a share of the prompts too: the claims pair them
+    shares = any(share_of(name)[1] < 1 for name in table)
+    runs = [r for r in runs if share_of(r.pipeline)[1] == 1]  # the tables and curves of the main runs
     plots = {
         f"Held-out ({split}) greedy accuracy": _plot_stages(
             runs, lambda r, s: [(x, 100 * y) for x, y in r.eval_curve(s, split, "accuracy")], "accuracy (%)",
@@ -381,12 +443,15 @@ def write_report(runs: list[Run], out: Path, split: str, k: int, command: str, l
         "Stage 1's entropy and its drivers on the training batches (moving mean of 5 steps)": _plot_drift(
             runs, out / "drift.png"),
     }
+    if shares:
+        plots["pass@1 against the share of the prompts in stage 1"] = _plot_shares(table, out / "data_efficiency.png")
     judged = judge_claims(table)
     claims = [f"- {c['claim']}: **{c['verdict']}**" + (
         f" (difference {c['difference'][0]:.3g} ± {c['difference'][1]:.2g}, {c['seeds']} seeds, p = {c['p']:.2g}; "
         f"{c['ruled_out']})" if c["difference"] else "") for c in judged]
     seeds = sorted({r.seed for r in runs})
-    uneven = len({tuple(metrics["seeds"]) for metrics in table.values()}) > 1
+    main = {name: metrics for name, metrics in table.items() if share_of(name)[1] == 1}
+    uneven = len({tuple(metrics["seeds"]) for metrics in main.values()}) > 1
     lines = [
         "# gft compare: RL compatibility of each initialisation", "",
         f"`{command}`", "",
@@ -397,8 +462,9 @@ def write_report(runs: list[Run], out: Path, split: str, k: int, command: str, l
          "greedy accuracy after GRPO minus before it; its AUC is that gain averaged over the GRPO stage's eval "
          "points. Entropy is the policy's mean token entropy on its own samples of the eval prompts; the grad-norm "
          "is the largest pre-clip norm of stage 1."),
-        "", _markdown_table(table, k), "",
+        "", _markdown_table(main, k), "",
         *_other_splits(runs, split, k),
+        *(_shares_section(table) if shares else []),
         "## The paper's direction, paired by seed", "",
         (f"The claims below are one family of paired t-tests under Holm's correction at α = {ALPHA}: a claim is "
          "reproduced or reversed only where its adjusted p is below α. Each difference is given with its 95% CI "

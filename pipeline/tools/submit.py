@@ -77,6 +77,9 @@ def submitted_recipe(config: RunConfig) -> dict:
     data = tree["data"]
     data["train_files"] = [os.path.abspath(path) for path in config.data.train_files]
     data["eval_files"] = {name: os.path.abspath(path) for name, path in config.data.eval_files.items()}
+    for stage in tree["stages"]:
+        if stage.get("train_files"):
+            stage["train_files"] = [os.path.abspath(path) for path in stage["train_files"]]
     if config.teacher.model_path is not None:
         tree["teacher"]["model_path"] = os.path.abspath(config.teacher.model_path)
     if config.reward.function is not None:
@@ -95,8 +98,10 @@ def resume_overrides(config: RunConfig) -> list[str]:
     tree, saved = submitted_recipe(config), to_dict(config)
     keys = [("model", "path"), ("data", "train_files"), ("data", "eval_files"), ("teacher", "model_path"),
             ("reward", "function"), ("rollout", "python"), ("ray", "address")]
-    return [f"{section}.{key}={json.dumps(tree[section][key])}" for section, key in keys
-            if tree[section][key] != saved[section][key]]
+    overrides = [f"{section}.{key}={json.dumps(tree[section][key])}" for section, key in keys
+                 if tree[section][key] != saved[section][key]]
+    return overrides + [f"stages.{new['name']}.train_files={json.dumps(new['train_files'])}"
+                        for new, old in zip(tree["stages"], saved["stages"]) if new.get("train_files") != old.get("train_files")]
 
 
 def stage(config: RunConfig, folder: Path, with_recipe: bool = True) -> Path | None:

@@ -7,6 +7,7 @@ test_config_fuzz.py has the values it refuses)."""
 import subprocess
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -75,15 +76,18 @@ def test_the_extreme_values_validation_accepts_run(ray_cluster, tmp_path, capsys
     assert steps == [("warmup", 1), ("gft", 1), ("grpo", 1)]
 
 
-def test_a_stage_on_a_share_of_the_prompts_draws_from_it_alone_and_resumes_where_it_was(ray_cluster, tmp_path,
-                                                                                       tokenizer):
-    """``stages.gft.data_fraction``: GFT's prompts come from the seed's share of the distinct
-    prompts only (its repeats many), the warm-up's from all; a resume mid-GFT draws what the
-    uninterrupted run drew."""
-    overrides = [*ONE_STEP_EACH, "stages.gft.steps=4", "stages.gft.data_fraction=0.05", "checkpoint.every=1",
+def test_stages_on_files_of_their_own_or_a_share_of_the_prompts_draw_from_those_alone_and_resume_so(
+        ray_cluster, assets, tmp_path, tokenizer):
+    """``stages.warmup.train_files``: the warm-up's prompts come from its own file; ``stages.gft.
+    data_fraction``: GFT's from the seed's share of the run's distinct prompts only (its repeats
+    many); GRPO's from all of them. A resume mid-GFT draws what the uninterrupted run drew."""
+    own = tmp_path / "warmup.parquet"
+    pq.write_table(pq.read_table(assets.train).slice(0, 12), own)
+    overrides = [*ONE_STEP_EACH, f"stages.warmup.train_files=[{own}]", "stages.gft.steps=4",
+                 "stages.gft.data_fraction=0.05", "checkpoint.every=1",
                  "checkpoint.keep_last=20"]
-    assert main(["run", *overrides, f"output_dir={tmp_path}"]) == 0
-    (run_dir,) = tmp_path.iterdir()
+    assert main(["run", *overrides, f"output_dir={tmp_path / 'runs'}"]) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
     records = load_prompts(run_dir / "embedded" / "train.parquet", tokenizer, 512)
     share = {r.uid for r in prompt_share(records, 0.05, seed=0)}
 
@@ -91,9 +95,10 @@ def test_a_stage_on_a_share_of_the_prompts_draws_from_it_alone_and_resumes_where
         with pa.ipc.open_file(run_dir / "batches" / f"{stage}-{step:05d}.arrow") as reader:
             return reader.read_all().column("group_id").to_pylist()
 
+    assert set(drawn("warmup", 1)) <= {r.uid for r in load_prompts(own, tokenizer, 512)}
     gft = [drawn("gft", step) for step in range(1, 5)]
     assert set().union(*gft) <= share and len(share) < len(records) / 10
-    assert not set(drawn("warmup", 1)) <= share  # the warm-up draws from every prompt
+    assert not set(drawn("grpo", 1)) <= share  # the run's prompts: not the share's few
     (point,) = [p for p in points(run_dir) if (p.progress.stage_index, p.progress.step) == (1, 2)]
     assert point.progress.stage_samplers["gft"] != (0, 0)
     assert main(["run", "--resume", str(point.folder)]) == 0

@@ -36,6 +36,14 @@ def test_compare_refuses_a_sweep_seed_that_is_also_an_evaluation_seed_before_any
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("fractions", ["0.25,0", "0.5,1.5", "half"])
+def test_compare_refuses_a_share_of_the_prompts_outside_0_to_1_before_any_work(capsys, tmp_path, fractions):
+    assert main(["compare", "--data-fractions", fractions, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--data-fractions: expected comma-separated shares in (0, 1], got {fractions!r}" in err
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []
+
+
 def test_a_missing_recipe_is_named(capsys):
     assert main(["run", "no/such/recipe.yaml"]) == 2
     assert "no/such/recipe.yaml does not exist" in capsys.readouterr().err

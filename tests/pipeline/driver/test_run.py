@@ -113,6 +113,30 @@ def test_short_groups_pass_when_allowed_or_filled_by_a_teacher_model(assets, tmp
         _load_inputs(load_recipe(None, [*live, f"data.train_files=[{partial}]"]), tmp_path / "c")
 
 
+def test_a_stage_with_files_of_its_own_draws_from_them_and_is_checked_against_them(assets, tmp_path, capsys,
+                                                                                 ray_starts):
+    """GRPO on prompts of its own (no expert or teacher rows: it needs none) while the others
+    train on the run's files; a stage's own files are read once, checked for what that stage
+    asks, and named when they fall short."""
+    train = _parquet(tmp_path / "train.parquet", [GOOD] * 4)
+    rl = _parquet(tmp_path / "rl.parquet", [{**GOOD, "extra_info": {"index": i}} for i in range(3)])
+    base = [f"model.path={assets.base_model}", f"data.train_files=[{train}]", *SMALL_STEPS]
+    config = load_recipe(None, [*base, f"stages.grpo.train_files=[{rl}]"])
+    inputs = _load_inputs(config, tmp_path / "a")
+    assert len(inputs.train_records) == 4 and set(inputs.files) == {str(train), str(rl)}
+    assert [r.uid for r in inputs.stage_records(config.stage("grpo"))] == ["rl/0", "rl/1", "rl/2"]
+    assert inputs.stage_records(config.stage("gft")) is inputs.train_records
+    # the same file as GFT's data: refused for its missing teacher rows, naming the stage that asks
+    assert main(["run", *base[1:], f"model.path={assets.base_model}", f"stages.gft.train_files=[{rl}]",
+                 f"output_dir={tmp_path / 'runs'}", "data.eval_files={}", "eval.splits=[]"]) == 2
+    assert f"{rl}: 3 of 3 prompts have fewer than 1 expert candidates, which stages.gft.group.expert=1" \
+        in capsys.readouterr().err
+    assert main(["run", *base, f"stages.grpo.train_files=[{tmp_path / 'none.parquet'}]", "data.eval_files={}",
+                 "eval.splits=[]", f"output_dir={tmp_path / 'runs'}"]) == 2
+    assert f"stages.grpo.train_files: {tmp_path / 'none.parquet'} does not exist" in capsys.readouterr().err
+    assert ray_starts == []
+
+
 def test_wandb_that_cannot_start_is_refused_before_ray_starts(assets, tmp_path, capsys, ray_starts, monkeypatch):
     for name in ("WANDB_API_KEY", "WANDB_MODE"):
         monkeypatch.delenv(name, raising=False)

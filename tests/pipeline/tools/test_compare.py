@@ -82,6 +82,21 @@ def test_chord_replaces_stage_one_and_grpo_by_one_stage_of_both_budgets_at_its_o
         assert ((stage.mu_peak, stage.mu_valley), stage.sft_token_weight) == (mu, weight)
 
 
+def test_shares_of_the_prompts_rerun_each_pipeline_with_a_stage_1_on_that_share_and_nothing_else(tmp_path):
+    recipe = load_recipe(None, SMALL)
+    seeds = {"grpo": [0], "gft": [0, 1], "chord": [0]}
+    experiment = plan(recipe, seeds, eval_every=25, cache=tmp_path, lrs={"gft": 3e-5, "chord": 1e-5},
+                      fractions=(0.25, 0.5))
+    assert list(experiment.runs) == [("grpo", 0), ("gft", 0), ("gft@0.25", 0), ("gft@0.5", 0), ("chord", 0),
+                                     ("gft", 1), ("gft@0.25", 1), ("gft@0.5", 1)]  # seed by seed; stage 1 only
+    full = experiment.runs[("gft", 1)]
+    for fraction in (0.25, 0.5):
+        share = experiment.runs[(f"gft@{fraction}", 1)]
+        assert share.name == f"gft-data{fraction:g}-seed1" and share.seed == 1
+        assert share.stages == [replace(full.stages[0], data_fraction=fraction), full.stages[1]]
+        assert share.stages[0].lr == 3e-5 and run_folder(tmp_path, share) != run_folder(tmp_path, full)
+
+
 def test_the_cache_key_is_what_the_run_computes(experiment):
     _, experiment, _ = experiment
     config = experiment.runs[("gft", 0)]

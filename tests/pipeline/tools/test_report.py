@@ -14,6 +14,8 @@ from pipeline.tools.report import (
     paired_p,
     rl_gain_auc,
     ruled_out,
+    share_name,
+    share_of,
     summarize_runs,
     verdict,
     write_report,
@@ -131,12 +133,36 @@ def test_report_files_open_offline(runs, tmp_path):
     p_grad = 1 - 2 * math.atan(5.5 / (math.sqrt(4.5) / math.sqrt(2))) / math.pi
     assert f"lower than SFT's (SFT minus GFT): **inconclusive (Holm-adjusted p = {2 * p_grad:.2g})**" in text
     claims = json.loads((tmp_path / "report" / "summary.json").read_text())["claims"]
-    # CHORD not run: its two claims not measured, and the other three a family of three (Holm x2, not x4)
-    assert [c["p_holm"] for c in claims] == pytest.approx([0.0, 1.0, 2 * p_grad, math.nan, math.nan], nan_ok=True)
-    assert [c["verdict"] for c in claims][3:] == ["not measured"] * 2
+    # CHORD and shares of the prompts not run: those three claims not measured, the others a family of three
+    assert [c["p_holm"] for c in claims] == pytest.approx([0.0, 1.0, 2 * p_grad, *[math.nan] * 3], nan_ok=True)
+    assert [c["verdict"] for c in claims][3:] == ["not measured"] * 3
+    assert "Data efficiency" not in text
     assert "## The `ood` split (secondary)" in text and "| gft | 2 | 35.0 ± " in text  # ood pass@1: 0.3, 0.4
     for name in ("accuracy", "entropy", "grad_norm", "pass_at_k", "drift"):
         assert (tmp_path / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     html = (tmp_path / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5 and "http" not in html
     assert json.loads((tmp_path / "report" / "summary.json").read_text())["table"]["sft"]["seeds"] == [0, 1]
+
+
+def test_runs_on_shares_of_the_prompts_get_their_own_section_plot_and_paired_claim(runs, tmp_path):
+    """gft@0.25 and sft@0.25 (stage 1 on a quarter of the prompts) beside the main runs: the main
+    table keeps to the main runs, the data-efficiency table has a column pair per share, and the
+    claim pairs GFT and SFT at the smallest share by seed."""
+    shares = [_fake_run(tmp_path / f"{name}-share{seed}", share_name(name, 0.25), seed, before=before, after=after,
+                        grad_norms=[1.0])
+              for name, seed, before, after in (("gft", 0, 0.3, 0.5), ("gft", 1, 0.3, 0.6),
+                                                ("sft", 0, 0.2, 0.3), ("sft", 1, 0.2, 0.5))]
+    assert share_of("gft@0.25") == ("gft", 0.25) and share_of("gft") == ("gft", 1.0)
+    text = write_report(runs + shares, tmp_path / "report", "test", 2, "gft compare").read_text()
+    main_table = text.split("## The `ood` split")[0]
+    assert "| gft | 2 |" in main_table and "gft@0.25" not in main_table
+    section = text.split("## Data efficiency: stage 1 on a share of the prompts")[1]
+    # pass@1 = accuracy - 0.1 in _fake_run: gft after stage 1 20.0 at 0.25 and 35.0 at 1, after GRPO 45.0 and 60.0
+    assert "| 0.25 of the prompts: after stage 1 | after GRPO | 1 of the prompts: after stage 1 | after GRPO |" in section
+    assert "| gft | 20.0 ± 0.0 | 45.0 ± " in section and "| sft | 10.0 ± 0.0 | 30.0 ± " in section
+    claims = json.loads((tmp_path / "report" / "summary.json").read_text())["claims"]
+    (efficiency,) = [c for c in claims if "data efficiency" in c["claim"]]
+    assert efficiency["claim"].startswith("GFT -> GRPO beats SFT -> GRPO with stage 1 on 0.25 of the prompts")
+    assert efficiency["difference"][0] == pytest.approx(0.15) and efficiency["seeds"] == 2  # 0.2, 0.1
+    assert (tmp_path / "report" / "data_efficiency.png").read_bytes()[:4] == b"\x89PNG"

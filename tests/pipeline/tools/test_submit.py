@@ -13,10 +13,17 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.driver import roles
-from pipeline.recipe.config import RunConfig, load_recipe
+from pipeline.recipe.config import RunConfig, StageConfig, load_recipe
 from pipeline.recipe.configio import to_dict
 from pipeline.tools import submit as submit_module
-from pipeline.tools.submit import PROJECT_ROOT, SUBMITTED_RECIPE, entrypoint, stage, submitted_recipe
+from pipeline.tools.submit import (
+    PROJECT_ROOT,
+    SUBMITTED_RECIPE,
+    entrypoint,
+    resume_overrides,
+    stage,
+    submitted_recipe,
+)
 
 SMALL = ["embedded.n_train=256", "embedded.n_test=32", "embedded.n_ood=32", "eval.splits=[test]"]
 
@@ -72,6 +79,8 @@ def test_the_submitted_recipe_names_every_local_path_absolutely(tmp_path, monkey
     config.model.path, config.teacher.model_path = "models/base", "models/teacher"
     config.data.train_files, config.data.eval_files = ["data/train.parquet"], {"test": "../test.parquet"}
     config.reward.function, config.ray.address = "reward.py", "127.0.0.1:6379"
+    config.stages = [StageConfig(name="gft", algorithm="gft", steps=1),
+                     StageConfig(name="grpo", algorithm="grpo", steps=1, train_files=["data/rl.parquet"])]
     tree = submitted_recipe(config)
     assert tree["output_dir"] == str(tmp_path / "runs")
     assert tree["model"]["path"] == str(tmp_path / "models/base")
@@ -79,6 +88,8 @@ def test_the_submitted_recipe_names_every_local_path_absolutely(tmp_path, monkey
     assert tree["data"]["train_files"] == [str(tmp_path / "data/train.parquet")]
     assert tree["data"]["eval_files"] == {"test": str(tmp_path.parent / "test.parquet")}
     assert tree["reward"]["function"] == str(tmp_path / "reward.py")
+    assert [stage["train_files"] for stage in tree["stages"]] == [None, [str(tmp_path / "data/rl.parquet")]]
+    assert f'stages.grpo.train_files=["{tmp_path / "data/rl.parquet"}"]' in resume_overrides(config)
     assert tree["ray"]["address"] is None  # the job joins the cluster it runs on
     assert tree["rollout"]["python"] is None  # hf: the job's own interpreter
     assert config.output_dir == "runs"  # the config itself is left as it was
