@@ -75,31 +75,41 @@ class Inputs:
     train_records: list[PromptRecord]  # of the run's train files: what a stage without files of its own draws from
     eval_sets: dict[str, EvalSet]
     skipped_rows: dict[str, list[str]]  # train file -> its bad rows left out, each with its problems
-    files: dict[str, list[PromptRecord]] = field(default_factory=dict)  # every train file's, stages' own included
+    # stage -> the prompts of a stage that draws from files other than the run's: its own, or the
+    # run's and the embedded retain family's
+    own_records: dict[str, list[PromptRecord]] = field(default_factory=dict)
 
     def stage_records(self, stage: StageConfig) -> list[PromptRecord]:
-        """The prompts ``stage`` draws from: its own files', else the run's."""
-        if not stage.train_files:
-            return self.train_records
-        return [record for path in stage.train_files for record in self.files[str(path)]]
+        """The prompts ``stage`` draws from."""
+        return self.own_records.get(stage.name, self.train_records)
+
+    def draws_apart(self, stage: StageConfig) -> bool:
+        """Whether ``stage`` draws from prompts of its own (files, or a share of them), with a
+        sampler of its own; the others share the run's, which goes on from stage to stage."""
+        return stage.name in self.own_records or stage.data_fraction < 1
 
 
 def _load_inputs(config: RunConfig, run_dir: Path) -> Inputs:
     """The base model folder, tokenized training prompts and eval sets; builds the embedded task
     when asked. Every data problem surfaces here, before Ray starts."""
     base_model, train_files, eval_files = config.model.path, config.data.train_files, config.data.eval_files
+    mixed_in = {}  # stage -> training files it draws from beside the run's (the embedded retain family)
     if config.model.path == EMBEDDED:
         e = config.embedded
         assets = build_embedded_assets(run_dir / "embedded", e.task, e.model, n_train=e.n_train, n_test=e.n_test,
-                                       n_ood=e.n_ood, n_teacher=e.n_teacher)
+                                       n_ood=e.n_ood, n_teacher=e.n_teacher, n_retain_train=e.n_retain_train)
         base_model = str(assets.base_model)
         train_files = train_files or [str(assets.train)]
-        eval_files = eval_files or {"test": str(assets.test), "ood": str(assets.ood)}
+        retain = {"retain": str(assets.retain)} if assets.retain else {}
+        eval_files = eval_files or {"test": str(assets.test), "ood": str(assets.ood), **retain}
+        if assets.retain_train:
+            mixed_in = {name: [str(assets.retain_train)] for name in e.retain_stages}
     tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
     data = config.data
     files, skipped = {}, {}
-    stage_files = [path for stage in config.stages if stage.train_files for path in stage.train_files]
-    for path in dict.fromkeys([*train_files, *stage_files]):  # each file read once
+    stage_files = {stage.name: [str(p) for p in stage.train_files or [*train_files, *mixed_in.get(stage.name, [])]]
+                   for stage in config.stages if stage.algorithm != "eval"}
+    for path in dict.fromkeys([*map(str, train_files), *(p for paths in stage_files.values() for p in paths)]):
         prompt_file = read_prompt_file(path, tokenizer, data.max_prompt_length, bad_rows=data.bad_rows,
                                        reward_fn_key=data.reward_fn_key)
         files[str(path)] = prompt_file.records
@@ -107,15 +117,11 @@ def _load_inputs(config: RunConfig, run_dir: Path) -> Inputs:
             skipped[str(path)] = prompt_file.skipped
             logger.warning("%s: %d bad rows skipped (data.bad_rows=skip); the first: %s",
                            path, len(prompt_file.skipped), prompt_file.skipped[0])
-    check_data(config, files, [str(path) for path in train_files])
+    check_data(config, files, stage_files)
     records = [record for path in train_files for record in files[str(path)]]
-    return Inputs(base_model, tokenizer, records, load_eval_sets(config, eval_files, tokenizer), skipped, files)
-
-
-def draws_apart(stage: StageConfig) -> bool:
-    """Whether ``stage`` draws its prompts from files of its own or a share of them, with a sampler
-    of its own; the others share the run's, which goes on from one stage to the next."""
-    return bool(stage.train_files) or stage.data_fraction < 1
+    return Inputs(base_model, tokenizer, records, load_eval_sets(config, eval_files, tokenizer), skipped,
+                  {name: [record for path in paths for record in files[path]] for name, paths in stage_files.items()
+                   if paths != [str(path) for path in train_files]})
 
 
 class _StopSignal:
@@ -181,7 +187,7 @@ class _Driver:
         self.progress = start.progress if start else Progress(stage_start=inputs.base_model)
         self.sampler = PromptSampler(inputs.train_records, config.seed)
         self.sampler.seek(*self.progress.sampler)
-        self.stage_samplers: dict[str, PromptSampler] = {}  # stage -> its own sampler (draws_apart)
+        self.stage_samplers: dict[str, PromptSampler] = {}  # stage -> its own sampler (Inputs.draws_apart)
         self.ahead: _Ahead | None = None
         kept = read_next_rollout(start) if start and config.rollout.max_staleness else None
         if kept is not None:  # the point's next step was sampled already, on the weights before it
@@ -304,7 +310,7 @@ class _Driver:
                              start_next=functools.partial(self.start_ahead, stage) if ahead_of_next else None,
                              step=step)
         p.step, p.global_step, p.policy_version = step, p.global_step + 1, int(metrics["policy_version"])
-        if draws_apart(stage):
+        if self.inputs.draws_apart(stage):
             p.stage_samplers[stage.name] = position
         else:
             p.sampler = position
@@ -334,7 +340,7 @@ class _Driver:
     def sampler_for(self, stage: StageConfig) -> PromptSampler:
         """The run's sampler, or, for a stage that draws from prompts of its own (its files, or a
         share of the prompts), its own, where its last step left it."""
-        if not draws_apart(stage):
+        if not self.inputs.draws_apart(stage):
             return self.sampler
         if stage.name not in self.stage_samplers:
             share = prompt_share(self.inputs.stage_records(stage), stage.data_fraction, self.config.seed)

@@ -6,6 +6,7 @@ Assets: train/test/ood parquet files, a tokenizer trained on the train texts, th
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
@@ -21,12 +22,17 @@ from pipeline.core.shapes import ModelShape
 from .model import TinyModelConfig, build_shaped_model, build_tiny_model
 from .task import (
     DATA_SOURCE,
+    RETAIN_DATA_SOURCE,
+    RETAIN_SPLITS,
     SPLITS,
+    LargestProblem,
     Problem,
     TaskConfig,
     Teacher,
     expert_solution,
+    generate_largest,
     generate_problems,
+    largest_path,
     stable_seed,
 )
 from .tokenizer import build_tokenizer
@@ -49,27 +55,35 @@ def teacher_for_split(task_config: TaskConfig, split: str) -> Teacher:
     return Teacher(task_config.teacher_error_rate, seed=stable_seed("teacher", task_config.seed, split))
 
 
+def _row(problem: Problem | LargestProblem, split: str, index: int, data_source: str, expert: str,
+         teacher: list[str]) -> dict:
+    return {
+        "data_source": data_source,
+        "prompt": [{"role": "user", "content": problem.question}],
+        "ability": ABILITY,
+        "reward_model": {"style": "rule", "ground_truth": problem.ground_truth},
+        "extra_info": {"split": split, "index": index, "num_terms": problem.num_terms,
+                       "expert_responses": [expert], "teacher_responses": teacher},
+    }
+
+
 def make_rows(problems: list[Problem], split: str, teacher: Teacher, n_teacher: int) -> list[dict]:
     """One verl row per problem, with the expert's and `n_teacher` teacher responses in extra_info."""
     if n_teacher < 0:
         raise ValueError(f"n_teacher must be >= 0, got {n_teacher}")
+    return [_row(problem, split, i, DATA_SOURCE, expert_solution(problem), teacher.solve_many(problem, n_teacher))
+            for i, problem in enumerate(problems)]
+
+
+def make_retain_rows(problems: list[LargestProblem], split: str, n_teacher: int, seed: int) -> list[dict]:
+    """The retain family's rows: the running maximum left to right as the expert's, over shuffled
+    orders as the teacher's (always right: the family is there to be learnt, then kept)."""
+    rng = random.Random(stable_seed("largest_teacher", seed, split))
     rows = []
     for i, problem in enumerate(problems):
-        rows.append(
-            {
-                "data_source": DATA_SOURCE,
-                "prompt": [{"role": "user", "content": problem.question}],
-                "ability": ABILITY,
-                "reward_model": {"style": "rule", "ground_truth": problem.ground_truth},
-                "extra_info": {
-                    "split": split,
-                    "index": i,
-                    "num_terms": problem.num_terms,
-                    "expert_responses": [expert_solution(problem)],
-                    "teacher_responses": teacher.solve_many(problem, n_teacher),
-                },
-            }
-        )
+        orders = [rng.sample(problem.operands, len(problem.operands)) for _ in range(n_teacher)]
+        rows.append(_row(problem, split, i, RETAIN_DATA_SOURCE, largest_path(problem.operands),
+                         [largest_path(order) for order in orders]))
     return rows
 
 
@@ -81,9 +95,12 @@ def write_embedded_dataset(
     n_ood: int = 256,
     n_teacher: int = 3,
     n_val: int = 0,
+    n_retain_train: int = 0,
 ) -> dict[str, Path]:
-    """Write train.parquet, test.parquet and ood.parquet into `folder`, and val.parquet where
-    ``n_val`` asks for one; returns split -> path."""
+    """Write train.parquet, test.parquet and ood.parquet into `folder`, val.parquet where
+    ``n_val`` asks for one, and, with ``n_retain_train``, the retain family's training rows
+    (retain_train.parquet) and ``n_test`` of its held-out problems (retain.parquet); returns
+    split -> path."""
     task_config = task_config or TaskConfig()
     folder = Path(folder)
     sizes = {"train": n_train, "val": n_val, "test": n_test, "ood": n_ood}
@@ -91,6 +108,9 @@ def write_embedded_dataset(
     for split in (s for s in SPLITS if s != "val" or n_val):
         problems = generate_problems(task_config, split, sizes[split])
         rows = make_rows(problems, split, teacher_for_split(task_config, split), n_teacher)
+        paths[split] = write_parquet_atomic(rows, folder / f"{split}.parquet", VERL_SCHEMA)
+    for split, size in zip(RETAIN_SPLITS, (n_retain_train, n_test)) if n_retain_train else ():
+        rows = make_retain_rows(generate_largest(task_config, split, size), split, n_teacher, task_config.seed)
         paths[split] = write_parquet_atomic(rows, folder / f"{split}.parquet", VERL_SCHEMA)
     return paths
 
@@ -124,10 +144,13 @@ class EmbeddedAssets:
     base_model: Path
     manifest: Path
     val: Path | None = None  # problems held out of train and test alike (TaskConfig.val_fraction)
+    retain_train: Path | None = None  # the retain family's rows, for the warm-up (n_retain_train)
+    retain: Path | None = None  # its held-out problems, the retain eval split
 
     @property
     def data_files(self) -> dict[str, Path]:
-        return {"train": self.train, "test": self.test, "ood": self.ood} | ({"val": self.val} if self.val else {})
+        optional = {"val": self.val, "retain_train": self.retain_train, "retain": self.retain}
+        return {"train": self.train, "test": self.test, "ood": self.ood} | {k: v for k, v in optional.items() if v}
 
 
 def build_embedded_assets(
@@ -141,17 +164,20 @@ def build_embedded_assets(
     vocab_size: int = 512,
     shape: ModelShape | None = None,
     n_val: int = 0,
+    n_retain_train: int = 0,
 ) -> EmbeddedAssets:
     """Dataset files, tokenizer and base model folder (`folder/base_model`), all from the seeds.
 
-    The tokenizer sees only train-split text, so nothing fitted ever touches test or ood. With
-    ``shape``, the base model has random weights in that real model's shape instead of the tiny one.
+    The tokenizer sees only training text (the task's train split, and the retain family's with
+    ``n_retain_train``), so nothing fitted ever touches an eval set. With ``shape``, the base
+    model has random weights in that real model's shape instead of the tiny one.
     """
     task_config = task_config or TaskConfig()
     model_config = model_config or TinyModelConfig()
     root = Path(folder)
-    paths = write_embedded_dataset(root, task_config, n_train, n_test, n_ood, n_teacher, n_val)
-    tokenizer = build_tokenizer(tokenizer_corpus(read_rows(paths["train"])), vocab_size=vocab_size)
+    paths = write_embedded_dataset(root, task_config, n_train, n_test, n_ood, n_teacher, n_val, n_retain_train)
+    rows = [row for split in ("train", "retain_train") if split in paths for row in read_rows(paths[split])]
+    tokenizer = build_tokenizer(tokenizer_corpus(rows), vocab_size=vocab_size)
     model = build_tiny_model(tokenizer, model_config) if shape is None else build_shaped_model(tokenizer, shape)
     base_model = save_policy(model, tokenizer, root / "base_model")
     manifest = root / "embedded.json"
@@ -162,7 +188,8 @@ def build_embedded_assets(
             "data_source": DATA_SOURCE,
             "task_config": asdict(task_config),
             "model_config": asdict(model_config) if shape is None else {"shape": asdict(shape)},
-            "sizes": {"train": n_train, "val": n_val, "test": n_test, "ood": n_ood, "teacher_per_problem": n_teacher},
+            "sizes": {"train": n_train, "val": n_val, "test": n_test, "ood": n_ood, "teacher_per_problem": n_teacher,
+                      "retain_train": n_retain_train},
             "vocab_size": len(tokenizer),
         },
     )
@@ -174,6 +201,8 @@ def build_embedded_assets(
         base_model=base_model,
         manifest=manifest,
         val=paths.get("val"),
+        retain_train=paths.get("retain_train"),
+        retain=paths.get("retain"),
     )
 
 

@@ -25,7 +25,11 @@ _MAX_DRAWS_PER_PROBLEM = 10_000
 
 _MAX_SLIP = 3
 
-DATA_SOURCE = "gft_embedded/chain_addition"  # the verl data_source of every embedded row
+DATA_SOURCE = "gft_embedded/chain_addition"  # the verl data_source of every embedded row of the task
+# a second family, the largest of a few numbers: a skill the warm-up teaches and the later stages
+# do not train, to measure what they keep of it (the `retain` split)
+RETAIN_DATA_SOURCE = "gft_embedded/largest"
+RETAIN_SPLITS = ("retain_train", "retain")
 
 @dataclass
 class TaskConfig:
@@ -110,6 +114,59 @@ def stable_seed(*parts: object) -> int:
     """A 64-bit seed from `parts` that is the same in every process (unlike the salted `hash()`)."""
     digest = hashlib.sha256(repr(parts).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big")
+
+
+@dataclass(frozen=True)
+class LargestProblem:
+    """The retain family's problem: the largest of the operands."""
+
+    operands: tuple[int, ...]
+
+    @property
+    def answer(self) -> int:
+        return max(self.operands)
+
+    @property
+    def ground_truth(self) -> str:
+        return str(self.answer)
+
+    @property
+    def question(self) -> str:
+        return f"Find the largest of {','.join(str(x) for x in self.operands)}."
+
+    @property
+    def num_terms(self) -> int:
+        return len(self.operands)
+
+
+def largest_path(order: Sequence[int]) -> str:
+    """A solution of the retain family: the running maximum over ``order``, then the boxed answer."""
+    lines, best = [], order[0]
+    for x in order[1:]:
+        lines.append(f"max({best},{x})={max(best, x)}")
+        best = max(best, x)
+    return "\n".join([*lines, f"\\boxed{{{best}}}"])
+
+
+def generate_largest(config: TaskConfig, split: str, n: int) -> list[LargestProblem]:
+    """``n`` problems of the retain family for ``split`` (``retain_train`` or ``retain``), the
+    chain lengths and operands of the task's train range; a quarter of the multisets (by the
+    same hash rule as the task's test split) are the eval split's, the rest training's."""
+    if split not in RETAIN_SPLITS:
+        raise ValueError(f"split must be one of {RETAIN_SPLITS}, got {split!r}")
+    rng = random.Random(stable_seed("largest", config.seed, split))
+    problems = []
+    for _ in range(n * _MAX_DRAWS_PER_PROBLEM):
+        if len(problems) == n:
+            break
+        terms = rng.randint(config.min_terms, config.max_terms)
+        operands = tuple(rng.randint(1, config.max_operand) for _ in range(terms))
+        held_out = stable_seed("largest_held_out", config.seed, tuple(sorted(operands))) % 4 == 0
+        if held_out == (split == "retain"):
+            problems.append(LargestProblem(operands))
+    if len(problems) < n:
+        raise ValueError(f"could not draw {n} {split!r} problems: the problem space of {config} is too small")
+    return problems
 
 
 def _check_split(split: str) -> None:

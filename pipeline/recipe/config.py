@@ -53,6 +53,11 @@ class EmbeddedConfig:
     n_test: int = bounded(256, low=1, high=10**6)
     n_ood: int = bounded(256, low=1, high=10**6)
     n_teacher: int = bounded(3, low=0, high=64)
+    # forgetting: rows of a second task family (the largest of a few numbers) mixed into the
+    # prompts of retain_stages (the warm-up), a skill the base then has and the later stages do
+    # not train; the `retain` eval split (n_test of its held-out problems) measures what they keep
+    n_retain_train: int = bounded(0, low=0, high=10**7)
+    retain_stages: list[str] = field(default_factory=lambda: ["warmup"])
 
 
 @dataclass
@@ -349,15 +354,15 @@ def _validate_group(stage: StageConfig, where: str) -> None:
                                         f"which needs {algorithm.min_group} rows or more; it has {size}")
 
 
-def check_data(config: RunConfig, files: dict[str, list[PromptRecord]], run_files: list[str]) -> None:
-    """Once the training data is read (``files``: path -> records; ``run_files``: the paths of the
-    stages without files of their own), before anything starts: every stage's step must find its
-    prompts in its files, and, unless ``data.short_groups`` allows otherwise, every prompt the
-    expert and teacher rows its stage's group asks for (a teacher model fills prompts that have none)."""
+def check_data(config: RunConfig, files: dict[str, list[PromptRecord]], stage_files: dict[str, list[str]]) -> None:
+    """Once the training data is read (``files``: path -> records; ``stage_files``: each training
+    stage's paths), before anything starts: every stage's step must find its prompts in its
+    files, and, unless ``data.short_groups`` allows otherwise, every prompt the expert and teacher
+    rows its stage's group asks for (a teacher model fills prompts that have none)."""
     for stage in config.stages:
         if stage.algorithm == "eval":
             continue
-        mine = {path: files[path] for path in (stage.train_files or run_files)}
+        mine = {path: files[path] for path in stage_files[stage.name]}
         num_prompts = sum(len(records) for records in mine.values())
         _check(stage.prompts_per_step <= num_prompts,
                f"stages.{stage.name}.prompts_per_step: {stage.prompts_per_step} prompts per step, but the training "
@@ -390,7 +395,8 @@ def _path_problem(path: str, kind: str) -> str | None:
 def _validate_eval_splits(config: RunConfig) -> None:
     """``eval.splits`` name eval sets the recipe has: its ``data.eval_files``, or the embedded
     task's test and ood sets. A recipe with none evaluates nothing, whatever the splits say."""
-    known = list(config.data.eval_files) or (["test", "ood"] if config.model.path == EMBEDDED else [])
+    embedded = ["test", "ood", *(["retain"] if config.embedded.n_retain_train else [])]
+    known = list(config.data.eval_files) or (embedded if config.model.path == EMBEDDED else [])
     unknown = [split for split in config.eval.splits if split not in known]
     _check(not known or not unknown, f"eval.splits: {unknown} are not eval sets of this recipe; its sets: "
                                      f"{', '.join(known)} (data.eval_files names them)")
@@ -497,6 +503,9 @@ def validate(config: RunConfig, training: bool = True, check_paths: bool = True)
     if check_paths:
         _validate_paths(config, training)
     _validate_eval_splits(config)
+    unknown = [name for name in config.embedded.retain_stages if name not in [s.name for s in config.stages]]
+    _check(not (training and config.embedded.n_retain_train and unknown),
+           f"embedded.retain_stages: {unknown} are not stages of this recipe")
     function = config.reward.function
     if check_paths and function is not None:
         problem = _path_problem(function, "file")

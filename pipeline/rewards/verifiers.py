@@ -147,10 +147,10 @@ def choice_score(solution_str: str, ground_truth: str) -> float:
 
 def default_compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info=None,
                           extraction: str = DEFAULT_EXTRACTION) -> float:
-    """The built-in verifier for a data source: the embedded task's own checker, letter matching
-    for multiple choice (``mmlu*``), and the math verifier, with ``extraction``, for everything
-    else."""
-    if data_source == embedded_task.DATA_SOURCE:
+    """The built-in verifier for a data source: the embedded task's own checker (its retain
+    family's too), letter matching for multiple choice (``mmlu*``), and the math verifier, with
+    ``extraction``, for everything else."""
+    if data_source in (embedded_task.DATA_SOURCE, embedded_task.RETAIN_DATA_SOURCE):
         return embedded_task.verify(solution_str, ground_truth)
     if data_source.split("/")[-1].startswith(MULTIPLE_CHOICE_PREFIX):
         return choice_score(solution_str, ground_truth)

@@ -120,6 +120,9 @@ class Inputs:
     train: list[str]
     evals: dict[str, str]
     val: str | None = None  # prompts held out of ``train`` to choose learning rates on
+    # the embedded retain family's training rows, mixed into the base's stages it names
+    # (embedded.retain_stages); its held-out problems are the eval set ``retain``
+    retain_train: str | None = None
 
 
 @dataclass
@@ -250,26 +253,32 @@ def shared_inputs(recipe: RunConfig, cache: Path, val_prompts: int = 0) -> Input
     held out of train and test alike (:data:`VAL_FRACTION` of them unless its task says), else
     that many distinct prompts held out of the training files."""
     model, train, evals = recipe.model.path, recipe.data.train_files, dict(recipe.data.eval_files)
+    retain_train = None
     val = evals.pop(VAL_SPLIT, None) if val_prompts else None
     if model == EMBEDDED:
         from pipeline.embedded import build_embedded_assets
 
-        e, folder, n_val = recipe.embedded, cache / "embedded", 0
-        task = e.task
+        e, task, n_val = recipe.embedded, recipe.embedded.task, 0
         if val_prompts and not val and not train:
             task = e.task if e.task.val_fraction else replace(e.task, val_fraction=VAL_FRACTION)
-            folder, n_val = cache / f"embedded-val{val_prompts}", val_prompts
+            n_val = val_prompts
+        # one folder per kind of assets: the retain family changes the tokenizer and so the base
+        folder = cache / "-".join(["embedded", *([f"val{n_val}"] if n_val else []),
+                                   *([f"retain{e.n_retain_train}"] if e.n_retain_train else [])])
         assets = build_embedded_assets(folder, task, e.model, n_train=e.n_train, n_test=e.n_test,
-                                       n_ood=e.n_ood, n_teacher=e.n_teacher, n_val=n_val)
+                                       n_ood=e.n_ood, n_teacher=e.n_teacher, n_val=n_val,
+                                       n_retain_train=e.n_retain_train)
         model, train = str(assets.base_model), train or [str(assets.train)]
-        evals = evals or {"test": str(assets.test), "ood": str(assets.ood)}
+        retain = {"retain": str(assets.retain)} if assets.retain else {}
+        evals = evals or {"test": str(assets.test), "ood": str(assets.ood), **retain}
         val = val or (str(assets.val) if assets.val else None)
+        retain_train = str(assets.retain_train) if assets.retain_train else None
     if val_prompts and not val:
         kept, val = hold_out(list(train), val_prompts, cache / f"holdout-{val_prompts}")
         train = [kept]
     if val:  # every file a stage trains on: the run's, and any a stage has of its own
         check_val_unseen(val, [*train, *(path for s in recipe.stages if s.train_files for path in s.train_files)])
-    return Inputs(model, list(train), dict(evals), val)
+    return Inputs(model, list(train), dict(evals), val, retain_train)
 
 
 def _base(recipe: RunConfig, inputs: Inputs, cache: Path) -> tuple[RunConfig | None, str]:
@@ -278,7 +287,9 @@ def _base(recipe: RunConfig, inputs: Inputs, cache: Path) -> tuple[RunConfig | N
     if not base_stages:
         return None, inputs.model
     base = _with_inputs(recipe, inputs.model, inputs.train, inputs.evals)
-    base.name, base.stages = "base", base_stages
+    mixed = set(recipe.embedded.retain_stages) if inputs.retain_train else set()
+    base.name, base.stages = "base", [replace(s, train_files=[*inputs.train, inputs.retain_train]) if s.name in mixed
+                                      else s for s in base_stages]
     validate(base)
     return base, str(run_folder(cache, base) / "checkpoints" / base_stages[-1].name)
 

@@ -103,6 +103,11 @@ def summarize_runs(runs: list[Run], split: str, k: int) -> dict[str, dict]:
             "stage1_entropy": [r.evals[r.before_grpo()][split].get("entropy", math.nan) for r in mine],
             "stage1_max_grad_norm": [max((v for _, v in r.step_curve("stage1", "grad_norm")), default=math.nan)
                                      for r in mine],
+            # forgetting: the change on the retain split (a skill of the base that stage 1 does not
+            # train) from the base, after stage 1 and after GRPO
+            "retain_base": [_retain(r, "base") for r in mine],
+            "retain_change_stage1": [_retain(r, r.before_grpo()) - _retain(r, "base") for r in mine],
+            "retain_change_grpo": [_retain(r, "grpo") - _retain(r, "base") for r in mine],
             # the entropy drift's suspected driver (docs/results.md): the self rows' mean advantage, and
             # A x c, what DCR leaves of it, averaged over stage 1's steps
             **{f"stage1_mean_{key.replace('/', '_')}": [_stage_mean(r, key) for r in mine]
@@ -115,17 +120,29 @@ def summarize_runs(runs: list[Run], split: str, k: int) -> dict[str, dict]:
     return table
 
 
+RETAIN_SPLIT = "retain"
+
+
+def _retain(run: Run, policy: str) -> float:
+    """``policy``'s pass@1 (greedy accuracy where no samples were drawn) on the retain split; NaN
+    where the run has none."""
+    metrics = run.evals[policy].get(RETAIN_SPLIT)
+    return math.nan if metrics is None else metrics.get("pass@1", metrics["accuracy"])
+
+
 def _stage_mean(run: Run, key: str, stage: str = "stage1") -> float:
     values = [v for _, v in run.step_curve(stage, key) if v is not None]
     return float(np.mean(values)) if values else math.nan
 
 
 def paired_values(table: dict, better: str, worse: str, metric: str) -> list[float] | None:
-    """``better - worse`` for each seed both ran (paired by seed); None if either did not run."""
+    """``better - worse`` for each seed both ran and measured (paired by seed); None where no seed
+    pairs up (either did not run, or the metric was not measured)."""
     if better not in table or worse not in table:
         return None
     pairs = dict(zip(table[worse]["seeds"], table[worse][metric]["values"]))
-    return [v - pairs[s] for s, v in zip(table[better]["seeds"], table[better][metric]["values"]) if s in pairs] or None
+    diffs = [v - pairs[s] for s, v in zip(table[better]["seeds"], table[better][metric]["values"]) if s in pairs]
+    return [d for d in diffs if not math.isnan(d)] or None
 
 
 def paired_difference(table: dict, better: str, worse: str, metric: str) -> tuple[float, float] | None:
@@ -192,6 +209,10 @@ CLAIMS = [
     ("GFT -> GRPO beats SFT -> GRPO (sampled pass@1 after GRPO)", "gft", "sft", "grpo_pass@1", 100, " points"),
     ("entropy after GFT is higher than after SFT", "gft", "sft", "stage1_entropy", 1, " nats"),
     ("GFT's largest grad-norm is lower than SFT's (SFT minus GFT)", "sft", "gft", "stage1_max_grad_norm", 1, ""),
+    # forgetting (its Table 2): what stage 1 costs on a skill it does not train (measured where
+    # the runs have a retain split)
+    ("GFT forgets less than SFT (change on retain after stage 1, GFT's minus SFT's)", "gft", "sft",
+     "retain_change_stage1", 100, " points"),
     # its Table 1 against the strongest hybrid baseline; a pipeline not run is not measured, and
     # counts for nothing in the family
     ("GFT -> GRPO beats CHORD-mu (sampled pass@1 at the end of RL)", "gft", "chord", "grpo_pass@1", 100, " points"),
@@ -384,6 +405,22 @@ def _shares_section(table: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _retain_section(table: dict) -> list[str]:
+    """Forgetting: each pipeline's pass@1 on the retain split at the base and its change after
+    stage 1 and after GRPO, paired by seed."""
+    columns = [("retain_base", "at the base"), ("retain_change_stage1", "change after stage 1"),
+               ("retain_change_grpo", "change after GRPO")]
+    lines = ["## Forgetting: the `retain` split", "",
+             ("A skill of the base that no later stage trains (the embedded default: the largest of a few "
+              "numbers, taught in the warm-up). pass@1 in %, its change from the base per seed, mean ± 95% CI."), "",
+             "| pipeline | seeds | " + " | ".join(title for _, title in columns) + " |",
+             "| --- | --- |" + " --- |" * len(columns)]
+    for pipeline, metrics in table.items():
+        lines.append(f"| {pipeline} | {len(metrics['seeds'])} | "
+                     + " | ".join(_cell(metrics[key], True) for key, _ in columns) + " |")
+    return [*lines, ""]
+
+
 def _other_splits(runs: list[Run], split: str, k: int) -> list[str]:
     """The eval sets besides ``split`` (ood, say): pass@1 and greedy accuracy before and after
     GRPO per pipeline, as a section of their own; none if there are none."""
@@ -465,6 +502,7 @@ def write_report(runs: list[Run], out: Path, split: str, k: int, command: str, l
         "", _markdown_table(main, k), "",
         *_other_splits(runs, split, k),
         *(_shares_section(table) if shares else []),
+        *(_retain_section(main) if any(not math.isnan(m["retain_base"]["mean"]) for m in main.values()) else []),
         "## The paper's direction, paired by seed", "",
         (f"The claims below are one family of paired t-tests under Holm's correction at α = {ALPHA}: a claim is "
          "reproduced or reversed only where its adjusted p is below α. Each difference is given with its 95% CI "

@@ -5,6 +5,7 @@ a rollout a resume point kept is used only for the step it was sampled for."""
 import os
 import signal
 import time
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,7 +13,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.core.data import PromptRecord
-from pipeline.core.errors import DataError
+from pipeline.core.errors import ConfigError, DataError
 from pipeline.driver.run import _Ahead, _load_inputs, _StopSignal, kept_rollout_fits
 from pipeline.recipe.config import load_recipe
 from workers.sampling import SamplingParams
@@ -123,7 +124,8 @@ def test_a_stage_with_files_of_its_own_draws_from_them_and_is_checked_against_th
     base = [f"model.path={assets.base_model}", f"data.train_files=[{train}]", *SMALL_STEPS]
     config = load_recipe(None, [*base, f"stages.grpo.train_files=[{rl}]"])
     inputs = _load_inputs(config, tmp_path / "a")
-    assert len(inputs.train_records) == 4 and set(inputs.files) == {str(train), str(rl)}
+    assert len(inputs.train_records) == 4 and set(inputs.own_records) == {"grpo"}
+    assert inputs.draws_apart(config.stage("grpo")) and not inputs.draws_apart(config.stage("gft"))
     assert [r.uid for r in inputs.stage_records(config.stage("grpo"))] == ["rl/0", "rl/1", "rl/2"]
     assert inputs.stage_records(config.stage("gft")) is inputs.train_records
     # the same file as GFT's data: refused for its missing teacher rows, naming the stage that asks
@@ -135,6 +137,21 @@ def test_a_stage_with_files_of_its_own_draws_from_them_and_is_checked_against_th
                  "eval.splits=[]", f"output_dir={tmp_path / 'runs'}"]) == 2
     assert f"stages.grpo.train_files: {tmp_path / 'none.parquet'} does not exist" in capsys.readouterr().err
     assert ray_starts == []
+
+
+def test_the_embedded_retain_family_is_mixed_into_the_warm_up_alone_and_evaluated_as_retain(tmp_path):
+    config = load_recipe(None, ["embedded.n_train=64", "embedded.n_test=16", "embedded.n_ood=16",
+                                "embedded.n_retain_train=32", "eval.splits=[test,retain]"])
+    inputs = _load_inputs(config, tmp_path)
+    sources = Counter(r.data_source for r in inputs.stage_records(config.stage("warmup")))
+    assert sources == {"gft_embedded/chain_addition": 64, "gft_embedded/largest": 32}
+    assert {r.data_source for r in inputs.stage_records(config.stage("gft"))} == {"gft_embedded/chain_addition"}
+    retain = inputs.eval_sets["retain"]
+    assert len(retain.records) == 16 and {r.data_source for r in retain.records} == {"gft_embedded/largest"}
+    trained = {tuple(r.prompt_ids) for r in inputs.own_records["warmup"]}
+    assert not trained & {tuple(r.prompt_ids) for r in retain.records}  # held-out problems
+    with pytest.raises(ConfigError, match=r"embedded.retain_stages: \['sft'\] are not stages of this recipe"):
+        load_recipe(None, ["embedded.n_retain_train=8", "embedded.retain_stages=[sft]"])
 
 
 def test_wandb_that_cannot_start_is_refused_before_ray_starts(assets, tmp_path, capsys, ray_starts, monkeypatch):

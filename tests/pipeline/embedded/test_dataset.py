@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,12 +15,14 @@ import pipeline.core.data as data_module
 from pipeline.core.data import write_parquet_atomic
 from pipeline.embedded import (
     DATA_SOURCE,
+    RETAIN_DATA_SOURCE,
     VERL_SCHEMA,
     Problem,
     TaskConfig,
     build_embedded_assets,
     expert_solution,
     generate_problems,
+    largest_path,
     read_rows,
     verify,
     write_embedded_dataset,
@@ -141,6 +144,29 @@ def test_write_dataset_sizes_and_teacher_count(tmp_path):
     paths = write_embedded_dataset(tmp_path, TaskConfig(teacher_error_rate=0.0), 10, 5, 4, n_teacher=0)
     assert {k: len(read_rows(v)) for k, v in paths.items()} == {"train": 10, "test": 5, "ood": 4}
     assert all(row["extra_info"]["teacher_responses"] == [] for row in read_rows(paths["train"]))
+
+
+def test_the_retain_family_is_written_on_held_out_problems_with_right_solutions(tmp_path):
+    """The largest of a few numbers: its training rows and its eval rows share no operand set,
+    and every expert and teacher path (running maxima) is accepted by the verifier."""
+    paths = write_embedded_dataset(tmp_path, TaskConfig(), 10, 24, 4, n_teacher=2, n_retain_train=64)
+    train, held_out = read_rows(paths["retain_train"]), read_rows(paths["retain"])
+    assert (len(train), len(held_out)) == (64, 24)  # the retain eval split is as large as test
+    assert {row["data_source"] for row in train + held_out} == {RETAIN_DATA_SOURCE}
+    operands = [{tuple(sorted(map(int, re.findall(r"\d+", row["prompt"][0]["content"])))) for row in rows}
+                for rows in (train, held_out)]
+    assert not operands[0] & operands[1]
+    for row in train + held_out:
+        truth = row["reward_model"]["ground_truth"]
+        assert max(map(int, re.findall(r"\d+", row["prompt"][0]["content"]))) == int(truth)
+        responses = row["extra_info"]["expert_responses"] + row["extra_info"]["teacher_responses"]
+        assert len(responses) == 3 and all(verify(r, truth) == 1.0 for r in responses)
+    assert train[0]["extra_info"]["expert_responses"][0].startswith("max(")
+    # the tokenizer learns from the retain family's training text too: its paths take fewer tokens
+    lengths = [len(AutoTokenizer.from_pretrained(build_embedded_assets(
+        tmp_path / f"assets{n}", TaskConfig(), n_train=10, n_test=4, n_ood=4, n_retain_train=n).base_model)(
+        largest_path([3, 8, 5]))["input_ids"]) for n in (0, 16)]
+    assert lengths[1] < lengths[0]
 
 
 def test_atomic_parquet_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):

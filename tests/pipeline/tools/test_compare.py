@@ -97,6 +97,17 @@ def test_shares_of_the_prompts_rerun_each_pipeline_with_a_stage_1_on_that_share_
         assert share.stages[0].lr == 3e-5 and run_folder(tmp_path, share) != run_folder(tmp_path, full)
 
 
+def test_the_retain_family_goes_into_the_base_alone_and_every_run_evaluates_it(tmp_path):
+    recipe = load_recipe(None, [*SMALL, "embedded.n_retain_train=16", "eval.splits=[test,retain]"])
+    inputs = shared_inputs(recipe, tmp_path)
+    assert inputs.retain_train.endswith("retain_train.parquet") and inputs.evals["retain"].endswith("retain.parquet")
+    experiment = plan(recipe, {"gft": [0]}, eval_every=25, cache=tmp_path, inputs=inputs)
+    assert [s.train_files for s in experiment.base.stages] == [[*inputs.train, inputs.retain_train]]
+    run = experiment.runs[("gft", 0)]
+    assert [s.train_files for s in run.stages] == [None, None] and run.data.train_files == inputs.train
+    assert run.data.eval_files == inputs.evals and run.eval.splits == ["test", "retain"]
+
+
 def test_the_cache_key_is_what_the_run_computes(experiment):
     _, experiment, _ = experiment
     config = experiment.runs[("gft", 0)]

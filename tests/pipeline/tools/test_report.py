@@ -64,8 +64,9 @@ def test_verdicts_need_a_holm_adjusted_p_below_alpha_and_say_what_the_ci_rules_o
         "the CI rules out any effect in the paper's direction, and one against it beyond 6 points"
 
 
-def _fake_run(folder, pipeline, seed, before, after, grad_norms, with_stage1=True, self_advantages=()):
-    """A finished run folder as `run` writes it: eval.json and metrics.jsonl."""
+def _fake_run(folder, pipeline, seed, before, after, grad_norms, with_stage1=True, self_advantages=(), retain=None):
+    """A finished run folder as `run` writes it: eval.json and metrics.jsonl; ``retain``: pass@1 on
+    the retain split at the base, after stage 1 and after GRPO."""
     metrics = {"accuracy": 0.0, "pass@1": 0.0, "pass@2": 0.0, "entropy": 1.0}
     evals = {"base": {"test": dict(metrics), "ood": dict(metrics)}}
     lines = []
@@ -78,6 +79,8 @@ def _fake_run(folder, pipeline, seed, before, after, grad_norms, with_stage1=Tru
                      "rectified_fraction/self": 0.5}
     evals["grpo"] = {"test": metrics | {"accuracy": after, "pass@1": after - 0.1, "pass@2": after + 0.1},
                      "ood": metrics | {"pass@1": after / 2}}
+    for policy, value in zip(["base", "stage1", "grpo"], retain or ()):
+        evals[policy]["retain"] = metrics | {"pass@1": value}
     lines += [{"stage": "grpo", "step": 1, "grad_norm": 0.1},
               {"stage": "grpo", "step": 2, "grad_norm": 0.1, "eval/test/accuracy": (before + after) / 2}]
     folder.mkdir(parents=True)
@@ -133,10 +136,10 @@ def test_report_files_open_offline(runs, tmp_path):
     p_grad = 1 - 2 * math.atan(5.5 / (math.sqrt(4.5) / math.sqrt(2))) / math.pi
     assert f"lower than SFT's (SFT minus GFT): **inconclusive (Holm-adjusted p = {2 * p_grad:.2g})**" in text
     claims = json.loads((tmp_path / "report" / "summary.json").read_text())["claims"]
-    # CHORD and shares of the prompts not run: those three claims not measured, the others a family of three
-    assert [c["p_holm"] for c in claims] == pytest.approx([0.0, 1.0, 2 * p_grad, *[math.nan] * 3], nan_ok=True)
-    assert [c["verdict"] for c in claims][3:] == ["not measured"] * 3
-    assert "Data efficiency" not in text
+    # no retain split, CHORD or shares of the prompts: those four claims not measured, the rest a family of three
+    assert [c["p_holm"] for c in claims] == pytest.approx([0.0, 1.0, 2 * p_grad, *[math.nan] * 4], nan_ok=True)
+    assert [c["verdict"] for c in claims][3:] == ["not measured"] * 4
+    assert "Data efficiency" not in text and "Forgetting" not in text
     assert "## The `ood` split (secondary)" in text and "| gft | 2 | 35.0 ± " in text  # ood pass@1: 0.3, 0.4
     for name in ("accuracy", "entropy", "grad_norm", "pass_at_k", "drift"):
         assert (tmp_path / "report" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
@@ -166,3 +169,16 @@ def test_runs_on_shares_of_the_prompts_get_their_own_section_plot_and_paired_cla
     assert efficiency["claim"].startswith("GFT -> GRPO beats SFT -> GRPO with stage 1 on 0.25 of the prompts")
     assert efficiency["difference"][0] == pytest.approx(0.15) and efficiency["seeds"] == 2  # 0.2, 0.1
     assert (tmp_path / "report" / "data_efficiency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_retain_split_gives_each_pipelines_change_from_the_base_and_the_forgetting_claim(tmp_path):
+    """GFT loses 5 and 10 points on retain in stage 1, SFT 30 and 20: GFT - SFT = +25 and +10."""
+    runs = [_fake_run(tmp_path / f"{name}{seed}", name, seed, before=0.4, after=0.5, grad_norms=[1.0],
+                      retain=(0.8, 0.8 - lost, 0.7 - lost))
+            for name, seed, lost in (("gft", 0, 0.05), ("gft", 1, 0.10), ("sft", 0, 0.30), ("sft", 1, 0.20))]
+    text = write_report(runs, tmp_path / "report", "test", 2, "gft compare").read_text()
+    section = text.split("## Forgetting: the `retain` split")[1]
+    assert "| gft | 2 | 80.0 ± 0.0 | -7.5 ± " in section and "| sft | 2 | 80.0 ± 0.0 | -25.0 ± " in section
+    (forgetting,) = [c for c in json.loads((tmp_path / "report" / "summary.json").read_text())["claims"]
+                     if c["metric"] == "retain_change_stage1"]
+    assert forgetting["difference"][0] == pytest.approx(0.175) and forgetting["seeds"] == 2
