@@ -504,7 +504,8 @@ def validate(config: RunConfig, training: bool = True, check_paths: bool = True)
         _validate_paths(config, training)
     _validate_eval_splits(config)
     unknown = [name for name in config.embedded.retain_stages if name not in [s.name for s in config.stages]]
-    _check(not (training and config.embedded.n_retain_train and unknown),
+    mixing = training and config.model.path == EMBEDDED and config.embedded.n_retain_train
+    _check(not (mixing and unknown),
            f"embedded.retain_stages: {unknown} are not stages of this recipe")
     function = config.reward.function
     if check_paths and function is not None:

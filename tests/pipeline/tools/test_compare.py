@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.errors import ConfigError
-from pipeline.recipe.config import GroupConfig, load_recipe
+from pipeline.recipe.config import GroupConfig, load_recipe, validate
 from pipeline.tools.compare import (
     ROOT,
     SweepSettings,
@@ -106,6 +106,7 @@ def test_the_retain_family_goes_into_the_base_alone_and_every_run_evaluates_it(t
     run = experiment.runs[("gft", 0)]
     assert [s.train_files for s in run.stages] == [None, None] and run.data.train_files == inputs.train
     assert run.data.eval_files == inputs.evals and run.eval.splits == ["test", "retain"]
+    validate(run, check_paths=False)  # as a resume reads it: its model is the base's, no warm-up to mix into
 
 
 def test_the_cache_key_is_what_the_run_computes(experiment):
