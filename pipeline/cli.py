@@ -332,9 +332,9 @@ def _add_compare_parser(commands) -> None:
                              "instead of --seeds (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per pipeline (default: %(default)s)")
     parser.add_argument("--sweep-lr", metavar="LR,LR,...",
-                        help="give each method the stage-1 (CHORD: its stage's) learning rate, of these (and of those added beyond an "
-                             "edge where the best lies there), whose pipeline scores best on val after GRPO, then "
-                             "run it")
+                        help="give each method the stage-1 (CHORD: its stage's) learning rate, of these (and of "
+                             "those added beyond an edge where the best lies there), whose pipeline scores best on "
+                             "val after GRPO, then run it")
     parser.add_argument("--sweep-seeds", type=int, default=2,
                         help=f"seeds per rate of the sweep, from {SWEEP_FIRST_SEED} (default: %(default)s)")
     parser.add_argument("--sweep-extensions", type=int, default=2,

@@ -150,8 +150,9 @@ def largest_path(order: Sequence[int]) -> str:
 
 def generate_largest(config: TaskConfig, split: str, n: int) -> list[LargestProblem]:
     """``n`` problems of the retain family for ``split`` (``retain_train`` or ``retain``), the
-    chain lengths and operands of the task's train range; a quarter of the multisets (by the
-    same hash rule as the task's test split) are the eval split's, the rest training's."""
+    chain lengths and operands of the task's train range; a quarter of the multisets (by a hash
+    of the sorted operands, so no reordering crosses over) are the eval split's, the rest
+    training's."""
     if split not in RETAIN_SPLITS:
         raise ValueError(f"split must be one of {RETAIN_SPLITS}, got {split!r}")
     rng = random.Random(stable_seed("largest", config.seed, split))

@@ -209,8 +209,8 @@ CLAIMS = [
     ("GFT -> GRPO beats SFT -> GRPO (sampled pass@1 after GRPO)", "gft", "sft", "grpo_pass@1", 100, " points"),
     ("entropy after GFT is higher than after SFT", "gft", "sft", "stage1_entropy", 1, " nats"),
     ("GFT's largest grad-norm is lower than SFT's (SFT minus GFT)", "sft", "gft", "stage1_max_grad_norm", 1, ""),
-    # forgetting (its Table 2): what stage 1 costs on a skill it does not train (measured where
-    # the runs have a retain split)
+    # forgetting: what stage 1 costs on a skill it does not train (measured where the runs have
+    # a retain split)
     ("GFT forgets less than SFT (change on retain after stage 1, GFT's minus SFT's)", "gft", "sft",
      "retain_change_stage1", 100, " points"),
     # its Table 1 against the strongest hybrid baseline; a pipeline not run is not measured, and
