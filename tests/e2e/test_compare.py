@@ -1,7 +1,8 @@
-"""`gft compare` end to end on a tiny budget, with a learning-rate sweep: the runs, the report,
-and a second call that is answered from the cache without training."""
+"""`gft compare` end to end on a tiny budget, with a learning-rate sweep and the retain split: the
+runs, the report, and a second call that is answered from the cache without training."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,8 +12,9 @@ from pipeline.driver import run as run_module
 
 pytestmark = pytest.mark.slow
 
-TINY = ["stages.warmup.steps=4", "stages.gft.steps=2", "stages.grpo.steps=2", "eval.splits=[test]",
-        "eval.max_prompts=6", "eval.max_new_tokens=8", "rollout.max_new_tokens=8",
+# the retain family in the warm-up and its split in every eval: forgetting measured at no run's cost
+TINY = ["stages.warmup.steps=4", "stages.gft.steps=2", "stages.grpo.steps=2", "eval.splits=[test,retain]",
+        "eval.max_prompts=6", "eval.max_new_tokens=8", "rollout.max_new_tokens=8", "embedded.n_retain_train=64",
         "embedded.n_train=128", "embedded.n_test=16", "embedded.n_ood=16", "rollout.num_workers=1"]
 
 
@@ -44,6 +46,9 @@ def test_the_report_covers_every_pipeline_and_seed(compared):
         stage_one = yaml.safe_load((folder / "config.yaml").read_text())["stages"][0]
         assert stage_one["lr"] == chosen[pipeline]["lr"]
     assert "## Learning rates, chosen for the end of RL on held-out problems" in report
+    assert "## Forgetting: the `retain` split" in report and "\n| gft | 2 | " in report.split("## Forgetting")[1]
+    base = yaml.safe_load(next((out / "runs").glob("base-*/config.yaml")).read_text())
+    assert [Path(f).name for f in base["stages"][0]["train_files"]] == ["train.parquet", "retain_train.parquet"]
     assert (out / "report" / "report.html").stat().st_size > 10_000  # the four plots are inside
 
 
