@@ -174,6 +174,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from pipeline.driver import run as run_module
     from pipeline.recipe.config import load_recipe
     from pipeline.tools.compare import (
+        STAGE_ONE_PIPELINES,
         SweepSettings,
         choose_lrs,
         execute,
@@ -199,6 +200,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         fractions = [math.nan]
     if not all(0 < f <= 1 for f in fractions):
         raise ConfigError(f"--data-fractions: expected comma-separated shares in (0, 1], got {args.data_fractions!r}")
+    if fractions and not any(name in STAGE_ONE_PIPELINES for name in seeds):
+        raise ConfigError(f"--data-fractions: none of the pipelines {', '.join(seeds)} has a stage 1 to run on a "
+                          f"share of the prompts; those that have: {', '.join(STAGE_ONE_PIPELINES)}")
     if args.eval_every < 0 or (sweep_lrs and args.val_prompts < 1):
         raise ConfigError("--eval-every must be >= 0 and --val-prompts >= 1")
     sweep = SweepSettings(args.sweep_seeds, args.sweep_extensions)

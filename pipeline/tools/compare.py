@@ -56,10 +56,12 @@ class Pipeline:
     """One way from the base to the end of RL: its stages, made from the recipe's stage 1 and GRPO
     stage (:func:`_split_recipe`), the last named ``grpo`` (the RL stage the report reads, CHORD's
     one stage included) and any before it ``stage1``. ``tuned``: its first stage's learning rate
-    is the method's own, chosen by the sweep; grpo alone runs the recipe's GRPO stage as it is."""
+    is the method's own, chosen by the sweep; grpo alone runs the recipe's GRPO stage as it is.
+    ``stage_one``: it has a stage 1 before GRPO (what ``--data-fractions`` puts on a share)."""
 
     stages: Callable[[StageConfig, StageConfig], list[StageConfig]]
     tuned: bool = True
+    stage_one: bool = False
 
 
 def _then_grpo(algorithm: str, group: Callable[[StageConfig], GroupConfig], **settings) -> Pipeline:
@@ -67,7 +69,7 @@ def _then_grpo(algorithm: str, group: Callable[[StageConfig], GroupConfig], **se
         return [replace(stage_one, name="stage1", algorithm=algorithm, group=group(stage_one), **settings),
                 replace(grpo, name="grpo")]
 
-    return Pipeline(stages)
+    return Pipeline(stages, stage_one=True)
 
 
 def _chord(**settings) -> Pipeline:
@@ -101,6 +103,7 @@ PIPELINES: dict[str, Pipeline] = {
     "chord_phi": _chord(sft_token_weight="phi", mu_peak=0.1, mu_valley=0.1, mu_warmup_steps=0, mu_decay_steps=0),
 }
 DEFAULT_PIPELINES = ("grpo", "sft", "dft", "gft")
+STAGE_ONE_PIPELINES = tuple(name for name, pipeline in PIPELINES.items() if pipeline.stage_one)
 
 
 @dataclass
@@ -338,7 +341,7 @@ def plan(recipe: RunConfig, seeds: dict[str, list[int]], eval_every: int, cache:
                 stages[0] = replace(stages[0], lr=lrs[name])
             config.stages = [replace(s, eval_every=eval_every) for s in stages]
             experiment.runs[(name, seed)] = config
-            for fraction in fractions if config.stages[0].name == "stage1" else ():
+            for fraction in fractions if PIPELINES[name].stage_one else ():
                 on_share = deepcopy(config)
                 on_share.name = f"{name}-data{fraction:g}-seed{seed}"
                 on_share.stages[0] = replace(on_share.stages[0], data_fraction=fraction)

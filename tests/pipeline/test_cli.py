@@ -44,6 +44,13 @@ def test_compare_refuses_a_share_of_the_prompts_outside_0_to_1_before_any_work(c
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []
 
 
+def test_compare_refuses_shares_of_the_prompts_for_pipelines_without_a_stage_1(capsys, tmp_path):
+    assert main(["compare", "--pipelines", "grpo,chord", "--data-fractions", "0.5", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--data-fractions: none of the pipelines grpo, chord has a stage 1" in err and "sft, dft, gft" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_missing_recipe_is_named(capsys):
     assert main(["run", "no/such/recipe.yaml"]) == 2
     assert "no/such/recipe.yaml does not exist" in capsys.readouterr().err
