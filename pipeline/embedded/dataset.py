@@ -55,8 +55,7 @@ def teacher_for_split(task_config: TaskConfig, split: str) -> Teacher:
     return Teacher(task_config.teacher_error_rate, seed=stable_seed("teacher", task_config.seed, split))
 
 
-def _row(problem: Problem | LargestProblem, split: str, index: int, data_source: str, expert: str,
-         teacher: list[str]) -> dict:
+def _row(problem: Problem, split: str, index: int, data_source: str, expert: str, teacher: list[str]) -> dict:
     return {
         "data_source": data_source,
         "prompt": [{"role": "user", "content": problem.question}],

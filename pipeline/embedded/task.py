@@ -117,26 +117,16 @@ def stable_seed(*parts: object) -> int:
 
 
 @dataclass(frozen=True)
-class LargestProblem:
-    """The retain family's problem: the largest of the operands."""
-
-    operands: tuple[int, ...]
+class LargestProblem(Problem):
+    """The retain family's problem: the largest of the operands (the rest as for :class:`Problem`)."""
 
     @property
     def answer(self) -> int:
         return max(self.operands)
 
     @property
-    def ground_truth(self) -> str:
-        return str(self.answer)
-
-    @property
     def question(self) -> str:
         return f"Find the largest of {','.join(str(x) for x in self.operands)}."
-
-    @property
-    def num_terms(self) -> int:
-        return len(self.operands)
 
 
 def largest_path(order: Sequence[int]) -> str:
