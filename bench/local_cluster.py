@@ -11,6 +11,11 @@ Once every node is up it prints one JSON line, ``{"address": GCS, "dashboard": U
 process of it (a lost machine), ``add JSON`` starts another node; each answers with a JSON line.
 End of input stops the cluster.
 
+    python -m bench.local_cluster --node '{"num_cpus": 1}' --node '{"num_cpus": 1}' --time-loss 3 [--ray-health-checks]
+
+instead SIGKILLs the last node ``--time-loss`` times (adding it back each time) and prints how
+long Ray took to declare it dead: with this module's health checks, or Ray's defaults.
+
 ``ray start --address`` cannot do this on loopback: with Ray's multi-node mode on, it swaps
 127.0.0.1 for the machine's outward address; with it off, it refuses to start a second node.
 Ray's own ``cluster_utils.Cluster`` starts the nodes directly, with the mode off, so every server
@@ -25,10 +30,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Self
 
 ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# The GCS checks each node's raylet every second and declares it dead after 3 failed checks in a
+# row: a lost node is known in about 3 s, where Ray's defaults (5 checks 3 s apart) take some
+# 15 s, and a test or benchmark that loses nodes waits that much less for each. A raylet that is
+# alive but slow still answers within a check's timeout (Ray's 10 s, kept), so a loaded machine
+# is not taken for a lost one.
+HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -90,6 +102,9 @@ def main() -> int:
     parser.add_argument("--node", action="append", type=json.loads, required=True,
                         help="a node's arguments as JSON (num_cpus, resources, object_store_memory...)")
     parser.add_argument("--dashboard-port", type=int, default=None, help="the head's dashboard (Jobs API)")
+    parser.add_argument("--time-loss", type=int, default=0, metavar="N",
+                        help="time N losses of the last node instead of reading commands")
+    parser.add_argument("--ray-health-checks", action="store_true", help="Ray's default health checks, not ours")
     args = parser.parse_args()
     os.environ.update(ENV)  # before Ray reads it at import
     from ray.cluster_utils import Cluster
@@ -98,12 +113,17 @@ def main() -> int:
     # are: the default one may be taken by another Ray instance on this machine
     head = {"include_dashboard": args.dashboard_port is not None, "dashboard_host": "127.0.0.1",
             "dashboard_agent_listen_port": None,
+            "_system_config": {} if args.ray_health_checks else HEALTH_CHECKS,
             **({"dashboard_port": args.dashboard_port} if args.dashboard_port else {}), **args.node[0]}
     cluster = Cluster(initialize_head=True, head_node_args=head)
     nodes = [cluster.head_node] + [cluster.add_node(**node) for node in args.node[1:]]
     dashboard = f"http://{cluster.head_node.webui_url}" if args.dashboard_port else None
     print(json.dumps({"address": cluster.address, "dashboard": dashboard,
                       "nodes": [node.node_id for node in nodes]}), flush=True)
+    if args.time_loss:
+        _time_losses(cluster, nodes[-1], args.node[-1], args.time_loss)
+        cluster.shutdown()
+        return 0
     for line in sys.stdin:
         command, _, argument = line.strip().partition(" ")
         if command == "kill":
@@ -116,6 +136,21 @@ def main() -> int:
             print(json.dumps({"added": node.node_id}), flush=True)
     cluster.shutdown()
     return 0
+
+
+def _time_losses(cluster, node, arguments: dict, times: int) -> None:
+    import ray
+
+    ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+    for _ in range(times):
+        cluster.remove_node(node, allow_graceful=False)
+        lost, started = node.node_id, time.monotonic()
+        while any(seen["NodeID"] == lost and seen["Alive"] for seen in ray.nodes()):
+            time.sleep(0.05)
+        print(f"node declared dead {time.monotonic() - started:.1f} s after its SIGKILL", flush=True)
+        node = cluster.add_node(**arguments)
+        cluster.wait_for_nodes()
+    ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -4,23 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pip_install() {
-  # this machine's pip config names local wheel folders that may be absent; drop that noise
-  "$venv/bin/python" -m pip install -q "$@" 2> >(grep -v "^WARNING: Location" >&2)
-}
+source scripts/uv_install.sh
 
 venv=${GFT_VENV:-.venv}
 stamp="$venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 [ -f "$stamp" ] && exit 0
 
-echo "setting up $venv (first run only; a few minutes)" >&2
+echo "setting up $venv (first run only; about a minute)" >&2
 python3 -m venv "$venv"
-pip_install --upgrade pip
 if ! command -v nvidia-smi >/dev/null 2>&1; then
   # No GPU: take torch's CPU build first, so that no dependency below pulls a CUDA build of
-  # several GB (pip keeps an installed torch that satisfies the range in pyproject.toml).
-  pip_install torch==2.13.0
+  # several GB (uv keeps an installed torch that satisfies the range in pyproject.toml).
+  uv_install "$venv" torch==2.13.0
 fi
-pip_install -e ".[dev]"
+uv_install "$venv" -e ".[dev]"
 rm -f "$venv"/.installed-*
 touch "$stamp"
