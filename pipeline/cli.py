@@ -325,10 +325,15 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_compare_parser(commands) -> None:
+def _add_compare_parser(commands, described: bool) -> None:
+    """``described``: with its options, which name the pipelines. Naming them imports the training
+    code (seconds), which only ``gft compare`` needs: ``gft status`` and its like answer without."""
+    parser = commands.add_parser("compare", help="RL compatibility: GRPO from several initialisations, over seeds")
+    parser.set_defaults(handler=_cmd_compare)
+    if not described:
+        return
     from pipeline.tools.compare import DEFAULT_PIPELINES, PIPELINES, SWEEP_FIRST_SEED
 
-    parser = commands.add_parser("compare", help="RL compatibility: GRPO from several initialisations, over seeds")
     parser.add_argument("recipe", nargs="?", help="recipe ending in stage 1 then grpo (default: the embedded default)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides of the recipe")
     parser.add_argument("--pipelines", default=",".join(DEFAULT_PIPELINES),
@@ -357,7 +362,6 @@ def _add_compare_parser(commands) -> None:
                         help="cache of finished runs (OUT/runs) and the report (OUT/report)")
     parser.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     _add_verbose_option(parser)
-    parser.set_defaults(handler=_cmd_compare)
 
 
 def _add_job_parsers(commands) -> None:
@@ -488,7 +492,8 @@ def _add_plan_parser(commands) -> None:
     parser.set_defaults(handler=_cmd_plan)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; ``command``, the one to be run, is described in full (None: all)."""
     parser = argparse.ArgumentParser(
         prog="gft",
         description="Group Fine-Tuning then GRPO post-training on Ray (arXiv 2604.14258).",
@@ -512,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--shape", choices=_shape_names(),
                        help="a base model of this real model's shape with random weights instead of the tiny one")
     build.set_defaults(handler=_cmd_build_default)
-    _add_compare_parser(commands)
+    _add_compare_parser(commands, described=command in (None, "compare"))
     _add_eval_parser(commands)
     _add_score_parser(commands)
     _add_data_parser(commands)
@@ -534,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.tools.submit import JobError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     args.argv = argv
     # a recipe path and key=value overrides share the positional slots
     recipe = getattr(args, "recipe", None)

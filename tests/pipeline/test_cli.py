@@ -1,5 +1,8 @@
 """The `gft` command line: help texts and clean refusals of bad input."""
 
+import subprocess
+import sys
+
 import pytest
 
 from pipeline.cli import main
@@ -11,6 +14,26 @@ def test_help_lists_the_commands(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "run" in out and "build-default" in out
+
+
+def test_compare_help_names_every_pipeline(capsys):
+    from pipeline.tools.compare import PIPELINES
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(name in out for name in PIPELINES) and "from 1000" in out
+
+
+def test_the_job_commands_answer_without_importing_the_training_code():
+    """``gft status`` and its like talk to the cluster only: torch, transformers and the recipe's
+    code (seconds to import) stay out of their process."""
+    probe = ("import sys; from pipeline.cli import main; "
+             "code = main(['status', 'some-job', '--address', 'http://127.0.0.1:1']); "
+             "print(code, sorted(m for m in ('torch', 'transformers', 'pipeline.recipe.config') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    assert done.stdout.split("\n")[-2] == "2 []", done.stdout + done.stderr[-2000:]
+    assert "cannot reach the Ray dashboard at http://127.0.0.1:1" in done.stderr
 
 
 def test_run_help_explains_recipe_and_overrides(capsys):
