@@ -36,8 +36,8 @@ from typing import Self
 
 ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 # The GCS checks each node's raylet every second and declares it dead after 3 failed checks in a
-# row: a lost node is known in about 3 s, where Ray's defaults (5 checks 3 s apart) take some
-# 15 s, and a test or benchmark that loses nodes waits that much less for each. A raylet that is
+# row: a lost node is known in 6-7 s, where Ray's defaults (5 checks 3 s apart) take 16-17 s
+# (``--time-loss``), and a test or benchmark that loses nodes waits that much less for each. A raylet that is
 # alive but slow still answers within a check's timeout (Ray's 10 s, kept), so a loaded machine
 # is not taken for a lost one.
 HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}

@@ -1,6 +1,6 @@
 # Sourced by setup.sh and setup_vllm.sh. `uv_install VENV REQUIREMENT...` installs into VENV with
-# uv, which resolves and installs several times faster than pip (both environments in about 45 s
-# against 3 min with pip here: docs/benchmarks.md). uv lives in .venv, installed there by pip.
+# uv, which resolves and installs several times faster than pip (both environments in 49 s
+# against 179 s with pip here: docs/benchmarks.md). uv lives in .venv, installed there by pip.
 # It reads no pip configuration, so it is handed pip's find-links: where pip names a local folder
 # of wheels (this machine's CPU build of torch), uv takes the same files. (Not pip's extra
 # indexes: uv takes each package from the first index that has it, and a partial local mirror
