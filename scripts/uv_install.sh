@@ -1,6 +1,6 @@
 # Sourced by setup.sh and setup_vllm.sh. `uv_install VENV REQUIREMENT...` installs into VENV with
-# uv, which resolves and installs several times faster than pip (both environments in 49 s
-# against 179 s with pip here: docs/benchmarks.md). uv lives in .venv, installed there by pip.
+# uv, which resolves and installs faster than pip (both environments in 109 s against 179 s
+# with pip here: docs/benchmarks.md). uv lives in .venv, installed there by pip.
 # It reads no pip configuration, so it is handed pip's find-links: where pip names a local folder
 # of wheels (this machine's CPU build of torch), uv takes the same files. (Not pip's extra
 # indexes: uv takes each package from the first index that has it, and a partial local mirror
@@ -15,5 +15,8 @@ uv_install() {
   fi
   links=$(python3 -m pip config get global.find-links 2>/dev/null || true)
   for link in $links; do options+=(--find-links "$link"); done
-  VIRTUAL_ENV=$venv "$uv" pip install -q "${options[@]}" "$@"
+  # --compile-bytecode: as pip does, the .pyc files written now; a machine that sets
+  # PYTHONDONTWRITEBYTECODE would otherwise compile torch and transformers from source in every
+  # process that imports them (this one does: the test suite took twice as long)
+  VIRTUAL_ENV=$venv "$uv" pip install -q --compile-bytecode "${options[@]}" "$@"
 }
