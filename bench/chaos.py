@@ -25,7 +25,7 @@ its own ``gft`` process group:
   delay of up to twice the run's ``ray.node_wait_s`` (20 s), so that the run either waits for it
   and goes on, or stops (exit 3) and is resumed once it has joined.
 
-Each run is drawn at ``rollout.max_staleness`` 0 or 1 (``--staleness``; a run with ``kill_node``
+Each run is drawn at ``rollout.max_staleness`` 0, 1 or 2 (``--staleness``; a run with ``kill_node``
 at 0: a rollout worker lost on the collective path while it samples ahead is asked again on the
 newer weights, which no resume can match) and compared with the fault-free run at the same
 staleness. A run's faults are drawn from ``--seed`` and its index (printed): the kind (the runs go through
@@ -70,7 +70,7 @@ from safetensors.torch import load_file
 
 from bench.common import RESULTS, ROOT, machine, print_table
 from bench.local_cluster import LocalCluster
-from pipeline.recipe.config import load_recipe
+from pipeline.recipe.config import MAX_STALENESS, load_recipe
 from pipeline.recipe.configio import to_dict
 
 RECIPE = [
@@ -406,6 +406,17 @@ def metric_rows(run_dir: Path, timed: bool = False) -> list[dict]:
                                 and not k.endswith("_per_s")} for row in rows]
 
 
+def _stalenesses(text: str) -> tuple[int, ...]:
+    """``--staleness``'s comma-separated values of rollout.max_staleness."""
+    try:
+        values = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated whole numbers, e.g. 0,1,2") from None
+    if not all(0 <= k <= MAX_STALENESS for k in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: each from 0 to {MAX_STALENESS}")
+    return values
+
+
 def _evals(run_dir: Path) -> dict:
     return json.loads((run_dir / "eval.json").read_text())["evals"]
 
@@ -424,8 +435,8 @@ def main() -> int:
     parser.add_argument("--reference", type=Path, metavar="RUN_DIR", action="append", default=[],
                         help="a finished fault-free run of this recipe to compare with, one per staleness drawn "
                              "(default: run them first)")
-    parser.add_argument("--staleness", choices=["0", "1", "0,1"],
-                        help="the rollout.max_staleness each run is drawn at (default: 0,1; a replay: 0)")
+    parser.add_argument("--staleness", type=_stalenesses, metavar="K,...",
+                        help="the rollout.max_staleness each run is drawn from (default: 0,1,2; a replay: 0)")
     parser.add_argument("--replay", metavar="KIND@STEP,...",
                         help="one run hit by exactly these faults, in order (instead of --runs and --faults)")
     parser.add_argument("--out", type=Path, help="the JSON file to write (default: bench/results/chaos.json)")
@@ -437,10 +448,10 @@ def main() -> int:
     if unknown:
         parser.error(f"--faults: unknown {sorted(unknown)}; known: {', '.join(KINDS)}")
     if args.replay:
-        if args.staleness not in (None, "0", "1"):
-            parser.error("--staleness: a replay runs at one, 0 or 1")
+        if len(args.staleness or (0,)) != 1:
+            parser.error("--staleness: a replay runs at one")
         try:
-            planned = [replayed(args.replay, int(args.staleness or 0))]
+            planned = [replayed(args.replay, (args.staleness or (0,))[0])]
         except ValueError as err:
             parser.error(str(err))
         kinds = sorted({fault.kind for fault in planned[0].faults})
@@ -450,7 +461,7 @@ def main() -> int:
         if "disk_full" in kinds and os.geteuid() != 0:
             print("chaos: disk_full needs root to mount a tmpfs; left out of the draws")
             kinds.remove("disk_full")
-        stalenesses = tuple(int(k) for k in (args.staleness or "0,1").split(","))
+        stalenesses = args.staleness or (0, 1, 2)
         planned = [plan(index, args.seed, kinds, args.max_delay, stalenesses) for index in range(args.runs)]
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gft-chaos-"))

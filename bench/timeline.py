@@ -10,8 +10,10 @@ scoring S, advantages A and the update U. With the rollout and the learners on d
     staleness 0:   T0 = W + R + S + A + U         one after the other
     staleness k:   T1 = W + max(R, S + A + U)     the next step's rollout beside this step's scoring and update
 
-The sync stays in series at any k under this schedule: it is sent once the rollout before it has
-been waited for and before the next one starts (docs/design.md §3). Devices that the two roles
+The sync stays in series at any k under this schedule: the learner publishes the weights between
+its updates, as the next rollout starts, and that rollout loads them before it samples
+(docs/design.md §3); with phases of steady length a deeper queue (k >= 2) gives the same step,
+and gains only where the phases' lengths vary from step to step. Devices that the two roles
 share (colocated GPUs, or cores) cannot overlap them: there T0 is the bound at any staleness.
 
 **Checked** on the CPU runs of ``bench.pipeline``: the medians of the staleness-0 run's phases

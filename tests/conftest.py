@@ -132,6 +132,12 @@ def fault_free_run_ahead(tmp_path_factory) -> Path:
     return _shared_fault_free_run(tmp_path_factory, staleness=1)
 
 
+@pytest.fixture(scope="session")
+def fault_free_run_two_ahead(tmp_path_factory) -> Path:
+    """The same, with the rollouts of two steps under way at once (``rollout.max_staleness=2``)."""
+    return _shared_fault_free_run(tmp_path_factory, staleness=2)
+
+
 def _shared_fault_free_run(tmp_path_factory, staleness: int) -> Path:
     from filelock import FileLock
 

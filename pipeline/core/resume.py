@@ -41,7 +41,8 @@ from pipeline.core.files import atomic_dir, safetensors_os_errors
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_DIR = "optimizer"
 RNG_FILE = "rng_state"  # safetensors, named so that no model loader globbing *.safetensors reads it
-# rollout.max_staleness 1: the next step's self rows, sampled while the point's step trained
+# rollout.max_staleness k: the self rows of the k steps after the point's, sampled while it
+# trained: next_rollout.arrow, then next_rollout.2.arrow ... next_rollout.<k>.arrow
 NEXT_ROLLOUT_FILE = "next_rollout.arrow"
 FORMAT = 2  # 1: the whole optimizer state in one learner_state.safetensors
 
@@ -101,7 +102,7 @@ def write_point(run_dir: Path, progress: Progress, write_learner_files: Callable
 
 @dataclass
 class KeptRollout:
-    """The rollout a point kept for the step after it: its rows, its workers' metrics, and how it
+    """A rollout a point kept for a step after it: its rows, its workers' metrics, and how it
     sampled (``workers.sampling.SamplingParams`` as a dict), to be checked against the recipe it
     resumes with."""
 
@@ -110,26 +111,34 @@ class KeptRollout:
     sampling: dict
 
 
-def next_rollout_bytes(kept: KeptRollout) -> bytes:
-    """A kept rollout as the Arrow IPC file a point holds it in (its metrics and sampling as the
-    schema's metadata)."""
-    sink = pa.BufferOutputStream()
-    schema = SCHEMA.with_metadata({"metrics": json.dumps(kept.metrics), "sampling": json.dumps(kept.sampling)})
-    with pa.ipc.new_file(sink, schema) as writer:
-        writer.write_batch(kept.rows.replace_schema_metadata(schema.metadata))
-    return sink.getvalue().to_pybytes()
+def kept_rollout_file(index: int) -> str:
+    """The file of the rollout a point keeps for the ``index``-th step after it (from 1)."""
+    return NEXT_ROLLOUT_FILE if index == 1 else NEXT_ROLLOUT_FILE.replace(".arrow", f".{index}.arrow")
 
 
-def read_next_rollout(point: ResumePoint) -> KeptRollout | None:
-    """The rollout a point kept for the step after it (:func:`next_rollout_bytes`), if any."""
-    path = point.folder / NEXT_ROLLOUT_FILE
-    if not path.is_file():
-        return None
-    with pa.memory_map(str(path)) as source:
-        table = pa.ipc.open_file(source).read_all()
-    metadata = table.schema.metadata
-    (rows,) = table.replace_schema_metadata(None).combine_chunks().to_batches()  # a rollout has rows
-    return KeptRollout(rows, json.loads(metadata[b"metrics"]), json.loads(metadata[b"sampling"]))
+def kept_rollout_files(kept: list[KeptRollout]) -> dict[str, bytes]:
+    """The rollouts kept for the steps after a point, in order, as the Arrow IPC files the point
+    holds them in (each one's metrics and sampling as its schema's metadata)."""
+    files = {}
+    for index, rollout in enumerate(kept, start=1):
+        sink = pa.BufferOutputStream()
+        schema = SCHEMA.with_metadata({"metrics": json.dumps(rollout.metrics), "sampling": json.dumps(rollout.sampling)})
+        with pa.ipc.new_file(sink, schema) as writer:
+            writer.write_batch(rollout.rows.replace_schema_metadata(schema.metadata))
+        files[kept_rollout_file(index)] = sink.getvalue().to_pybytes()
+    return files
+
+
+def read_kept_rollouts(point: ResumePoint) -> list[KeptRollout]:
+    """The rollouts a point kept for the steps after it (:func:`kept_rollout_files`), in order."""
+    kept = []
+    while (path := point.folder / kept_rollout_file(len(kept) + 1)).is_file():
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+        metadata = table.schema.metadata
+        (rows,) = table.replace_schema_metadata(None).combine_chunks().to_batches()  # a rollout has rows
+        kept.append(KeptRollout(rows, json.loads(metadata[b"metrics"]), json.loads(metadata[b"sampling"])))
+    return kept
 
 
 def _read_point(folder: Path) -> tuple[ResumePoint | None, str]:

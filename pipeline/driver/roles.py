@@ -298,7 +298,10 @@ class Roles:
         self._report_rollout(colocated)
         # weights reach rollout workers on the learner's node through its shared memory
         self._locate()
-        self.same_node = len(set(self.nodes["learners"][:1] + self.nodes["rollouts"])) == 1
+        one_node = len(set(self.nodes["learners"][:1] + self.nodes["rollouts"])) == 1
+        # a block rewritten at each publication holds one version: rollouts started more than one
+        # update ahead each keep a version of their own, in the object store
+        self.shared_memory = one_node and config.rollout.max_staleness <= 1
         if len(self.learners) > 1:
             address, port = ray.get(self.learner.rendezvous.remote())
             world = len(self.learners)
@@ -307,10 +310,11 @@ class Roles:
         # weights broadcast in a group of their own: where asked, or where shared memory cannot reach
         self.sync_plan: SyncPlan | None = None
         sync = config.rollout.weight_sync
-        if self.learner is not None and (sync == "collective" or (sync == "auto" and not self.same_node)):
+        if self.learner is not None and (sync == "collective" or (sync == "auto" and not one_node
+                                                                  and config.rollout.max_staleness <= 1)):
             self.sync_plan = ray.get(self.learner.weight_plan.remote(config.rollout.weight_bucket_mb << 20))
             self._form_weight_group()
-        self.weight_sync = "collective" if self.sync_plan is not None else "shared_memory" if self.same_node \
+        self.weight_sync = "collective" if self.sync_plan is not None else "shared_memory" if self.shared_memory \
             else "object_store"  # (an eval job's workers load the checkpoint itself)
         logger.info("roles on nodes %s; weights reach the rollout by %s", self.nodes, self.weight_sync)
 
@@ -420,8 +424,9 @@ class Roles:
         their way while the metrics come back, become the rollout's policy at its next call
         (:meth:`start_rollout`): no round trip of a call of their own. The learner writes its
         shared block again only after an update, which comes after those rollouts.
-        ``defer_weights``: a rollout may be under way on the previous weights (rollout.max_staleness
-        1): they are asked for when the next rollout starts instead, once that one has read its own."""
+        ``defer_weights``: rollouts may be under way on earlier weights (rollout.max_staleness >= 1):
+        the new ones are asked for when the next rollout starts instead, once (on the shared-memory
+        path, which holds one version) the one before it has been waited for."""
         shared = ray.put(batch)
         metrics = [rank.update.remote(shared, settings) for rank in self.learners]
         if self.sync_plan is not None or defer_weights:  # sent when the next rollout starts
@@ -440,7 +445,7 @@ class Roles:
         """Every rank's answer to ``rollout_weights``: rank 0's full weights (in its node's shared
         memory, or put once in the object store for every reader), then nothing from the others
         (sharded ranks gather them together)."""
-        return [rank.rollout_weights.remote(self.same_node) for rank in self.learners]
+        return [rank.rollout_weights.remote(self.shared_memory) for rank in self.learners]
 
     def _call(self, calls: list[tuple[ActorHandle, Callable[[ActorHandle], ray.ObjectRef]]]) -> list:
         """``ray.get`` of ``submit(actor)`` for each (actor, submit), all in flight at once (:meth:`_finish`)."""

@@ -6,6 +6,7 @@ GFT policy hands off to GRPO exactly as a user's model would (a Hugging Face fol
 
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import hashlib
@@ -31,16 +32,15 @@ from pipeline.core.files import atomic_path, write_json_lines
 from pipeline.core.metric_sinks import MetricSink, MlflowSink, TensorBoardSink, WandbSink
 from pipeline.core.metrics import MetricsLogger
 from pipeline.core.resume import (
-    NEXT_ROLLOUT_FILE,
     KeptRollout,
     Progress,
     ResumePoint,
     chosen_point,
+    kept_rollout_files,
     latest_point,
-    next_rollout_bytes,
     points,
     prune,
-    read_next_rollout,
+    read_kept_rollouts,
     write_point,
 )
 from pipeline.core.run_folder import RunLock, claim_new
@@ -157,23 +157,23 @@ class _StopSignal:
 
 @dataclass
 class _Ahead:
-    """The rollout of a stage's next step, started while the step before it trains
-    (rollout.max_staleness 1): its prompts, the sampler's position after them, how it samples,
+    """The rollout of a later step of the stage, started while a step before it trains
+    (rollout.max_staleness k): its prompts, the sampler's position after them, how it samples,
     and the rollout under way or, once waited for (or read back from a resume point), its rows
     and metrics."""
 
-    records: list[PromptRecord] | None  # None: read back from a point, drawn again from its position
-    position: tuple[int, int] | None
+    records: list[PromptRecord]
+    position: tuple[int, int]
     sampling: SamplingParams
     call: RolloutCall | None = None
     rows: tuple[pa.RecordBatch, dict] | None = None
 
 
-def kept_rollout_fits(kept: _Ahead, sampling: SamplingParams, records: list[PromptRecord]) -> bool:
+def kept_rollout_fits(kept: KeptRollout, sampling: SamplingParams, records: list[PromptRecord]) -> bool:
     """Whether the rollout a resume point kept is the one a step now asks for: the same sampling
     settings and the same prompts (a resume that changed either samples anew)."""
-    prompts = set(kept.rows[0].column("group_id").to_pylist())
-    return kept.sampling == sampling and prompts == {r.uid for r in records}
+    prompts = set(kept.rows.column("group_id").to_pylist())
+    return SamplingParams(**kept.sampling) == sampling and prompts == {r.uid for r in records}
 
 
 class _Driver:
@@ -188,10 +188,28 @@ class _Driver:
         self.sampler = PromptSampler(inputs.train_records, config.seed)
         self.sampler.seek(*self.progress.sampler)
         self.stage_samplers: dict[str, PromptSampler] = {}  # stage -> its own sampler (Inputs.draws_apart)
-        self.ahead: _Ahead | None = None
-        kept = read_next_rollout(start) if start and config.rollout.max_staleness else None
-        if kept is not None:  # the point's next step was sampled already, on the weights before it
-            self.ahead = _Ahead(None, None, SamplingParams(**kept.sampling), rows=(kept.rows, kept.metrics))
+        self.ahead: collections.deque[_Ahead] = collections.deque()  # the stage's next steps', in order
+        if start and config.rollout.max_staleness:  # the point's next steps were sampled already
+            self.ahead.extend(self.redrawn(read_kept_rollouts(start)[:config.rollout.max_staleness]))
+
+    def redrawn(self, kept: list[KeptRollout]) -> list[_Ahead]:
+        """The rollouts a resume point kept, each with its prompts drawn again from the sampler
+        where the point left it, as the uninterrupted run drew them when it started those
+        rollouts; from the first that no longer fits the recipe, none (those steps sample anew)."""
+        stage, p = self.current_stage(), self.progress
+        sampler, sampling = self.sampler_for(stage), self_sampling(stage, self.config)
+        ahead = []
+        for index, rollout in enumerate(kept, start=1):
+            before = sampler.position
+            records = sampler.next(stage.prompts_per_step)
+            if not kept_rollout_fits(rollout, sampling, records):
+                logger.warning("stage %s step %d: the rollout the resume point kept for it was sampled with other "
+                               "settings (%s) or prompts than the recipe now asks for; sampling it again",
+                               stage.name, p.step + index, rollout.sampling)
+                sampler.seek(*before)
+                break
+            ahead.append(_Ahead(records, sampler.position, sampling, rows=(rollout.rows, rollout.metrics)))
+        return ahead
 
     def run(self) -> None:
         try:
@@ -291,23 +309,18 @@ class _Driver:
     def step(self, stage: StageConfig, step: int) -> dict:
         p, config = self.progress, self.config
         self.roles.set_lr(learning_rate(stage, step))
-        ahead, self.ahead = self.ahead, None
-        if ahead is not None and ahead.records is not None:
+        ahead = self.ahead.popleft() if self.ahead else None
+        if ahead is not None:
             records, position = ahead.records, ahead.position
         else:
             sampler = self.sampler_for(stage)
             records, position = sampler.next(stage.prompts_per_step), sampler.position
-            if ahead is not None and not kept_rollout_fits(ahead, self_sampling(stage, config), records):
-                logger.warning("stage %s step %d: the rollout the resume point kept for it was sampled with other "
-                               "settings (%s) or prompts than the recipe now asks for; sampling it again",
-                               stage.name, step, ahead.sampling)
-                ahead = None
         dump = self.run_dir / "batches" / f"{stage.name}-{step:05d}.arrow" if config.save_batches else None
         ahead_of_next = config.rollout.max_staleness and stage.group.self and step < stage.steps
         metrics = train_step(self.roles, stage, records, config, seed=self.seed(p.global_step), batch_dump=dump,
                              measure_kl=bool(stage.kl_every) and step % stage.kl_every == 0,
                              sampled=self.wait_for(ahead) if ahead is not None else None,
-                             start_next=functools.partial(self.start_ahead, stage) if ahead_of_next else None,
+                             start_next=functools.partial(self.start_ahead, stage, step) if ahead_of_next else None,
                              step=step)
         p.step, p.global_step, p.policy_version = step, p.global_step + 1, int(metrics["policy_version"])
         if self.inputs.draws_apart(stage):
@@ -330,12 +343,16 @@ class _Driver:
         """The sampling seed of the step after ``global_step`` steps."""
         return self.config.seed * 1_000_003 + global_step
 
-    def start_ahead(self, stage: StageConfig) -> None:
-        """Start the next step's rollout now, on the weights the coming update will replace."""
-        sampler = self.sampler_for(stage)
-        records, sampling = sampler.next(stage.prompts_per_step), self_sampling(stage, self.config)
-        call = self.roles.start_rollout(records, sampling, self.seed(self.progress.global_step + 1), ahead=True)
-        self.ahead = _Ahead(records, sampler.position, sampling, call=call)
+    def start_ahead(self, stage: StageConfig, step: int) -> None:
+        """Have the rollouts of the stage's next ``rollout.max_staleness`` steps under way: start
+        those not yet started, now, on the weights the coming update of ``step`` will replace."""
+        sampler, sampling = self.sampler_for(stage), self_sampling(stage, self.config)
+        last = min(step + self.config.rollout.max_staleness, stage.steps)
+        for later in range(step + 1 + len(self.ahead), last + 1):
+            records = sampler.next(stage.prompts_per_step)
+            seed = self.seed(self.progress.global_step + later - step)
+            call = self.roles.start_rollout(records, sampling, seed, ahead=True)
+            self.ahead.append(_Ahead(records, sampler.position, sampling, call=call))
 
     def sampler_for(self, stage: StageConfig) -> PromptSampler:
         """The run's sampler, or, for a stage that draws from prompts of its own (its files, or a
@@ -353,10 +370,11 @@ class _Driver:
         return lambda: ahead.rows if ahead.rows is not None else self.roles.finish_rollout(ahead.call)
 
     def settle(self) -> None:
-        """Wait for the rollout under way, keeping its rows: before anything else uses the rollout
-        workers (an eval) or a resume point is written (which keeps them)."""
-        if self.ahead is not None and self.ahead.rows is None:
-            self.ahead.rows = self.roles.finish_rollout(self.ahead.call)
+        """Wait for the rollouts under way, keeping their rows: before anything else uses the
+        rollout workers (an eval) or a resume point is written (which keeps them)."""
+        for ahead in self.ahead:
+            if ahead.rows is None:
+                ahead.rows = self.roles.finish_rollout(ahead.call)
 
     def check_skips(self, stage: StageConfig, step: int, metrics: dict) -> None:
         """Count updates skipped in a row (a non-finite loss or grad-norm leaves the weights as
@@ -381,9 +399,8 @@ class _Driver:
         self.progress.metrics_bytes = self.metrics.tell()
         if learner:
             self.settle()
-            kept = None if self.ahead is None else {NEXT_ROLLOUT_FILE: next_rollout_bytes(
-                KeptRollout(*self.ahead.rows, asdict(self.ahead.sampling)))}
-            point = self.roles.save_resume_point(self.run_dir, self.progress, kept)
+            kept = kept_rollout_files([KeptRollout(*ahead.rows, asdict(ahead.sampling)) for ahead in self.ahead])
+            point = self.roles.save_resume_point(self.run_dir, self.progress, kept or None)
         else:  # between stages the next stage starts from a stage checkpoint: no weights needed
             point = write_point(self.run_dir, self.progress)
         prune(self.run_dir, self.config.checkpoint.keep_last)

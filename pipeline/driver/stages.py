@@ -125,9 +125,9 @@ def train_step(
 ) -> dict[str, float]:
     """One step: group -> rewards -> advantages -> learner update -> weights to the rollout.
     ``measure_kl``: log the KL to the stage's start policy even where the loss does not need it.
-    ``sampled``: this step's self rows, sampled while the step before trained (rollout.max_staleness
-    1), instead of sampling them now. ``start_next``: called once the step has its rows: starts the
-    next step's rollout, which then samples on the weights from before this step's update.
+    ``sampled``: this step's self rows, sampled while steps before it trained (rollout.max_staleness
+    >= 1), instead of sampling them now. ``start_next``: called once the step has its rows: starts
+    later steps' rollouts, which then sample on the weights from before this step's update.
     ``step``: the step's number in its stage (1-based), for an objective that changes over it."""
     started, restarts = time.perf_counter(), roles.restarts
     parts, metrics = [], {}

@@ -35,6 +35,7 @@ PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")  # torch.load would run code a
 MAX_ACTORS, MAX_CPUS, MAX_GPUS = 4096, 2**16, 2**12
 MAX_GROUP = 4096  # rows of one prompt's group, samples per eval prompt, updates per batch
 MAX_TOKENS = 2**20
+MAX_STALENESS = 16  # rollouts in flight at once, each with a version of the weights of its own
 # A role's ``resources`` are custom Ray resources, which only the nodes started with them have
 # (`ray start --resources '{"learner_node": 4}'`): asking for them places the role on those nodes
 # (verl's resource pools by node). Ray's own CPU, GPU and memory are asked by num_cpus and num_gpus.
@@ -126,13 +127,16 @@ class RolloutConfig:
     # learner's node's /dev/shm, else Ray's object store) | collective (broadcast through a
     # process group joining learner rank 0 and the workers: gloo on CPU, nccl on GPU, in the
     # compute dtype, in buckets of weight_bucket_mb) | auto: shared_memory when every worker is
-    # on learner rank 0's node, collective when one is not
+    # on learner rank 0's node, collective when one is not; at max_staleness >= 2 both of
+    # shared_memory and auto use the object store
     weight_sync: str = "auto"
     weight_bucket_mb: int = bounded(256, low=1, high=2**20)
-    # 1: the rollout of a stage's next step runs while this step's update trains, on the weights
-    # from before it, so its rows are one update stale (GRPO weighs them by the behaviour ratio:
-    # stages.<i>.behaviour_weight_cap). 0: sample, score, update, sync, one after the other
-    max_staleness: int = bounded(0, low=0, high=1)
+    # k >= 1: the rollouts of a stage's next k steps run while this step's update trains, each
+    # on the weights of the update before it started, so a row is at most k updates stale (GRPO
+    # weighs them by the behaviour ratio: stages.<i>.behaviour_weight_cap); k >= 2 sends the
+    # weights through the object store, each rollout holding its own version. 0: sample, score,
+    # update, sync, one after the other
+    max_staleness: int = bounded(0, low=0, high=MAX_STALENESS)
 
 
 WEIGHT_SYNCS = ("auto", "shared_memory", "collective")
@@ -205,7 +209,7 @@ class StageConfig:
     advantage_groups: str = "prompt"
     clip_ratio: float = bounded(0.2, above=0, below=1)  # PPO epsilon (grpo)
     kl_coef: float = bounded(0.0, low=0)  # low-variance KL to the stage's start policy (grpo)
-    # grpo on stale rows (rollout.max_staleness 1): the cap of each token's pi_prox / pi_behaviour
+    # grpo on stale rows (rollout.max_staleness >= 1): the cap of each token's pi_prox / pi_behaviour
     # weight (verl's rollout_is_threshold)
     behaviour_weight_cap: float = bounded(2.0, low=1)
     # chord: the SFT term's weight mu, ramped from 0 to mu_peak over mu_warmup_steps, then a cosine
@@ -485,6 +489,10 @@ def validate(config: RunConfig, training: bool = True, check_paths: bool = True)
            "rollout.max_staleness: sampling ahead runs the rollout while the learner updates, which GPUs shared "
            "under ray.colocate=true cannot do (the engine and the update would not both fit, nor overlap); set "
            "ray.colocate=false to give the rollout GPUs of its own, or rollout.max_staleness=0")
+    _check(not (rollout.max_staleness >= 2 and rollout.weight_sync == "collective"),
+           f"rollout.max_staleness: {rollout.max_staleness} keeps rollouts on several versions of the weights in "
+           "flight, and a collective sync sends the workers one version, the learner's, when they take it; set "
+           "rollout.weight_sync=auto (the object store then holds each version) or rollout.max_staleness=1")
     _check(config.model.dtype in ("auto", "float32", "bfloat16"), "model.dtype must be auto, float32 or bfloat16")
     _check(not config.learner.fsdp or config.learner.num_workers >= 2,
            "learner.fsdp shards the model across learner ranks: set learner.num_workers >= 2, or learner.fsdp=false")

@@ -1,7 +1,7 @@
 """``bench/chaos.py``: how it draws its faults, and the benchmark itself at a small size in CI:
 one run hit in turn by a SIGKILL of the learner and (where a tmpfs can be mounted: root) a full
-disk, with the newest resume point torn or deleted before every resume, the rollout sampling
-ahead of the update. It must end bitwise equal to the fault-free run at that staleness (the
+disk, with the newest resume point torn or deleted before every resume, the rollouts of two
+steps sampling ahead of the update. It must end bitwise equal to the fault-free run at that staleness (the
 session's), each stopped attempt with the message its fault calls for. SIGTERM and SIGKILLs of
 the whole process group are hit at chosen moments in tests/e2e/test_faults.py."""
 
@@ -39,14 +39,14 @@ def test_a_replay_names_its_faults_in_order_and_refuses_what_cannot_hit():
 
 
 @pytest.mark.slow
-def test_a_run_hit_by_faults_in_turn_from_torn_histories_ends_bitwise_equal(fault_free_run_ahead, tmp_path):
-    """At rollout.max_staleness 1 (tests/e2e/test_faults.py hits the recipe's own schedule): a
-    resume point keeps the rollout sampled ahead, and the resumed run trains on it."""
+def test_a_run_hit_by_faults_in_turn_from_torn_histories_ends_bitwise_equal(fault_free_run_two_ahead, tmp_path):
+    """At rollout.max_staleness 2 (tests/e2e/test_faults.py hits the recipe's own schedule): a
+    resume point keeps the rollouts sampled ahead, and the resumed run trains on them."""
     hits = {"kill_learner@4": "gft step 1 done"} | ({"disk_full@6": "gft step 3 done"} if os.geteuid() == 0 else {})
     faults = list(hits)
     out = tmp_path / "chaos.json"
     done = subprocess.run([sys.executable, "-m", "bench.chaos", "--replay", ",".join(faults), "--tear", "1",
-                           "--out", str(out), "--reference", str(fault_free_run_ahead), "--staleness", "1"],
+                           "--out", str(out), "--reference", str(fault_free_run_two_ahead), "--staleness", "2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())

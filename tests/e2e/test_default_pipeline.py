@@ -59,20 +59,24 @@ def test_self_rows_carry_the_version_of_the_weights_that_sampled_them(fault_free
     assert versions == list(range(warmup, warmup + gft + grpo))
 
 
-def test_rows_sampled_ahead_of_the_update_are_one_update_stale_and_grpo_weighs_them(fault_free_run_ahead):
-    """``rollout.max_staleness=1``: each stage's first step samples on its start policy, every
-    later one on the weights from before the update that ran while it sampled; GRPO's loss reads
-    the behaviour log-probs, GFT's does not."""
+@pytest.mark.parametrize("staleness, twin", [(1, "fault_free_run_ahead"), (2, "fault_free_run_two_ahead")])
+def test_rows_sampled_ahead_are_at_most_max_staleness_updates_old_and_grpo_weighs_them(staleness, twin, request):
+    """``rollout.max_staleness=k``: each stage's first step samples on its start policy and starts
+    the rollouts of the next k steps on it; every later step starts the rollout k steps on, on the
+    weights from before its update. So step j of a stage samples on the version after update
+    max(0, j - k - 1) of it and is min(j - 1, k) updates stale. GRPO's loss reads the behaviour
+    log-probs, GFT's does not."""
+    run_dir = request.getfixturevalue(twin)
     warmup, gft, grpo = (steps for _, steps in STEPS)
-    rows = [json.loads(line) for line in (fault_free_run_ahead / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for stage, steps, start in (("gft", gft, warmup), ("grpo", grpo, warmup + gft)):
         versions = []
-        for table in _batches(fault_free_run_ahead, stage):
+        for table in _batches(run_dir, stage):
             sources = np.array(table.column("source").to_pylist())
             (stamped,) = set(np.array(table.column("policy_version").to_pylist(), dtype=object)[sources == "self"])
             versions.append(stamped)
-        assert versions == [start, *range(start, start + steps - 1)]
+        assert versions == [start + max(0, j - staleness - 1) for j in range(1, steps + 1)]
         logged = [row for row in rows if row["stage"] == stage]
-        assert [row["staleness"] for row in logged] == [0.0] + [1.0] * (steps - 1)
+        assert [row["staleness"] for row in logged] == [float(min(j - 1, staleness)) for j in range(1, steps + 1)]
         # the decoupled loss (its weights tested in tests/workers/test_learner.py) for GRPO alone
         assert all(("behaviour_weight_mean" in row) == (stage == "grpo") for row in logged)

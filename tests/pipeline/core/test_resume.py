@@ -17,13 +17,13 @@ from pipeline.core.resume import (
     Progress,
     chosen_point,
     is_point,
+    kept_rollout_files,
     latest_point,
     load_optimizer_state,
     load_rng,
-    next_rollout_bytes,
     points,
     prune,
-    read_next_rollout,
+    read_kept_rollouts,
     resume_root,
     run_dir_of,
     save_optimizer_state,
@@ -144,16 +144,24 @@ def test_a_chosen_point_discards_the_later_ones(tmp_path):
         chosen_point(chosen.folder)
 
 
-def test_a_rollout_kept_for_the_next_step_reads_back_as_written_and_counts_as_a_point_file(tmp_path):
-    """rollout.max_staleness 1: a point written while the next step's rollout sampled ahead keeps
-    its rows, its workers' metrics and how it sampled; a point cut short of it is torn."""
-    rows = make_batch(group_id=["a", "a", "b"], source=["self"] * 3, prompt_ids=[[1, 2], [1, 2], [3]],
-                      response_ids=[[4], [5, 6], [7]], ground_truth=["1", "1", "2"],
-                      behaviour_logprobs=[[-0.5], [-1.0, -2.0], [-0.25]], policy_version=[4, 4, 4])
-    kept = KeptRollout(rows, {"rollout_tokens_per_s": 12.5}, {"n": 2, "temperature": 1.0, "top_p": 1.0,
-                                                             "max_new_tokens": 8})
-    folder = write_point(tmp_path, _progress(7), lambda tmp: (tmp / NEXT_ROLLOUT_FILE).write_bytes(next_rollout_bytes(kept)))
-    again = read_next_rollout(latest_point(tmp_path))
-    assert again.rows.equals(rows) and again.metrics == kept.metrics and again.sampling == kept.sampling
-    (folder / NEXT_ROLLOUT_FILE).write_bytes(next_rollout_bytes(kept)[:100])
+def test_the_rollouts_kept_for_the_next_steps_read_back_in_order_and_count_as_point_files(tmp_path):
+    """rollout.max_staleness 2: a point written while the next two steps' rollouts sampled ahead
+    keeps their rows, their workers' metrics and how each sampled, in step order; a point cut
+    short of the second is torn."""
+    def rollout(version, tokens_per_s):
+        rows = make_batch(group_id=["a", "a", "b"], source=["self"] * 3, prompt_ids=[[1, 2], [1, 2], [3]],
+                          response_ids=[[4], [5, 6], [7]], ground_truth=["1", "1", "2"],
+                          behaviour_logprobs=[[-0.5], [-1.0, -2.0], [-0.25]], policy_version=[version] * 3)
+        return KeptRollout(rows, {"rollout_tokens_per_s": tokens_per_s},
+                           {"n": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8})
+
+    kept = [rollout(4, 12.5), rollout(5, 9.0)]
+    files = kept_rollout_files(kept)
+    assert list(files) == [NEXT_ROLLOUT_FILE, "next_rollout.2.arrow"]
+    folder = write_point(tmp_path, _progress(7), lambda tmp: [(tmp / n).write_bytes(b) for n, b in files.items()])
+    again = read_kept_rollouts(latest_point(tmp_path))
+    assert len(again) == 2
+    for read, written in zip(again, kept, strict=True):
+        assert read.rows.equals(written.rows) and read.metrics == written.metrics and read.sampling == written.sampling
+    (folder / "next_rollout.2.arrow").write_bytes(files["next_rollout.2.arrow"][:100])
     assert latest_point(tmp_path) is None

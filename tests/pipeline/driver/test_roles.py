@@ -48,8 +48,8 @@ def test_rollout_samples_with_the_learners_new_weights_after_a_sync(roles, asset
     """Each way weights travel; ``collective``: broadcast in a weight group, in buckets of 64 KiB
     (the embedded model's 3.4 MB in many)."""
     roles, config = roles
-    assert roles.same_node and roles.sync_plan is None  # one machine: weight_sync auto chose shared memory
-    monkeypatch.setattr(roles, "same_node", sync == "shared-memory")  # False: as if the workers were on other nodes
+    assert roles.shared_memory and roles.sync_plan is None  # one machine: weight_sync auto chose shared memory
+    monkeypatch.setattr(roles, "shared_memory", sync == "shared-memory")  # False: as if the workers were on other nodes
     if sync == "collective":
         monkeypatch.setattr(roles, "sync_plan", ray.get(roles.learner.weight_plan.remote(1 << 16)))
         assert len(roles.sync_plan.bucket_ends) > 10

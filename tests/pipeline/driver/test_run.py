@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from collections import Counter
+from dataclasses import asdict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,7 +15,8 @@ import pytest
 from pipeline.cli import main
 from pipeline.core.data import PromptRecord
 from pipeline.core.errors import ConfigError, DataError
-from pipeline.driver.run import _Ahead, _load_inputs, _StopSignal, kept_rollout_fits
+from pipeline.core.resume import KeptRollout
+from pipeline.driver.run import _load_inputs, _StopSignal, kept_rollout_fits
 from pipeline.recipe.config import load_recipe
 from workers.sampling import SamplingParams
 
@@ -187,11 +189,11 @@ def test_a_first_signal_asks_for_a_stop_and_a_second_interrupts(signum):
 
 
 def test_a_kept_rollout_is_used_only_for_the_same_prompts_sampled_the_same_way():
-    """A resume point written while the next step sampled ahead keeps its rows; a resume uses
-    them only if the step draws the same prompts and samples them as they were sampled."""
+    """A resume point written while later steps sampled ahead keeps their rows; a resume uses
+    each only if its step draws the same prompts and samples them as they were sampled."""
     sampled = SamplingParams(n=2, temperature=1.0, top_p=1.0, max_new_tokens=16)
     rows = pa.RecordBatch.from_pydict({"group_id": ["a", "a", "b", "b"]})
-    kept = _Ahead(None, None, sampled, rows=(rows, {}))
+    kept = KeptRollout(rows, {}, asdict(sampled))
     records = [PromptRecord(uid, [1, 2], "3", "d") for uid in ("b", "a")]
     assert kept_rollout_fits(kept, SamplingParams(n=2, temperature=1.0, top_p=1.0, max_new_tokens=16), records)
     assert not kept_rollout_fits(kept, SamplingParams(n=2, temperature=1.0, top_p=1.0, max_new_tokens=32), records)

@@ -469,3 +469,14 @@ def test_sampling_ahead_on_gpus_shared_with_the_learner_is_refused():
         load_recipe(None, on_gpus)
     assert load_recipe(None, [*on_gpus, "ray.colocate=false"]).rollout.max_staleness == 1
     assert load_recipe(None, ["rollout.max_staleness=1", "ray.colocate=true"]).ray.colocate  # CPUs: threads of their own
+
+
+def test_rollouts_more_than_one_update_ahead_need_a_version_of_the_weights_each():
+    """At max_staleness 2 the workers hold rollouts on two versions at once; a collective sync has
+    the learner send the one it holds, so it is refused, and the bound is said."""
+    with pytest.raises(ConfigError, match="rollout.max_staleness: 2 .*rollout.weight_sync=auto"):
+        load_recipe(None, ["rollout.max_staleness=2", "rollout.weight_sync=collective"])
+    assert load_recipe(None, ["rollout.max_staleness=2", "rollout.weight_sync=shared_memory"]).rollout.max_staleness == 2
+    assert load_recipe(None, ["rollout.max_staleness=1", "rollout.weight_sync=collective"]).rollout.max_staleness == 1
+    with pytest.raises(ConfigError, match="rollout.max_staleness.*16"):
+        load_recipe(None, ["rollout.max_staleness=17"])
