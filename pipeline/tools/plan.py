@@ -21,7 +21,9 @@ Every term is a count of elements times their width, from the model's shape and 
   the rest its KV cache; reported with how many full-length sequences that cache holds;
 - a GPU that a learner and a rollout worker share (``ray.colocate``) holds the learner's kept
   state throughout, with the rollout's share while it samples and the update's terms while
-  the rollout sleeps: its peak is the larger of the two.
+  the rollout sleeps: its peak is the larger of the two;
+- not on a GPU but said with the rest: at ``rollout.max_staleness`` k >= 2 the learner's node
+  holds up to k versions of the weights in Ray's object store, 4 bytes a parameter each.
 
 The terms measurable on CPU (master weights, gradients, moments, activations with and without
 checkpointing) are compared with measurements in ``bench.checkpointing`` (docs/benchmarks.md).
@@ -165,6 +167,11 @@ def plan(config: RunConfig, shape: ModelShape, gpus: int | None, gpu_memory_gib:
         phases["rollout"] = rollout
     peaks = {kind: sum(t.bytes for t in terms) for kind, terms in phases.items()}
     largest = {kind: max(terms, key=lambda t: t.bytes) for kind, terms in phases.items()}
+    staleness = config.rollout.max_staleness
+    if staleness >= 2:
+        notes.append(f"rollout.max_staleness={staleness}: the learner's node holds up to {staleness} versions of the "
+                     f"weights in Ray's object store for the rollouts under way, "
+                     f"{staleness * 4 * shape.parameters() / GIB:.1f} GiB of its memory (float32)")
     needed = config.learner.num_workers * config.learner.num_gpus + config.teacher.num_gpus
     if not colocated:
         needed += config.rollout.num_workers * config.rollout.num_gpus

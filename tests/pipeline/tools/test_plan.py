@@ -120,3 +120,11 @@ def test_gft_plan_prints_the_terms_and_says_whether_it_fits(capsys):
         in out
     assert main(["plan", recipe, "--gpus", "4", "--gpu-memory", "141"]) == 2  # its model.path is a placeholder
     assert "has no config.json to read the model's shape from; name one with --shape" in capsys.readouterr().err
+
+
+def test_rollouts_two_updates_ahead_are_said_to_hold_two_versions_of_the_weights_on_the_learners_node():
+    qwen = SHAPES["qwen2.5-math-1.5b"]
+    notes = plan(_small_recipe("rollout.max_staleness=2"), qwen, gpus=None, gpu_memory_gib=141).notes
+    (held,) = [note for note in notes if note.startswith("rollout.max_staleness=2:")]
+    assert f"{2 * 4 * qwen.parameters() / GIB:.1f} GiB of its memory" in held and "11.5 GiB" in held
+    assert not [n for n in plan(_small_recipe("rollout.max_staleness=1"), qwen, None, 141).notes if "versions" in n]
