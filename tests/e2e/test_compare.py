@@ -21,8 +21,10 @@ TINY = ["stages.warmup.steps=4", "stages.gft.steps=2", "stages.grpo.steps=2", "e
 @pytest.fixture(scope="module")
 def compared(ray_cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
+    # one sweep seed: the choice over several (mean, standard error, the tie rule) is
+    # tests/pipeline/tools/test_compare.py's, on the same code with the runs stood in for
     argv = ["compare", *TINY, "--pipelines", "grpo:1,sft,gft", "--seeds", "2", "--eval-every", "1", "--out", str(out),
-            "--sweep-lr", "1e-4,1e-3", "--sweep-seeds", "2", "--sweep-extensions", "0", "--val-prompts", "16"]
+            "--sweep-lr", "1e-4,1e-3", "--sweep-seeds", "1", "--sweep-extensions", "0", "--val-prompts", "16"]
     assert main(argv) == 0
     return argv, out
 
@@ -31,7 +33,7 @@ def test_the_report_covers_every_pipeline_and_seed(compared):
     _, out = compared
     runs = sorted(p.name.rsplit("-", 1)[0] for p in (out / "runs").iterdir() if (p / "eval.json").exists())
     sweep = [f"sweep-{name}-lr{lr}-seed{seed}" for name in ("gft", "sft") for lr in ("0.0001", "0.001")
-             for seed in (1000, 1001)]
+             for seed in (1000,)]
     assert runs == ["base", "gft-seed0", "gft-seed1", "grpo-seed0", "sft-seed0", "sft-seed1", *sweep]  # grpo:1
     report = (out / "report" / "report.md").read_text()
     for pipeline, seeds in (("grpo", 1), ("sft", 2), ("gft", 2)):
@@ -40,7 +42,7 @@ def test_the_report_covers_every_pipeline_and_seed(compared):
     # each method's runs use the rate its sweep chose on the held-out problems after GRPO, and the report says so
     chosen = json.loads((out / "report" / "summary.json").read_text())["learning_rates"]
     assert set(chosen) == {"sft", "gft"} and set(chosen["gft"]["val_pass@1_after_grpo"]) == {"0.0001", "0.001"}
-    assert chosen["gft"]["seeds"] == [1000, 1001]
+    assert chosen["gft"]["seeds"] == [1000]
     for pipeline in ("sft", "gft"):
         (folder,) = (out / "runs").glob(f"{pipeline}-seed1-*")
         stage_one = yaml.safe_load((folder / "config.yaml").read_text())["stages"][0]
