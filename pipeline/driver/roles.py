@@ -296,10 +296,10 @@ class Roles:
         # surface a bad model path or reward file now, not at the first step
         ray.get([actor.__ray_ready__.remote() for actor in [self.teacher, *self.rollouts, *self.learners]])
         self._report_rollout(colocated)
-        # weights reach rollout workers on the learner's node through its shared memory
         self._locate()
         one_node = len(set(self.nodes["learners"][:1] + self.nodes["rollouts"])) == 1
-        # a block rewritten at each publication holds one version: rollouts started more than one
+        # weights reach rollout workers on the learner's node through its shared memory; but that
+        # block, rewritten at each publication, holds one version: rollouts started more than one
         # update ahead each keep a version of their own, in the object store
         self.shared_memory = one_node and config.rollout.max_staleness <= 1
         if len(self.learners) > 1:
