@@ -106,7 +106,7 @@ def summarize_runs(runs: list[Run], split: str, k: int) -> dict[str, dict]:
             # forgetting: the change on the retain split (a skill of the base that stage 1 does not
             # train) from the base, after stage 1 and after GRPO
             "retain_base": [_retain(r, "base") for r in mine],
-            "retain_change_stage1": [_retain(r, r.before_grpo()) - _retain(r, "base") for r in mine],
+            "retain_change_stage1": [_retain(r, "stage1") - _retain(r, "base") for r in mine],
             "retain_change_grpo": [_retain(r, "grpo") - _retain(r, "base") for r in mine],
             # the entropy drift's suspected driver (docs/results.md): the self rows' mean advantage, and
             # A x c, what DCR leaves of it, averaged over stage 1's steps
@@ -126,7 +126,7 @@ RETAIN_SPLIT = "retain"
 def _retain(run: Run, policy: str) -> float:
     """``policy``'s pass@1 (greedy accuracy where no samples were drawn) on the retain split; NaN
     where the run has none."""
-    metrics = run.evals[policy].get(RETAIN_SPLIT)
+    metrics = run.evals.get(policy, {}).get(RETAIN_SPLIT)  # NaN after stage 1 of a pipeline without one
     return math.nan if metrics is None else metrics.get("pass@1", metrics["accuracy"])
 
 
@@ -188,6 +188,13 @@ def verdict(difference: tuple[float, float] | None, p_adjusted: float) -> str:
     return "reproduced" if difference[0] > 0 else "reversed"
 
 
+def _shown(difference: tuple[float, float], scale: float, unit: str) -> str:
+    """A difference and its CI in the claim's unit: percentage points to one decimal, as the tables."""
+    mean, ci = scale * difference[0], scale * difference[1]
+    shown = (lambda x: f"{x:.1f}") if scale == 100 else (lambda x: f"{x:.3g}")
+    return f"{shown(mean)}{unit}" if math.isnan(ci) else f"{shown(mean)} ± {shown(ci)}{unit}"
+
+
 def ruled_out(difference: tuple[float, float], scale: float, unit: str) -> str:
     """What the 95% CI of a difference in the paper's direction rules out, in words."""
     mean, ci = difference
@@ -227,7 +234,8 @@ def data_efficiency_claim(table: dict) -> tuple:
     shares = [share_of(name)[1] for name in table if share_of(name)[1] < 1]
     both = sorted(f for f in set(shares) if share_name("gft", f) in table and share_name("sft", f) in table)
     fraction = both[0] if both else 0.0
-    return (f"GFT -> GRPO beats SFT -> GRPO with stage 1 on {fraction:g} of the prompts (data efficiency)",
+    share = f"{fraction:g} of the prompts" if both else "a share of the prompts"
+    return (f"GFT -> GRPO beats SFT -> GRPO with stage 1 on {share} (data efficiency)",
             share_name("gft", fraction), share_name("sft", fraction), "grpo_pass@1", 100, " points")
 
 
@@ -239,8 +247,8 @@ def judge_claims(table: dict) -> list[dict]:
     judged = []
     for ((question, _, _, metric, scale, unit), diffs), p, p_holm in zip(measured, p_values, holm(p_values)):
         difference = mean_ci95(diffs) if diffs else None
-        judged.append({"claim": question, "metric": metric, "seeds": len(diffs or []), "difference": difference,
-                       "p": p, "p_holm": p_holm, "verdict": verdict(difference, p_holm),
+        judged.append({"claim": question, "metric": metric, "scale": scale, "unit": unit, "seeds": len(diffs or []),
+                       "difference": difference, "p": p, "p_holm": p_holm, "verdict": verdict(difference, p_holm),
                        "ruled_out": ruled_out(difference, scale, unit) if difference else ""})
     return judged
 
@@ -484,7 +492,7 @@ def write_report(runs: list[Run], out: Path, split: str, k: int, command: str, l
         plots["pass@1 against the share of the prompts in stage 1"] = _plot_shares(table, out / "data_efficiency.png")
     judged = judge_claims(table)
     claims = [f"- {c['claim']}: **{c['verdict']}**" + (
-        f" (difference {c['difference'][0]:.3g} ± {c['difference'][1]:.2g}, {c['seeds']} seeds, p = {c['p']:.2g}; "
+        f" (difference {_shown(c['difference'], c['scale'], c['unit'])}, {c['seeds']} seeds, p = {c['p']:.2g}; "
         f"{c['ruled_out']})" if c["difference"] else "") for c in judged]
     seeds = sorted({r.seed for r in runs})
     main = {name: metrics for name, metrics in table.items() if share_of(name)[1] == 1}

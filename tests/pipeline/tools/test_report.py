@@ -66,7 +66,7 @@ def test_verdicts_need_a_holm_adjusted_p_below_alpha_and_say_what_the_ci_rules_o
 
 def _fake_run(folder, pipeline, seed, before, after, grad_norms, with_stage1=True, self_advantages=(), retain=None):
     """A finished run folder as `run` writes it: eval.json and metrics.jsonl; ``retain``: pass@1 on
-    the retain split at the base, after stage 1 and after GRPO."""
+    the retain split at the base, after stage 1 (where the run has one) and after GRPO."""
     metrics = {"accuracy": 0.0, "pass@1": 0.0, "pass@2": 0.0, "entropy": 1.0}
     evals = {"base": {"test": dict(metrics), "ood": dict(metrics)}}
     lines = []
@@ -79,7 +79,7 @@ def _fake_run(folder, pipeline, seed, before, after, grad_norms, with_stage1=Tru
                      "rectified_fraction/self": 0.5}
     evals["grpo"] = {"test": metrics | {"accuracy": after, "pass@1": after - 0.1, "pass@2": after + 0.1},
                      "ood": metrics | {"pass@1": after / 2}}
-    for policy, value in zip(["base", "stage1", "grpo"], retain or ()):
+    for policy, value in zip([policy for policy in ("base", "stage1", "grpo") if policy in evals], retain or ()):
         evals[policy]["retain"] = metrics | {"pass@1": value}
     lines += [{"stage": "grpo", "step": 1, "grad_norm": 0.1},
               {"stage": "grpo", "step": 2, "grad_norm": 0.1, "eval/test/accuracy": (before + after) / 2}]
@@ -130,8 +130,8 @@ def test_report_files_open_offline(runs, tmp_path):
     assert "the seeds column says how many each pipeline ran" in text
     # claim 1: differences 0.2, 0.2 (p 0); grad-norm: 7, 4 (t = 5.5 / (2.121 / sqrt 2) on 1 degree of freedom,
     # p = 1 - 2 atan(t) / pi = 0.17, Holm x2); entropy: 0, 0 (p 1)
-    assert "GFT -> GRPO beats SFT -> GRPO (sampled pass@1 after GRPO): **reproduced** (difference 0.2 ± " in text
-    assert "2 seeds, p = 0; the CI rules out an effect in the paper's direction above 20 points, and any effect " \
+    assert "GFT -> GRPO beats SFT -> GRPO (sampled pass@1 after GRPO): **reproduced** (difference 20.0 ± 0.0 points, " \
+           "2 seeds, p = 0; the CI rules out an effect in the paper's direction above 20 points, and any effect " \
            "against it)" in text
     p_grad = 1 - 2 * math.atan(5.5 / (math.sqrt(4.5) / math.sqrt(2))) / math.pi
     assert f"lower than SFT's (SFT minus GFT): **inconclusive (Holm-adjusted p = {2 * p_grad:.2g})**" in text
@@ -172,13 +172,22 @@ def test_runs_on_shares_of_the_prompts_get_their_own_section_plot_and_paired_cla
 
 
 def test_the_retain_split_gives_each_pipelines_change_from_the_base_and_the_forgetting_claim(tmp_path):
-    """GFT loses 5 and 10 points on retain in stage 1, SFT 30 and 20: GFT - SFT = +25 and +10."""
+    """GFT loses 5 and 10 points on retain in stage 1, SFT 30 and 20: GFT - SFT = +25 and +10. GRPO
+    from the base, which has no stage 1, has no change after one."""
     runs = [_fake_run(tmp_path / f"{name}{seed}", name, seed, before=0.4, after=0.5, grad_norms=[1.0],
                       retain=(0.8, 0.8 - lost, 0.7 - lost))
             for name, seed, lost in (("gft", 0, 0.05), ("gft", 1, 0.10), ("sft", 0, 0.30), ("sft", 1, 0.20))]
+    runs.append(_fake_run(tmp_path / "grpo0", "grpo", 0, before=0.0, after=0.1, grad_norms=[], with_stage1=False,
+                          retain=(0.8, 0.75)))
     text = write_report(runs, tmp_path / "report", "test", 2, "gft compare").read_text()
     section = text.split("## Forgetting: the `retain` split")[1]
     assert "| gft | 2 | 80.0 ± 0.0 | -7.5 ± " in section and "| sft | 2 | 80.0 ± 0.0 | -25.0 ± " in section
+    assert "| grpo | 1 | 80.0 | - | -5.0 |" in section
+    # 25 and 10 points: 17.5 ± 12.706 x 7.5, p = 0.26 (t = 17.5 / 7.5 on 1 degree of freedom); Holm: x 4, as the
+    # three claims on the test split are tested too (equal runs, p = 1), capped at 1
+    p_forgetting = 1 - 2 * math.atan(17.5 / 7.5) / math.pi
+    assert "GFT forgets less than SFT (change on retain after stage 1, GFT's minus SFT's): **inconclusive (Holm-" \
+           f"adjusted p = 1)** (difference 17.5 ± 95.3 points, 2 seeds, p = {p_forgetting:.2g};" in text
     (forgetting,) = [c for c in json.loads((tmp_path / "report" / "summary.json").read_text())["claims"]
                      if c["metric"] == "retain_change_stage1"]
     assert forgetting["difference"][0] == pytest.approx(0.175) and forgetting["seeds"] == 2
