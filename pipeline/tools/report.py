@@ -191,8 +191,8 @@ def verdict(difference: tuple[float, float] | None, p_adjusted: float) -> str:
 def _shown(difference: tuple[float, float], scale: float, unit: str) -> str:
     """A difference and its CI in the claim's unit: percentage points to one decimal, as the tables."""
     mean, ci = scale * difference[0], scale * difference[1]
-    shown = (lambda x: f"{x:.1f}") if scale == 100 else (lambda x: f"{x:.3g}")
-    return f"{shown(mean)}{unit}" if math.isnan(ci) else f"{shown(mean)} ± {shown(ci)}{unit}"
+    digits = ".1f" if scale == 100 else ".3g"
+    return f"{mean:{digits}}{unit}" if math.isnan(ci) else f"{mean:{digits}} ± {ci:{digits}}{unit}"
 
 
 def ruled_out(difference: tuple[float, float], scale: float, unit: str) -> str:
