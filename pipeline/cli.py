@@ -553,12 +553,24 @@ def main(argv: list[str] | None = None) -> int:
     except StopRequested as err:  # SIGTERM or SIGINT, handled: 128 + its number, as a shell reports it
         print(f"gft: stopped: {err}", file=sys.stderr)
         return 128 + err.signum
-    except KeyboardInterrupt:  # Ctrl-C outside a run's steps (starting up, an eval): nothing to keep
-        print("\ngft: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        stop = _stop_under_way(err, StopRequested)
+        if stop is not None:  # a second signal while the first's stop ended the run: its resume point is written
+            print(f"gft: stopped: {stop}", file=sys.stderr)
+            return 128 + stop.signum
+        print("\ngft: interrupted", file=sys.stderr)  # Ctrl-C outside a run's steps (starting up, an eval)
         return 128 + signal.SIGINT
     except (TrainingStopped, RoleFailed) as err:  # the run stopped; its last resume point is kept
         print(f"gft: stopped: {err}", file=sys.stderr)
         return 3
+
+
+def _stop_under_way(err: BaseException, stop_type: type) -> BaseException | None:
+    """The stop that ``err`` interrupted on its way out, if any: a second Ctrl-C that lands while a
+    stop closes the roles and the metric backends (seconds, on a loaded machine) replaces it."""
+    while err is not None and not isinstance(err, stop_type):
+        err = err.__context__
+    return err
 
 
 def program() -> None:

@@ -1,5 +1,6 @@
 """The `gft` command line: help texts and clean refusals of bad input."""
 
+import signal
 import subprocess
 import sys
 
@@ -129,6 +130,32 @@ def test_verbose_asks_the_run_to_leave_the_roles_output_on_the_terminal(monkeypa
     monkeypatch.setattr(run_module, "run", fake_run)
     assert main(["run", *argv, f"output_dir={tmp_path}"]) == 0
     assert calls == [{"verbose": verbose}]
+
+
+def test_a_second_ctrl_c_while_a_stop_ends_the_run_reports_that_stop(monkeypatch, tmp_path, capsys):
+    """Ctrl-C twice, the second landing in the stop's own clean-up (the roles closing, wandb
+    finishing): the run still says where it stopped and how to go on, not a bare "interrupted"."""
+    from pipeline.core.errors import StopRequested
+    from pipeline.driver import run as run_module
+
+    def stopped_then_interrupted(config, **kwargs):
+        try:
+            raise StopRequested("SIGINT: stopped before step 5 of stage gft; Continue with: gft run --resume RUN",
+                                signal.SIGINT)
+        finally:
+            raise KeyboardInterrupt  # as _StopSignal's handler raises it on the second signal
+
+    monkeypatch.setattr(run_module, "run", stopped_then_interrupted)
+    assert main(["run", f"output_dir={tmp_path}"]) == 128 + signal.SIGINT
+    assert capsys.readouterr().err == "gft: stopped: SIGINT: stopped before step 5 of stage gft; Continue with: " \
+                                      "gft run --resume RUN\n"
+
+    def interrupted_starting_up(config, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "run", interrupted_starting_up)
+    assert main(["run", f"output_dir={tmp_path}"]) == 128 + signal.SIGINT
+    assert capsys.readouterr().err == "\ngft: interrupted\n"
 
 
 def test_submit_refuses_a_recipe_that_cannot_fit_its_gpus_before_contacting_the_cluster(capsys, monkeypatch):
