@@ -554,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gft: stopped: {err}", file=sys.stderr)
         return 128 + err.signum
     except KeyboardInterrupt as err:
-        stop = _stop_under_way(err, StopRequested)
+        stop = _stop_under_way(err)
         if stop is not None:  # a second signal while the first's stop ended the run: its resume point is written
             print(f"gft: stopped: {stop}", file=sys.stderr)
             return 128 + stop.signum
@@ -565,10 +565,12 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
-def _stop_under_way(err: BaseException, stop_type: type) -> BaseException | None:
+def _stop_under_way(err: BaseException) -> BaseException | None:
     """The stop that ``err`` interrupted on its way out, if any: a second Ctrl-C that lands while a
     stop closes the roles and the metric backends (seconds, on a loaded machine) replaces it."""
-    while err is not None and not isinstance(err, stop_type):
+    from pipeline.core.errors import StopRequested
+
+    while err is not None and not isinstance(err, StopRequested):
         err = err.__context__
     return err
 
